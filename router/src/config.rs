@@ -1,0 +1,640 @@
+//! The router's configuration: the TOML schema, command-line overrides, and the
+//! validated values the rest of the router uses.
+//!
+//! Two layers, as in hickory-dns and rpxy: [`RouterFile`] mirrors the file
+//! (serde, `deny_unknown_fields`, defaults), and [`RouterConfig`] is what it means
+//! once validated: socket addresses, durations, host patterns, endpoints, each
+//! route carrying the [`Origin`] of its values so that a conflict found later
+//! (two routes claiming one host, in `route::RouteTable::build`) can name both.
+//! Precedence: built-in defaults < file < flags.
+//!
+//! This module is a leaf: it imports nothing else from the router.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use snigate_shared::config::{ConfigError, Origin, Source};
+use snigate_shared::logging::LogFormat;
+use toml::Spanned;
+
+/// RFC 1035 limits, applied to configured host names as to SNI.
+const MAX_HOSTNAME_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+// === the file ===
+
+/// The router's TOML file. Every table and key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFile {
+    /// Addresses to accept TLS connections on. Default `["0.0.0.0:443"]`.
+    pub listen: Option<Vec<SocketAddr>>,
+    /// On SIGTERM/SIGINT, how long open connections may finish before they are
+    /// closed. Default 20 s: under Kubernetes' 30 s termination grace period.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    #[serde(default)]
+    pub hello: HelloFile,
+    #[serde(default)]
+    pub defaults: DefaultsFile,
+    #[serde(default)]
+    pub log: LogFile,
+    /// The routes, in any order: the most specific match wins, not the first.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteFile>,
+}
+
+/// `[hello]`: reading the ClientHello.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HelloFile {
+    /// Deadline for a complete ClientHello, from accept.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most bytes read while looking for the end of the ClientHello.
+    pub max_bytes: usize,
+}
+
+impl Default for HelloFile {
+    fn default() -> Self {
+        Self {
+            // OpenShift's router (HAProxy `tcp-request inspect-delay`) waits 5 s.
+            timeout: Duration::from_secs(5),
+            // One full TLS record (16 KiB + 5-byte header) and room for the headers
+            // of a hello split over many records.
+            max_bytes: 17 * 1024,
+        }
+    }
+}
+
+/// `[defaults]`: per-route settings a route may override.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsFile {
+    /// Deadline for one TCP connect attempt to one endpoint address.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Close a relayed connection after this long with no bytes either way.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for DefaultsFile {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            // OpenShift's passthrough routes: `timeout tunnel 1h`.
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogFile {
+    pub format: LogFormat,
+    /// Used when `RUST_LOG` is not set; tracing filter syntax.
+    pub level: String,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Spanned<String>,
+    /// Exact host names and `*.suffix` wildcards.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<HostPattern>>,
+    pub endpoints: Spanned<Vec<Endpoint>>,
+    /// Receive ClientHellos with no SNI or an SNI no route matches.
+    #[serde(default)]
+    pub default: Option<Spanned<bool>>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+// === validated ===
+
+/// The router's validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub listen: Vec<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub hello_max_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One route as configured, before the route table is built from all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub hosts: Vec<(HostPattern, Origin)>,
+    pub endpoints: Vec<Endpoint>,
+    /// `Some` for the default route: where it was declared.
+    pub default: Option<Origin>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Where the route was declared (its `name`, or the flag).
+    pub origin: Origin,
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces the file's `listen` when not empty.
+    pub listen: Vec<SocketAddr>,
+    /// Added to the file's routes.
+    pub routes: Vec<FlagRoute>,
+    /// A default route's endpoints.
+    pub default_route: Option<Vec<Endpoint>>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// `--route HOST=ADDR[,ADDR...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagRoute {
+    pub host: HostPattern,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl FromStr for FlagRoute {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, endpoints) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected HOST=ADDR[,ADDR...]"))?;
+        Ok(Self {
+            host: host.parse()?,
+            endpoints: parse_endpoint_list(endpoints)?,
+        })
+    }
+}
+
+/// `ADDR[,ADDR...]`, as `--route` and `--default-route` take it.
+pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
+    s.split(',').map(|e| e.trim().parse()).collect()
+}
+
+/// Read `path` (if any), apply `overrides`, validate.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<RouterConfig, ConfigError> {
+    match path {
+        Some(path) => {
+            let source = Source::read(path)?;
+            let file: RouterFile = source.parse()?;
+            RouterConfig::build(file, Some(&source), overrides)
+        }
+        None => RouterConfig::build(RouterFile::default(), None, overrides),
+    }
+}
+
+impl RouterConfig {
+    /// Validate a parsed file (whose text is `source`, for error positions) with
+    /// the command line's overrides applied.
+    pub fn build(file: RouterFile, source: Option<&Source>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let at = |span: std::ops::Range<usize>| match source {
+            Some(source) => source.origin_at(span.start),
+            None => Origin::Flag("--config".to_owned()),
+        };
+        let file_error = |span: std::ops::Range<usize>, field: String, message: String| {
+            ConfigError::new(at(span), Some(field), message)
+        };
+
+        let hello = &file.hello;
+        if !(1024..=1 << 20).contains(&hello.max_bytes) {
+            return Err(ConfigError::new(
+                origin_of(source),
+                Some("hello.max_bytes".into()),
+                format!("{} is out of range 1024..=1048576", hello.max_bytes),
+            ));
+        }
+        for (field, value) in [
+            ("hello.timeout", hello.timeout),
+            ("defaults.connect_timeout", file.defaults.connect_timeout),
+            ("defaults.idle_timeout", file.defaults.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(
+                    origin_of(source),
+                    Some(field.into()),
+                    "must be more than 0",
+                ));
+            }
+        }
+
+        let mut routes = Vec::with_capacity(file.routes.len() + overrides.routes.len() + 1);
+        for (i, route) in file.routes.into_iter().enumerate() {
+            let name_span = route.name.span();
+            let name = route.name.into_inner();
+            if name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(file_error(
+                    name_span,
+                    format!("route[{i}].name"),
+                    format!(
+                        "`{name}`: a route name is 1 to 64 characters of letters, digits, `-`, `_` and `.` (it becomes a metric label)"
+                    ),
+                ));
+            }
+            let endpoints_span = route.endpoints.span();
+            let endpoints = route.endpoints.into_inner();
+            if endpoints.is_empty() {
+                return Err(file_error(
+                    endpoints_span,
+                    format!("route[{i}].endpoints"),
+                    "a route needs at least one endpoint".into(),
+                ));
+            }
+            let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
+            let is_default = route.default.is_some_and(Spanned::into_inner);
+            if route.hosts.is_empty() && !is_default {
+                return Err(file_error(
+                    name_span,
+                    format!("route[{i}].hosts"),
+                    format!("route `{name}` has no hosts and is not the default route"),
+                ));
+            }
+            for (field, value) in [
+                ("connect_timeout", route.connect_timeout),
+                ("idle_timeout", route.idle_timeout),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    return Err(file_error(
+                        name_span.clone(),
+                        format!("route[{i}].{field}"),
+                        "must be more than 0".into(),
+                    ));
+                }
+            }
+            routes.push(RouteSpec {
+                origin: at(name_span),
+                name,
+                hosts: route
+                    .hosts
+                    .into_iter()
+                    .map(|h| {
+                        let origin = at(h.span());
+                        (h.into_inner(), origin)
+                    })
+                    .collect(),
+                endpoints,
+                default: is_default.then(|| at(default_span)),
+                connect_timeout: route.connect_timeout.unwrap_or(file.defaults.connect_timeout),
+                idle_timeout: route.idle_timeout.unwrap_or(file.defaults.idle_timeout),
+            });
+        }
+
+        for flag in &overrides.routes {
+            let origin = Origin::Flag(format!("--route {}", flag.host));
+            routes.push(RouteSpec {
+                name: flag.host.to_string(),
+                hosts: vec![(flag.host.clone(), origin.clone())],
+                endpoints: flag.endpoints.clone(),
+                default: None,
+                connect_timeout: file.defaults.connect_timeout,
+                idle_timeout: file.defaults.idle_timeout,
+                origin,
+            });
+        }
+        if let Some(endpoints) = &overrides.default_route {
+            let origin = Origin::Flag("--default-route".to_owned());
+            routes.push(RouteSpec {
+                name: "default".to_owned(),
+                hosts: Vec::new(),
+                endpoints: endpoints.clone(),
+                default: Some(origin.clone()),
+                connect_timeout: file.defaults.connect_timeout,
+                idle_timeout: file.defaults.idle_timeout,
+                origin,
+            });
+        }
+
+        let mut names: Vec<(&str, &Origin)> = Vec::with_capacity(routes.len());
+        for route in &routes {
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == route.name) {
+                return Err(ConfigError::new(
+                    route.origin.clone(),
+                    Some("name".into()),
+                    format!("route name `{}` is already used at {first}", route.name),
+                ));
+            }
+            names.push((&route.name, &route.origin));
+        }
+
+        let listen = if !overrides.listen.is_empty() {
+            overrides.listen.clone()
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 443))])
+        };
+        if listen.is_empty() {
+            return Err(ConfigError::new(
+                origin_of(source),
+                Some("listen".into()),
+                "at least one address is needed",
+            ));
+        }
+
+        Ok(Self {
+            listen,
+            drain_timeout: file.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            hello_timeout: file.hello.timeout,
+            hello_max_bytes: file.hello.max_bytes,
+            log_format: overrides.log_format.unwrap_or(file.log.format),
+            log_level: file.log.level,
+            routes,
+        })
+    }
+}
+
+fn origin_of(source: Option<&Source>) -> Origin {
+    match source {
+        Some(source) => Origin::File {
+            path: source.path().to_owned(),
+            position: None,
+        },
+        None => Origin::Flag("(defaults)".to_owned()),
+    }
+}
+
+// === host patterns ===
+
+/// A host a route answers for: an exact name, or `*.suffix`, which matches exactly
+/// one more label (`*.apps.example.com` matches `a.apps.example.com`, not
+/// `a.b.apps.example.com`: OpenShift's Subdomain wildcard policy). Stored
+/// lower-cased and without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix after `*.`.
+    Wildcard(String),
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        if lower == "*" {
+            return Err("`*` is not a host pattern: give the route `default = true` (or use --default-route)".into());
+        }
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(suffix) => (true, suffix),
+            None => (false, lower.as_str()),
+        };
+        validate_hostname(name).map_err(|why| format!("`{s}` is not a valid host pattern: {why}"))?;
+        Ok(if wildcard {
+            Self::Wildcard(name.to_owned())
+        } else {
+            Self::Exact(name.to_owned())
+        })
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(name) => f.write_str(name),
+            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
+fn validate_hostname(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.len() > MAX_HOSTNAME_LEN {
+        return Err("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label");
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err("a label is longer than 63 characters");
+        }
+        if label.contains('*') {
+            return Err("`*` may only stand alone as the first label");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("only letters, digits, `-` and `_` may appear in a label");
+        }
+    }
+    Ok(())
+}
+
+// === endpoints ===
+
+/// Where a route's connections go: an address, or a DNS name resolved at each
+/// connect (so a Kubernetes Service name follows its ClusterIP).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Endpoint {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self::Addr(addr));
+        }
+        let bad =
+            |why: &str| format!("`{s}` is not a valid endpoint: {why} (expected HOST:PORT, IPV4:PORT or [IPV6]:PORT)");
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("the port is not a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        if host.parse::<IpAddr>().is_ok() || host.contains(':') {
+            return Err(bad("an IPv6 address needs brackets"));
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        validate_hostname(&host).map_err(bad)?;
+        Ok(Self::Name { host, port })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(f, "{addr}"),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RouterConfig, ConfigError> {
+        let source = Source::from_text("router.toml", text);
+        let file: RouterFile = source.parse()?;
+        RouterConfig::build(file, Some(&source), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let config = RouterConfig::build(RouterFile::default(), None, &Overrides::default()).unwrap();
+        assert_eq!(config.listen, vec!["0.0.0.0:443".parse().unwrap()]);
+        assert_eq!(config.hello_timeout, Duration::from_secs(5));
+        assert_eq!(config.hello_max_bytes, 17 * 1024);
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn host_patterns_normalise_and_validate() {
+        assert_eq!(
+            "Broker.Example.COM.".parse(),
+            Ok(HostPattern::Exact("broker.example.com".into()))
+        );
+        assert_eq!("*.Apps.Test".parse(), Ok(HostPattern::Wildcard("apps.test".into())));
+        for bad in ["", "*", "a..b", "*.*.b", "a.*.b", "x*.b", "a b", "*.", &"a".repeat(64)] {
+            assert!(bad.parse::<HostPattern>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            "127.0.0.1:8883".parse(),
+            Ok(Endpoint::Addr("127.0.0.1:8883".parse().unwrap()))
+        );
+        assert_eq!("[::1]:8883".parse(), Ok(Endpoint::Addr("[::1]:8883".parse().unwrap())));
+        assert_eq!(
+            "Broker.svc.cluster.local:8883".parse(),
+            Ok(Endpoint::Name {
+                host: "broker.svc.cluster.local".into(),
+                port: 8883
+            })
+        );
+        for bad in ["broker", "broker:", "broker:0", "broker:70000", "::1:8883", "a b:1"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn flag_route_parses() {
+        let route: FlagRoute = "*.apps.test=127.0.0.1:1,b.test:2".parse().unwrap();
+        assert_eq!(route.host, HostPattern::Wildcard("apps.test".into()));
+        assert_eq!(route.endpoints.len(), 2);
+        assert!("a.test".parse::<FlagRoute>().is_err());
+    }
+
+    #[test]
+    fn bad_host_error_names_line_and_field() {
+        let err = parse("[[route]]\nname = \"a\"\nhosts = [\"ok.test\", \"a..b\"]\nendpoints = [\"127.0.0.1:1\"]\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("router.toml:3:"), "{text}");
+        assert!(text.contains(": field `route[0].hosts[1]`: "), "{text}");
+        assert!(text.contains("empty label"), "{text}");
+    }
+
+    #[test]
+    fn empty_endpoints_and_missing_hosts_are_refused() {
+        let err = parse("[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = []\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("router.toml:4:13: field `route[0].endpoints`"),
+            "{err}"
+        );
+        let err = parse("[[route]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("no hosts and is not the default route"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_route_names_are_refused() {
+        let err = parse(
+            "[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[route]]\nname = \"a\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("router.toml:6:8: "), "{text}");
+        assert!(text.contains("already used at router.toml:2:8"), "{text}");
+    }
+
+    #[test]
+    fn durations_and_per_route_overrides() {
+        let config = parse(
+            "[hello]\ntimeout = \"250ms\"\n[defaults]\nidle_timeout = \"30m\"\n\
+             [[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\nidle_timeout = \"10s\"\n\
+             [[route]]\nname = \"b\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.hello_timeout, Duration::from_millis(250));
+        assert_eq!(config.routes[0].idle_timeout, Duration::from_secs(10));
+        assert_eq!(config.routes[1].idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_add_routes_and_replace_listen() {
+        let overrides = Overrides {
+            listen: vec!["[::1]:8443".parse().unwrap()],
+            routes: vec!["b.test=127.0.0.1:2".parse().unwrap()],
+            default_route: Some(vec!["127.0.0.1:3".parse().unwrap()]),
+            log_format: Some(LogFormat::Json),
+        };
+        let source = Source::from_text(
+            "r.toml",
+            "listen = [\"0.0.0.0:1\"]\n[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
+        );
+        let config = RouterConfig::build(source.parse().unwrap(), Some(&source), &overrides).unwrap();
+        assert_eq!(config.listen, vec!["[::1]:8443".parse().unwrap()]);
+        let names: Vec<_> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b.test", "default"]);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,35 @@
+//! Why a connection ended early: one variant per pipeline stage.
+//!
+//! The [`ConnError::label`] of each variant is the `outcome` field of the access
+//! log (and, with router operations, a metric label), so labels are stable and few.
+
+use crate::hello::HelloError;
+use crate::route::NoRoute;
+use crate::upstream::ConnectError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error(transparent)]
+    NoRoute(#[from] NoRoute),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("sending the ClientHello to the backend: {0}")]
+    Forward(std::io::Error),
+}
+
+impl ConnError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConnError::Hello(HelloError::Timeout(_)) => "hello_timeout",
+            ConnError::Hello(HelloError::TooLarge(_)) => "hello_too_large",
+            ConnError::Hello(HelloError::Closed(_)) => "client_closed_early",
+            ConnError::Hello(HelloError::Invalid(invalid)) => invalid.label(),
+            ConnError::Hello(HelloError::Io(_)) => "client_error",
+            ConnError::NoRoute(no_route) => no_route.label(),
+            ConnError::Connect(_) => "all_endpoints_down",
+            ConnError::Forward(_) => "backend_error",
+        }
+    }
+}

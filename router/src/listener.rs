@@ -1,0 +1,111 @@
+//! Accepting connections on one bound socket, until told to stop; then draining.
+//!
+//! The loop only accepts and spawns: it never reads from a client, so one slow
+//! client cannot delay the next. Each connection gets its own task and span
+//! (`conn`, with `peer` and `local`; the later stages fill in `sni`, `alpn`,
+//! `route` and `backend`). When accepting fails for lack of resources (EMFILE,
+//! ENFILE, ENOBUFS, ENOMEM), the loop backs off briefly instead of spinning on
+//! an error that only a closing connection can clear.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use snigate_shared::shutdown::{self, DrainReport, Shutdown};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinSet;
+use tracing::{Instrument, field::Empty};
+
+use crate::conn::{self, Shared};
+
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The kernel caps this at net.core.somaxconn; asking for more is harmless.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind a listening socket with a deep backlog, so bursts of connections (a
+/// fleet of MQTT clients reconnecting at once) queue instead of being refused.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accept on `listener` until `shutdown.stop`, then drain this listener's
+/// connections for at most `drain_timeout` (or until `shutdown.force`).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    drain_timeout: Duration,
+) -> DrainReport {
+    let local = match listener.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => "?".to_owned(),
+    };
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        reap(&mut tasks);
+        match accepted {
+            Ok((stream, peer)) => {
+                // Relayed TLS records must not wait for Nagle (see upstream).
+                let _ = stream.set_nodelay(true);
+                let span = tracing::info_span!(
+                    "conn",
+                    %peer,
+                    %local,
+                    sni = Empty,
+                    alpn = Empty,
+                    route = Empty,
+                    backend = Empty,
+                );
+                tasks.spawn(conn::handle(stream, shared.clone()).instrument(span));
+            }
+            // The client gave up between SYN and accept: nothing to do.
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                tracing::warn!(%local, error = %e, "accept failed; backing off");
+                tokio::select! {
+                    () = shutdown.stop.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    // Close the socket first, so that new clients are refused rather than queued
+    // behind a listener that will never accept them.
+    drop(listener);
+    let open = tasks.len();
+    tracing::info!(%local, open, ?drain_timeout, "stopped accepting; draining");
+    let report = shutdown::drain(&mut tasks, drain_timeout, &shutdown.force).await;
+    tracing::info!(%local, finished = report.finished, aborted = report.aborted, "drained");
+    report
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    )
+}
+
+/// Collect finished connection tasks so the set does not grow without bound.
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(result) = tasks.try_join_next() {
+        if let Err(e) = result
+            && e.is_panic()
+        {
+            tracing::error!("a connection task panicked: this is a bug; other connections are unaffected");
+        }
+    }
+}

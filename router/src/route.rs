@@ -1,0 +1,246 @@
+//! The route table: which route a ClientHello's SNI selects.
+//!
+//! Built once per configuration (at start and on reload), then shared read-only by
+//! every connection. Lookup is two hash probes: the exact name, then the wildcard
+//! for the name minus its first label. Exact beats wildcard; the default route
+//! takes what neither matches, and hellos without SNI. Conflicts (one host claimed
+//! by two routes, two default routes) are found here, at build time, and name
+//! both places. Sync and pure: no I/O.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use snigate_shared::config::ConfigError;
+
+use crate::config::{Endpoint, HostPattern, RouteSpec};
+
+/// A route, as connections use it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// The host patterns, as configured (for `check` and the logs).
+    pub hosts: Vec<String>,
+    /// Tried in order; a connection fails over to the next on a connect error.
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// How a route was selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchKind {
+    Exact,
+    Wildcard,
+    /// The default route, for a hello with no SNI.
+    DefaultNoSni,
+    /// The default route, for an SNI no route claims.
+    DefaultUnknownSni,
+}
+
+/// Why no route was selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    #[error("the ClientHello has no SNI and there is no default route")]
+    NoSni,
+    #[error("no route for this SNI and there is no default route")]
+    UnknownSni,
+}
+
+impl NoRoute {
+    pub fn label(&self) -> &'static str {
+        match self {
+            NoRoute::NoSni => "no_sni",
+            NoRoute::UnknownSni => "unknown_sni",
+        }
+    }
+}
+
+/// All routes, indexed by host.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+impl RouteTable {
+    /// Index `specs`, refusing any host claimed twice and a second default route.
+    pub fn build(specs: &[RouteSpec]) -> Result<Self, ConfigError> {
+        let mut table = RouteTable::default();
+        // Where each host and the default were claimed, to name both on a conflict.
+        let mut claimed: HashMap<&HostPattern, (&str, &snigate_shared::config::Origin)> = HashMap::new();
+        let mut default_claim: Option<(&str, &snigate_shared::config::Origin)> = None;
+        for (index, spec) in specs.iter().enumerate() {
+            for (pattern, origin) in &spec.hosts {
+                if let Some((other, other_origin)) = claimed.insert(pattern, (&spec.name, origin)) {
+                    let message = if other == spec.name {
+                        format!("host `{pattern}` appears twice in route `{other}` (also at {other_origin})")
+                    } else {
+                        format!(
+                            "host `{pattern}` is claimed by route `{}` and route `{other}` (at {other_origin})",
+                            spec.name
+                        )
+                    };
+                    return Err(ConfigError::new(origin.clone(), Some("hosts".into()), message));
+                }
+                let key = match pattern {
+                    HostPattern::Exact(name) => table.exact.insert(name.clone(), index),
+                    HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.clone(), index),
+                };
+                debug_assert!(key.is_none(), "a duplicate is caught by `claimed`");
+            }
+            if let Some(origin) = &spec.default {
+                if let Some((other, other_origin)) = default_claim.replace((&spec.name, origin)) {
+                    return Err(ConfigError::new(
+                        origin.clone(),
+                        Some("default".into()),
+                        format!(
+                            "route `{}` and route `{other}` (at {other_origin}) are both the default route",
+                            spec.name
+                        ),
+                    ));
+                }
+                table.default = Some(index);
+            }
+            table.routes.push(Arc::new(Route {
+                name: spec.name.clone(),
+                hosts: spec.hosts.iter().map(|(h, _)| h.to_string()).collect(),
+                endpoints: spec.endpoints.clone(),
+                connect_timeout: spec.connect_timeout,
+                idle_timeout: spec.idle_timeout,
+            }));
+        }
+        Ok(table)
+    }
+
+    /// The route for a ClientHello's (normalised) SNI.
+    pub fn lookup(&self, sni: Option<&str>) -> Result<(&Arc<Route>, MatchKind), NoRoute> {
+        let found = match sni {
+            None => None,
+            Some(sni) => self.exact.get(sni).map(|&i| (i, MatchKind::Exact)).or_else(|| {
+                let (_, parent) = sni.split_once('.')?;
+                self.wildcard.get(parent).map(|&i| (i, MatchKind::Wildcard))
+            }),
+        };
+        let (index, kind) = match (found, self.default) {
+            (Some(found), _) => found,
+            (None, Some(default)) if sni.is_none() => (default, MatchKind::DefaultNoSni),
+            (None, Some(default)) => (default, MatchKind::DefaultUnknownSni),
+            (None, None) if sni.is_none() => return Err(NoRoute::NoSni),
+            (None, None) => return Err(NoRoute::UnknownSni),
+        };
+        Ok((&self.routes[index], kind))
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    pub fn default_route(&self) -> Option<&Arc<Route>> {
+        self.default.map(|i| &self.routes[i])
+    }
+}
+
+impl fmt::Display for RouteTable {
+    /// The table as `check` prints it: one route per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, route) in self.routes.iter().enumerate() {
+            let mut hosts = route.hosts.clone();
+            hosts.sort();
+            if self.default == Some(i) {
+                hosts.push("(default)".to_owned());
+            }
+            let endpoints: Vec<String> = route.endpoints.iter().map(ToString::to_string).collect();
+            writeln!(
+                f,
+                "route {}: {} -> {} (connect timeout {}, idle timeout {})",
+                route.name,
+                hosts.join(" "),
+                endpoints.join(", "),
+                humantime::format_duration(route.connect_timeout),
+                humantime::format_duration(route.idle_timeout),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snigate_shared::config::Origin;
+
+    fn spec(name: &str, hosts: &[&str], default: bool) -> RouteSpec {
+        let origin = Origin::Flag(format!("test {name}"));
+        RouteSpec {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| (h.parse().unwrap(), origin.clone())).collect(),
+            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            default: default.then(|| origin.clone()),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            origin,
+        }
+    }
+
+    fn name_of(table: &RouteTable, sni: Option<&str>) -> Result<(String, MatchKind), NoRoute> {
+        table.lookup(sni).map(|(r, k)| (r.name.clone(), k))
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcard_is_one_label() {
+        let table = RouteTable::build(&[
+            spec("wild", &["*.apps.test"], false),
+            spec("exact", &["special.apps.test"], false),
+        ])
+        .unwrap();
+        assert_eq!(
+            name_of(&table, Some("special.apps.test")),
+            Ok(("exact".into(), MatchKind::Exact))
+        );
+        assert_eq!(
+            name_of(&table, Some("a.apps.test")),
+            Ok(("wild".into(), MatchKind::Wildcard))
+        );
+        assert_eq!(name_of(&table, Some("a.b.apps.test")), Err(NoRoute::UnknownSni));
+        assert_eq!(name_of(&table, Some("apps.test")), Err(NoRoute::UnknownSni));
+        assert_eq!(name_of(&table, None), Err(NoRoute::NoSni));
+    }
+
+    #[test]
+    fn default_takes_unknown_and_missing_sni() {
+        let table = RouteTable::build(&[spec("a", &["a.test"], false), spec("fallback", &[], true)]).unwrap();
+        assert_eq!(
+            name_of(&table, Some("zzz.test")),
+            Ok(("fallback".into(), MatchKind::DefaultUnknownSni))
+        );
+        assert_eq!(name_of(&table, None), Ok(("fallback".into(), MatchKind::DefaultNoSni)));
+        assert_eq!(name_of(&table, Some("a.test")), Ok(("a".into(), MatchKind::Exact)));
+    }
+
+    #[test]
+    fn conflicts_name_both_routes() {
+        let err = RouteTable::build(&[spec("one", &["x.test"], false), spec("two", &["X.Test."], false)]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("route `two` and route `one`"), "{text}");
+        assert!(text.contains("test one") && text.contains("test two"), "{text}");
+
+        let err = RouteTable::build(&[spec("one", &[], true), spec("two", &[], true)]).unwrap_err();
+        assert!(err.to_string().contains("both the default route"), "{err}");
+
+        let err = RouteTable::build(&[spec("one", &["*.a.test", "*.a.test"], false)]).unwrap_err();
+        assert!(err.to_string().contains("appears twice in route `one`"), "{err}");
+    }
+
+    #[test]
+    fn display_lists_every_route() {
+        let table = RouteTable::build(&[spec("a", &["b.test", "*.a.test"], false), spec("d", &[], true)]).unwrap();
+        let text = table.to_string();
+        assert!(text.contains("route a: *.a.test b.test -> 127.0.0.1:1"), "{text}");
+        assert!(text.contains("route d: (default) -> 127.0.0.1:1"), "{text}");
+    }
+}

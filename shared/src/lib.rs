@@ -1,0 +1,15 @@
+//! What snigate's router and broker share.
+//!
+//! Layout:
+//! - [`config`]: read a TOML file into typed structs; every error names the file,
+//!   line and field (or the flag or environment variable it came from).
+//! - [`logging`]: the tracing subscriber (text or JSON), and the fixed
+//!   "listening on" line that harnesses read bound addresses from.
+//! - [`shutdown`]: SIGTERM/SIGINT into one cancellation token, and draining a set
+//!   of connection tasks under a deadline.
+//!
+//! Nothing here knows about routes or MQTT: these modules are leaves.
+
+pub mod config;
+pub mod logging;
+pub mod shutdown;
