@@ -36,7 +36,7 @@ pub struct RouterFile {
     pub listen: Option<Vec<SocketAddr>>,
     /// On SIGTERM/SIGINT, how long open connections may finish before they are
     /// closed. Default 20 s: under Kubernetes' 30 s termination grace period.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "checked::some_duration")]
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
     pub hello: HelloFile,
@@ -54,9 +54,10 @@ pub struct RouterFile {
 #[serde(deny_unknown_fields, default)]
 pub struct HelloFile {
     /// Deadline for a complete ClientHello, from accept.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "checked::duration")]
     pub timeout: Duration,
     /// Most bytes read while looking for the end of the ClientHello.
+    #[serde(deserialize_with = "checked::hello_max_bytes")]
     pub max_bytes: usize,
 }
 
@@ -77,10 +78,10 @@ impl Default for HelloFile {
 #[serde(deny_unknown_fields, default)]
 pub struct DefaultsFile {
     /// Deadline for one TCP connect attempt to one endpoint address.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "checked::duration")]
     pub connect_timeout: Duration,
     /// Close a relayed connection after this long with no bytes either way.
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "checked::duration")]
     pub idle_timeout: Duration,
 }
 
@@ -100,6 +101,7 @@ impl Default for DefaultsFile {
 pub struct LogFile {
     pub format: LogFormat,
     /// Used when `RUST_LOG` is not set; tracing filter syntax.
+    #[serde(deserialize_with = "checked::log_level")]
     pub level: String,
 }
 
@@ -124,9 +126,9 @@ pub struct RouteFile {
     /// Receive ClientHellos with no SNI or an SNI no route matches.
     #[serde(default)]
     pub default: Option<Spanned<bool>>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "checked::some_duration")]
     pub connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "checked::some_duration")]
     pub idle_timeout: Option<Duration>,
 }
 
@@ -220,28 +222,6 @@ impl RouterConfig {
             ConfigError::new(at(span), Some(field), message)
         };
 
-        let hello = &file.hello;
-        if !(1024..=1 << 20).contains(&hello.max_bytes) {
-            return Err(ConfigError::new(
-                origin_of(source),
-                Some("hello.max_bytes".into()),
-                format!("{} is out of range 1024..=1048576", hello.max_bytes),
-            ));
-        }
-        for (field, value) in [
-            ("hello.timeout", hello.timeout),
-            ("defaults.connect_timeout", file.defaults.connect_timeout),
-            ("defaults.idle_timeout", file.defaults.idle_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::new(
-                    origin_of(source),
-                    Some(field.into()),
-                    "must be more than 0",
-                ));
-            }
-        }
-
         let mut routes = Vec::with_capacity(file.routes.len() + overrides.routes.len() + 1);
         for (i, route) in file.routes.into_iter().enumerate() {
             let name_span = route.name.span();
@@ -275,18 +255,6 @@ impl RouterConfig {
                     format!("route[{i}].hosts"),
                     format!("route `{name}` has no hosts and is not the default route"),
                 ));
-            }
-            for (field, value) in [
-                ("connect_timeout", route.connect_timeout),
-                ("idle_timeout", route.idle_timeout),
-            ] {
-                if value.is_some_and(|v| v.is_zero()) {
-                    return Err(file_error(
-                        name_span.clone(),
-                        format!("route[{i}].{field}"),
-                        "must be more than 0".into(),
-                    ));
-                }
             }
             routes.push(RouteSpec {
                 origin: at(name_span),
@@ -331,18 +299,6 @@ impl RouterConfig {
             });
         }
 
-        let mut names: Vec<(&str, &Origin)> = Vec::with_capacity(routes.len());
-        for route in &routes {
-            if let Some((_, first)) = names.iter().find(|(n, _)| *n == route.name) {
-                return Err(ConfigError::new(
-                    route.origin.clone(),
-                    Some("name".into()),
-                    format!("route name `{}` is already used at {first}", route.name),
-                ));
-            }
-            names.push((&route.name, &route.origin));
-        }
-
         let listen = if !overrides.listen.is_empty() {
             overrides.listen.clone()
         } else {
@@ -379,6 +335,40 @@ fn origin_of(source: Option<&Source>) -> Origin {
     }
 }
 
+/// Value checks run while deserializing, so that toml reports them with the
+/// line and the field path like any type error.
+mod checked {
+    use std::time::Duration;
+
+    use serde::de::{Deserializer, Error};
+
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let value: Duration = humantime_serde::deserialize(d)?;
+        if value.is_zero() {
+            return Err(D::Error::custom("must be more than 0"));
+        }
+        Ok(value)
+    }
+
+    pub fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration(d).map(Some)
+    }
+
+    pub fn hello_max_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let value: usize = serde::Deserialize::deserialize(d)?;
+        if !(1024..=1 << 20).contains(&value) {
+            return Err(D::Error::custom(format!("{value} is out of range 1024..=1048576")));
+        }
+        Ok(value)
+    }
+
+    pub fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let value: String = serde::Deserialize::deserialize(d)?;
+        snigate_shared::logging::check_filter(&value).map_err(D::Error::custom)?;
+        Ok(value)
+    }
+}
+
 // === host patterns ===
 
 /// A host a route answers for: an exact name, or `*.suffix`, which matches exactly
@@ -397,7 +387,8 @@ impl FromStr for HostPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        // One trailing dot (the root) is dropped, as for SNI; more is an empty label.
+        let lower = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
         if lower == "*" {
             return Err("`*` is not a host pattern: give the route `default = true` (or use --default-route)".into());
         }
@@ -473,11 +464,14 @@ impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Self::Addr(addr));
-        }
         let bad =
             |why: &str| format!("`{s}` is not a valid endpoint: {why} (expected HOST:PORT, IPV4:PORT or [IPV6]:PORT)");
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(bad("port 0"));
+            }
+            return Ok(Self::Addr(addr));
+        }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
         let port: u16 = port
             .parse()
@@ -488,7 +482,7 @@ impl FromStr for Endpoint {
         if host.parse::<IpAddr>().is_ok() || host.contains(':') {
             return Err(bad("an IPv6 address needs brackets"));
         }
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         validate_hostname(&host).map_err(bad)?;
         Ok(Self::Name { host, port })
     }
@@ -556,7 +550,16 @@ mod tests {
                 port: 8883
             })
         );
-        for bad in ["broker", "broker:", "broker:0", "broker:70000", "::1:8883", "a b:1"] {
+        for bad in [
+            "broker",
+            "broker:",
+            "broker:0",
+            "127.0.0.1:0",
+            "broker:70000",
+            "::1:8883",
+            "a b:1",
+            "a..:1",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} should be refused");
         }
     }
@@ -595,15 +598,42 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_route_names_are_refused() {
-        let err = parse(
+    fn duplicate_route_names_are_refused_by_the_table() {
+        let config = parse(
             "[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n\
              [[route]]\nname = \"a\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
         )
-        .unwrap_err();
+        .unwrap();
+        let err = crate::route::RouteTable::build(&config.routes).unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("router.toml:6:8: "), "{text}");
         assert!(text.contains("already used at router.toml:2:8"), "{text}");
+    }
+
+    #[test]
+    fn value_checks_name_line_and_field() {
+        let err = parse("[hello]\nmax_bytes = 10\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("router.toml:2:13: field `hello.max_bytes`: 10 is out of range"),
+            "{err}"
+        );
+        let err = parse("[defaults]\nidle_timeout = \"0s\"\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("router.toml:2:16: field `defaults.idle_timeout`: must be more than 0"),
+            "{err}"
+        );
+        let err = parse("[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\nconnect_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("router.toml:5:19: field `route[0].connect_timeout`: "),
+            "{err}"
+        );
+        let err = parse("[log]\nlevel = \"info,[\"\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("router.toml:2:9: field `log.level`: invalid log filter"),
+            "{err}"
+        );
     }
 
     #[test]

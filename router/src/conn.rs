@@ -71,7 +71,7 @@ pub async fn handle(mut client: TcpStream, shared: Arc<Shared>) {
                 outcome = error.label(),
                 duration_ms = millis(started),
                 %error,
-                "connection refused"
+                "connection not relayed"
             );
         }
     }
@@ -92,7 +92,10 @@ async fn serve(
     }
 
     let route = match snapshot.table.lookup(hello.info.sni.as_deref()) {
-        Ok((route, _kind)) => route,
+        Ok((route, kind)) => {
+            span.record("matched", kind.label());
+            route
+        }
         Err(no_route) => {
             send_alert(client, hello.info.record_version).await;
             return Err(no_route.into());
@@ -103,11 +106,14 @@ async fn serve(
     let (mut backend, addr) = connector.connect(route).await?;
     span.record("backend", tracing::field::display(addr));
     backend.write_all(&hello.bytes).await.map_err(ConnError::Forward)?;
+    let hello_len = hello.bytes.len() as u64;
     // The hello's buffer is not needed any more: free it before a relay that may
     // last for hours.
     drop(hello);
 
-    Ok(splice::relay(client, &backend, route.idle_timeout).await)
+    let mut relayed = splice::relay(client, &backend, route.idle_timeout).await;
+    relayed.to_backend += hello_len;
+    Ok(relayed)
 }
 
 /// Best effort: the client may already be gone.

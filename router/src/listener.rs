@@ -67,6 +67,7 @@ pub async fn serve(
                     sni = Empty,
                     alpn = Empty,
                     route = Empty,
+                    matched = Empty,
                     backend = Empty,
                 );
                 tasks.spawn(conn::handle(stream, shared.clone()).instrument(span));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use snigate_router::config::{self, Endpoint, FlagRoute, Overrides};
+use snigate_router::config::{Endpoint, FlagRoute, Overrides};
 use snigate_shared::logging::{self, LogFormat};
 use snigate_shared::shutdown::Shutdown;
 
@@ -29,8 +29,8 @@ struct Cli {
     #[arg(long, global = true, value_name = "HOST=ADDR[,ADDR...]")]
     route: Vec<FlagRoute>,
     /// Endpoints for ClientHellos with no SNI or an unknown one.
-    #[arg(long, global = true, value_name = "ADDR[,ADDR...]", value_parser = config::parse_endpoint_list)]
-    default_route: Option<Vec<Endpoint>>,
+    #[arg(long, global = true, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    default_route: Vec<Endpoint>,
     /// Log format: text or json.
     #[arg(long, global = true)]
     log_format: Option<LogFormat>,
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         listen: cli.listen,
         routes: cli.route,
-        default_route: cli.default_route,
+        default_route: (!cli.default_route.is_empty()).then_some(cli.default_route),
         log_format: cli.log_format,
     };
     let settings = match snigate_router::load(cli.config.as_deref(), &overrides) {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use snigate_shared::config::ConfigError;
+use snigate_shared::config::{ConfigError, Origin};
 
 use crate::config::{Endpoint, HostPattern, RouteSpec};
 
@@ -37,6 +37,17 @@ pub enum MatchKind {
     DefaultNoSni,
     /// The default route, for an SNI no route claims.
     DefaultUnknownSni,
+}
+
+impl MatchKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            MatchKind::Exact => "exact",
+            MatchKind::Wildcard => "wildcard",
+            MatchKind::DefaultNoSni => "default_no_sni",
+            MatchKind::DefaultUnknownSni => "default_unknown_sni",
+        }
+    }
 }
 
 /// Why no route was selected.
@@ -72,12 +83,13 @@ impl RouteTable {
     pub fn build(specs: &[RouteSpec]) -> Result<Self, ConfigError> {
         let mut table = RouteTable::default();
         // Where each host and the default were claimed, to name both on a conflict.
-        let mut claimed: HashMap<&HostPattern, (&str, &snigate_shared::config::Origin)> = HashMap::new();
-        let mut default_claim: Option<(&str, &snigate_shared::config::Origin)> = None;
+        let mut claimed: HashMap<&HostPattern, (usize, &str, &Origin)> = HashMap::new();
+        let mut default_claim: Option<(&str, &Origin)> = None;
+        let mut names: HashMap<&str, &Origin> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
             for (pattern, origin) in &spec.hosts {
-                if let Some((other, other_origin)) = claimed.insert(pattern, (&spec.name, origin)) {
-                    let message = if other == spec.name {
+                if let Some((other_index, other, other_origin)) = claimed.insert(pattern, (index, &spec.name, origin)) {
+                    let message = if other_index == index {
                         format!("host `{pattern}` appears twice in route `{other}` (also at {other_origin})")
                     } else {
                         format!(
@@ -92,6 +104,15 @@ impl RouteTable {
                     HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.clone(), index),
                 };
                 debug_assert!(key.is_none(), "a duplicate is caught by `claimed`");
+            }
+            // After the hosts: two flag routes for one host share a name, and the
+            // host is the conflict worth reporting.
+            if let Some(first) = names.insert(&spec.name, &spec.origin) {
+                return Err(ConfigError::new(
+                    spec.origin.clone(),
+                    Some("name".into()),
+                    format!("route name `{}` is already used at {first}", spec.name),
+                ));
             }
             if let Some(origin) = &spec.default {
                 if let Some((other, other_origin)) = default_claim.replace((&spec.name, origin)) {
@@ -172,7 +193,6 @@ impl fmt::Display for RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snigate_shared::config::Origin;
 
     fn spec(name: &str, hosts: &[&str], default: bool) -> RouteSpec {
         let origin = Origin::Flag(format!("test {name}"));

@@ -35,6 +35,13 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Check a filter (`info`, `warn,snigate_router=debug`) without installing it.
+pub fn check_filter(directives: &str) -> Result<(), String> {
+    EnvFilter::try_new(directives)
+        .map(drop)
+        .map_err(|e| format!("invalid log filter `{directives}`: {e}"))
+}
+
 /// Install the process-wide subscriber. `default_level` applies when `RUST_LOG` is
 /// unset. Call once, from `main`; tests use [`test_guard`] instead.
 pub fn init(format: LogFormat, default_level: &str) -> Result<(), String> {

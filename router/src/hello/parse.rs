@@ -247,11 +247,15 @@ fn server_name(data: &[u8]) -> Result<Option<String>, Invalid> {
 /// into logs, and a client must not be able to write arbitrary bytes there.
 fn normalize_host(name: &[u8]) -> Result<String, Invalid> {
     let name = name.strip_suffix(b".").unwrap_or(name);
-    let valid = !name.is_empty()
-        && name.len() <= MAX_HOSTNAME_LEN
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    // Labels must be non-empty too: `.apps.example.com` must not match
+    // `*.apps.example.com` through an empty first label.
+    let valid = name.len() <= MAX_HOSTNAME_LEN
+        && name.split(|&b| b == b'.').all(|label| {
+            !label.is_empty()
+                && label
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        });
     if !valid {
         return Err(Invalid::BadServerName);
     }
@@ -489,6 +493,9 @@ mod tests {
             b"\x1b[31m.test",
             b"a/b",
             b".",
+            b".apps.test",
+            b"a..test",
+            b"a.test..",
             b"",
             b"caf\xc3\xa9.test",
         ] {

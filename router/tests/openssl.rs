@@ -1,0 +1,110 @@
+//! The router with `openssl s_client` as the client: a real peer that users will
+//! point at it first. Under CI=true a missing openssl fails; elsewhere it skips.
+#![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
+
+mod support;
+
+use std::process::Stdio;
+
+use support::*;
+use tokio::process::Command;
+
+fn openssl_available() -> bool {
+    let found = std::process::Command::new("openssl").arg("version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v.is_empty()),
+            "openssl is required under CI (Debian package `openssl`; scripts/test installs it)"
+        );
+        eprintln!("\n*** SKIPPED: openssl not found; install Debian's `openssl` or run scripts/test ***\n");
+    }
+    found
+}
+
+async fn s_client(router: std::net::SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(router.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(STEP, output).await.unwrap().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn s_client_reaches_the_backend_for_its_servername() {
+    if !openssl_available() {
+        return;
+    }
+    let ca = Ca::new();
+    let dir = tempdir();
+    let ca_file = ca.write_pem(&dir);
+    let a = TlsBackend::start(&ca, "broker-a.apps.snigate.test", "a").await;
+    let b = TlsBackend::start(&ca, "broker-b.apps.snigate.test", "b").await;
+    let config = [
+        route("a", &["broker-a.apps.snigate.test"], &[a.addr]),
+        route("b", &["broker-b.apps.snigate.test"], &[b.addr]),
+    ]
+    .concat();
+    let router = TestRouter::start(&config).await;
+    let ca_arg = ca_file.to_str().unwrap();
+    for (host, version) in [
+        ("broker-a.apps.snigate.test", "-tls1_3"),
+        ("broker-b.apps.snigate.test", "-tls1_3"),
+        ("broker-a.apps.snigate.test", "-tls1_2"),
+    ] {
+        let out = s_client(
+            router.addr,
+            &[
+                "-servername",
+                host,
+                "-verify_hostname",
+                host,
+                "-verify_return_error",
+                "-CAfile",
+                ca_arg,
+                version,
+            ],
+        )
+        .await;
+        assert!(
+            out.contains(&format!("subject=CN = {host}")),
+            "{host} {version}:\n{out}"
+        );
+        assert!(out.contains("Verify return code: 0 (ok)"), "{host} {version}:\n{out}");
+    }
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn s_client_sees_unrecognized_name_for_an_unknown_host() {
+    if !openssl_available() {
+        return;
+    }
+    let ca = Ca::new();
+    let a = TlsBackend::start(&ca, "a.test", "a").await;
+    let router = TestRouter::start(&route("a", &["a.test"], &[a.addr])).await;
+    let out = s_client(router.addr, &["-servername", "nobody.test"]).await;
+    assert!(out.contains("unrecognized name"), "{out}");
+    assert!(out.contains("alert number 112"), "{out}");
+    router.stop().await;
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("snigate-test-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}

@@ -1,0 +1,242 @@
+//! The real `snigate-router` binary: exit codes, `check`, flags alone, signals,
+//! and the shipped example configs.
+#![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snigate-router");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// A running router process, killed on drop if a test fails half-way.
+struct RouterProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl RouterProcess {
+    /// Start with `args` and wait for its "listening on tls ADDR" line.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[router] {line}");
+                if let Some(rest) = line.split("listening on tls ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(STEP)
+            .expect("the router announces its address")
+            .parse()
+            .unwrap();
+        Self { child, addr }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Async, so that backends on the test's runtime keep running meanwhile.
+    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the router did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_config_error_exits_78_naming_file_line_and_field() {
+    let dir = std::env::temp_dir().join(format!("snigate-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:0\"]\n\n[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"nope\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN).arg("--config").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{}:6:", path.display())), "{stderr}");
+    assert!(stderr.contains("field `route[0].endpoints"), "{stderr}");
+    assert!(stderr.contains("`nope` is not a valid endpoint"), "{stderr}");
+
+    let output = Command::new(BIN)
+        .args(["--route", "a.test=127.0.0.1:1", "--route", "A.TEST=127.0.0.1:2"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("claimed by route"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_prints_the_route_table() {
+    let config = repo_root().join("config/router.toml");
+    let output = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("route broker-a: broker-a.apps.snigate.test -> 127.0.0.1:18883"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route apps: *.apps.snigate.test -> localhost:48883"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn flags_alone_route_and_sigterm_exits_cleanly() {
+    let ca = Ca::new();
+    let a = TlsBackend::start(&ca, "a.test", "a").await;
+    let apps = TlsBackend::start(&ca, "x.apps.test", "apps").await;
+    let fallback = TlsBackend::start(&ca, "elsewhere.test", "fallback").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut router = RouterProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("a.test={}", a.addr),
+        "--route",
+        &format!("*.apps.test={}", apps.addr),
+        "--default-route",
+        &format!("{dead},{}", fallback.addr),
+    ]);
+    assert_eq!(backend_for(&ca, router.addr, "a.test").await.unwrap(), "a");
+    assert_eq!(backend_for(&ca, router.addr, "x.apps.test").await.unwrap(), "apps");
+    assert_eq!(
+        backend_for(&ca, router.addr, "elsewhere.test").await.unwrap(),
+        "fallback"
+    );
+
+    router.signal("TERM");
+    let status = router.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hello: &[u8] = include_bytes!("../src/hello/testdata/openssl-tls13.bin");
+    let mut router = RouterProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("broker-a.apps.example.com={}", backend.local_addr().unwrap()),
+    ]);
+    let mut client = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, hello).await.unwrap();
+    let (_server, _) = tokio::time::timeout(STEP, backend.accept()).await.unwrap().unwrap();
+
+    // The open connection holds the drain (default 20 s)...
+    router.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(router.child.try_wait().unwrap().is_none(), "still draining");
+    // ...until a second signal.
+    router.signal("INT");
+    let status = router.wait(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_listen_address_in_use_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN).args(["--listen", &addr]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("cannot listen on {addr}")));
+}
+
+/// Every shipped example parses; adding an unknown key to any of its tables is
+/// refused with the key's name and line.
+#[test]
+fn example_configs_parse_and_refuse_unknown_keys() {
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(repo_root().join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("router"))
+                && p.extension().is_some_and(|e| e == "toml")
+        })
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty());
+    for path in examples {
+        snigate_router::load(Some(&path), &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // The top level, then after every table header.
+        let mut insert_after = vec![None];
+        insert_after.extend(
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with('['))
+                .map(|(i, _)| Some(i)),
+        );
+        for after in insert_after {
+            let mut mutated: Vec<&str> = lines.clone();
+            let at = after.map_or(0, |i| i + 1);
+            mutated.insert(at, "bogus_key = 1");
+            let source = snigate_shared::config::Source::from_text(&path, mutated.join("\n"));
+            let err = source
+                .parse::<snigate_router::config::RouterFile>()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field `bogus_key`"), "{err}");
+            assert!(err.contains(&format!(":{}:", at + 1)), "line {} in {err}", at + 1);
+        }
+    }
+}

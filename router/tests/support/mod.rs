@@ -1,0 +1,268 @@
+//! Test peers for the router: a development CA, TLS backends that say who they
+//! are and echo, rustls clients with SNI, and the router itself in-process on
+//! port 0. Everything listens on 127.0.0.1 with ports the OS picks.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use snigate_router::config::{Overrides, RouterConfig, RouterFile};
+use snigate_shared::config::Source;
+use snigate_shared::shutdown::Shutdown;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A development CA that issues server certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "snigate test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate and key for `host`, signed by this CA.
+    pub fn issue(&self, host: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone()], key)
+    }
+
+    pub fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.crt");
+        std::fs::write(&path, &self.cert_pem).unwrap();
+        path
+    }
+
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// A TLS backend for `host`: after the handshake it writes `<name>\n`, then echoes
+/// everything it reads until end of stream, then closes.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsBackend {
+    pub async fn start(ca: &Ca, host: &str, name: &str) -> Self {
+        let (certs, key) = ca.issue(host);
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name = format!("{name}\n");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let (mut reader, mut writer) = tokio::io::split(tls);
+                    if writer.write_all(name.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                    let _ = writer.shutdown().await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+/// The router, in-process, listening on 127.0.0.1 on a port the OS picked.
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestRouter {
+    /// Start with `toml` as the config file (its `listen` is replaced).
+    pub async fn start(toml: &str) -> Self {
+        let source = Source::from_text("test.toml", toml);
+        let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
+        let overrides = Overrides {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Overrides::default()
+        };
+        let config = RouterConfig::build(file, Some(&source), &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
+        let listeners = snigate_router::bind(&settings.config).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(snigate_router::run(settings, listeners, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Stop accepting and wait for the drain to end.
+    pub async fn stop(mut self) {
+        self.shutdown.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestRouter {
+    fn drop(&mut self) {
+        self.shutdown.stop.cancel();
+        self.shutdown.force.cancel();
+    }
+}
+
+/// A route table entry for a test config.
+pub fn route(name: &str, hosts: &[&str], endpoints: &[SocketAddr]) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[[route]]\nname = {name:?}\nhosts = [{}]\nendpoints = [{}]\n",
+        hosts.join(", "),
+        endpoints.join(", ")
+    )
+}
+
+/// Connect through `router` with `sni`, verify the backend's certificate against
+/// `ca` for that name, and return the stream and the backend's greeting.
+pub async fn tls_connect<S>(
+    ca: &Ca,
+    stream: S,
+    sni: &str,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<S>, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connector = TlsConnector::from(ca.client_config());
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    let mut tls = connector.connect(name, stream).await?;
+    let mut greeting = Vec::new();
+    loop {
+        let byte = tls.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        greeting.push(byte);
+    }
+    Ok((tls, String::from_utf8(greeting).unwrap()))
+}
+
+/// Which backend answers `sni` through `router`.
+pub async fn backend_for(ca: &Ca, router: SocketAddr, sni: &str) -> std::io::Result<String> {
+    let tcp = TcpStream::connect(router).await?;
+    let (_, greeting) = tokio::time::timeout(STEP, tls_connect(ca, tcp, sni)).await??;
+    Ok(greeting)
+}
+
+/// Deterministic bytes that are not all alike, for transfer checks.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A stream that writes at most `chunk` bytes per write for its first `limit`
+/// bytes, flushing each: a ClientHello then leaves in many small TCP segments.
+pub struct Trickle<S> {
+    pub inner: S,
+    pub chunk: usize,
+    pub limit: usize,
+    pub written: usize,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Trickle<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Trickle<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let len = if this.written < this.limit {
+            buf.len().min(this.chunk)
+        } else {
+            buf.len()
+        };
+        let result = Pin::new(&mut this.inner).poll_write(cx, &buf[..len]);
+        if let Poll::Ready(Ok(n)) = result {
+            this.written += n;
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Read until end of stream or error, with a deadline; returns what was read and
+/// whether the stream ended in an error (a reset) rather than a clean close.
+pub async fn read_to_close(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut data = Vec::new();
+    let result = tokio::time::timeout(within, stream.read_to_end(&mut data))
+        .await
+        .expect("the connection should have been closed");
+    (data, result.err())
+}
