@@ -1,9 +1,7 @@
 //! Accepting connections on one bound socket, until told to stop; then draining.
 //!
 //! The loop only accepts and spawns: it never reads from a client, so one slow
-//! client cannot delay the next. Each connection gets its own task and span
-//! (`conn`, with `peer` and `local`; the later stages fill in `sni`, `alpn`,
-//! `route` and `backend`). When accepting fails for lack of resources (EMFILE,
+//! client cannot delay the next. Each connection gets its own task. When accepting fails for lack of resources (EMFILE,
 //! ENFILE, ENOBUFS, ENOMEM), the loop backs off briefly instead of spinning on
 //! an error that only a closing connection can clear.
 
@@ -15,7 +13,6 @@ use std::time::Duration;
 use snigate_shared::shutdown::{self, DrainReport, Shutdown};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
-use tracing::{Instrument, field::Empty};
 
 use crate::conn::{self, Shared};
 
@@ -45,8 +42,11 @@ pub async fn serve(
     drain_timeout: Duration,
 ) -> DrainReport {
     let local = match listener.local_addr() {
-        Ok(addr) => addr.to_string(),
-        Err(_) => "?".to_owned(),
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!(error = %e, "listener has no local address; not serving it");
+            return DrainReport::default();
+        }
     };
     let mut tasks = JoinSet::new();
     loop {
@@ -60,17 +60,7 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 // Relayed TLS records must not wait for Nagle (see upstream).
                 let _ = stream.set_nodelay(true);
-                let span = tracing::info_span!(
-                    "conn",
-                    %peer,
-                    %local,
-                    sni = Empty,
-                    alpn = Empty,
-                    route = Empty,
-                    matched = Empty,
-                    backend = Empty,
-                );
-                tasks.spawn(conn::handle(stream, shared.clone()).instrument(span));
+                tasks.spawn(conn::handle(stream, peer, local, shared.clone()));
             }
             // The client gave up between SYN and accept: nothing to do.
             Err(e) if is_per_connection(&e) => {}

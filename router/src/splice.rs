@@ -10,12 +10,14 @@
 //! End of stream on one side becomes a write shutdown on the other (half-close),
 //! and the relay ends when both directions have seen theirs. An error on either
 //! side ends both at once; a reset is passed on as a reset. Activity either way
-//! pushes back the idle deadline.
+//! pushes back the idle deadline. Both directions are polled by the connection's
+//! own task, so tokio's cooperative budget keeps a busy connection from starving
+//! others on the same worker.
 
 use std::cell::RefCell;
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -56,37 +58,47 @@ pub struct Relayed {
 
 /// Relay between `client` and `backend` until both directions finish, one side
 /// fails, or nothing moves for `idle_timeout`.
+///
+/// Written as one poll function over two small state machines rather than two
+/// `async` loops: an idle connection then waits on the sockets' own readiness
+/// slots (`poll_read_ready`) instead of keeping readiness futures alive, which
+/// keeps the whole connection task at a few hundred bytes while it idles.
 pub async fn relay(client: &TcpStream, backend: &TcpStream, idle_timeout: Duration) -> Relayed {
-    let activity = Activity::new();
-    let to_backend = AtomicU64::new(0);
-    let to_client = AtomicU64::new(0);
-    let end = {
-        let upstream = copy(client, backend, &to_backend, &activity);
-        let downstream = copy(backend, client, &to_client, &activity);
-        tokio::pin!(upstream, downstream);
-        let (mut upstream_done, mut downstream_done) = (false, false);
-        loop {
-            tokio::select! {
-                result = &mut upstream, if !upstream_done => match result {
-                    Ok(()) => upstream_done = true,
-                    Err(HalfError::Read(e)) => break fail(Side::Client, e, backend),
-                    Err(HalfError::Write(e)) => break fail(Side::Backend, e, client),
-                },
-                result = &mut downstream, if !downstream_done => match result {
-                    Ok(()) => downstream_done = true,
-                    Err(HalfError::Read(e)) => break fail(Side::Backend, e, client),
-                    Err(HalfError::Write(e)) => break fail(Side::Client, e, backend),
-                },
-                () = activity.idle_for(idle_timeout) => break End::IdleTimeout,
-            }
-            if upstream_done && downstream_done {
-                break End::Closed;
-            }
+    let mut upstream = Half::default();
+    let mut downstream = Half::default();
+    let mut last_activity = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let end = std::future::poll_fn(|cx| {
+        let before = (upstream.count, downstream.count);
+        let up = upstream.poll(cx, client, backend);
+        let down = downstream.poll(cx, backend, client);
+        if (upstream.count, downstream.count) != before {
+            last_activity = Instant::now();
         }
-    };
+        match (up, down) {
+            (Poll::Ready(Err(HalfError::Read(e))), _) => return Poll::Ready(fail(Side::Client, e, backend)),
+            (Poll::Ready(Err(HalfError::Write(e))), _) => return Poll::Ready(fail(Side::Backend, e, client)),
+            (_, Poll::Ready(Err(HalfError::Read(e)))) => return Poll::Ready(fail(Side::Backend, e, client)),
+            (_, Poll::Ready(Err(HalfError::Write(e)))) => return Poll::Ready(fail(Side::Client, e, backend)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(End::Closed),
+            _ => {}
+        }
+        // One timer per connection, moved only when it fires: activity just
+        // records a time, which costs nothing per read.
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(End::IdleTimeout);
+            }
+            idle.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
     Relayed {
-        to_backend: to_backend.into_inner(),
-        to_client: to_client.into_inner(),
+        to_backend: upstream.count,
+        to_client: downstream.count,
         end,
     }
 }
@@ -105,74 +117,70 @@ enum HalfError {
     Write(io::Error),
 }
 
+/// One direction's progress.
+#[derive(Default)]
+enum State {
+    /// Waiting for the source to be readable; no buffer held.
+    #[default]
+    Reading,
+    /// Bytes `start..end` of `buffer` are still to be written.
+    Writing { buffer: Buffer, start: usize, end: usize },
+    /// End of stream seen and passed on.
+    Done,
+}
+
 /// One direction: `src` to `dst` until end of stream, then shut `dst` for writing.
-async fn copy(src: &TcpStream, dst: &TcpStream, count: &AtomicU64, activity: &Activity) -> Result<(), HalfError> {
-    loop {
-        src.readable().await.map_err(HalfError::Read)?;
-        let mut buffer = Buffer::take();
+#[derive(Default)]
+struct Half {
+    state: State,
+    count: u64,
+}
+
+impl Half {
+    fn poll(&mut self, cx: &mut Context<'_>, src: &TcpStream, dst: &TcpStream) -> Poll<Result<(), HalfError>> {
         loop {
-            match src.try_read(&mut buffer) {
-                Ok(0) => {
-                    // Already gone is fine: the peer closed first.
-                    let _ = SockRef::from(dst).shutdown(Shutdown::Write);
-                    return Ok(());
+            match &mut self.state {
+                State::Reading => {
+                    ready!(src.poll_read_ready(cx)).map_err(HalfError::Read)?;
+                    let mut buffer = Buffer::take();
+                    match src.try_read(&mut buffer) {
+                        Ok(0) => {
+                            // Already gone is fine: the peer closed first.
+                            let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                            self.state = State::Done;
+                        }
+                        Ok(n) => {
+                            self.state = State::Writing {
+                                buffer,
+                                start: 0,
+                                end: n,
+                            }
+                        }
+                        // Spurious readiness: `try_read` cleared it; the buffer goes
+                        // back to the pool and the next poll waits again.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready(Err(HalfError::Read(e))),
+                    }
                 }
-                Ok(n) => {
-                    write_all(dst, &buffer[..n]).await.map_err(HalfError::Write)?;
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
+                State::Writing { buffer, start, end } => {
+                    ready!(dst.poll_write_ready(cx)).map_err(HalfError::Write)?;
+                    match dst.try_write(&buffer[*start..*end]) {
+                        Ok(0) => return Poll::Ready(Err(HalfError::Write(io::ErrorKind::WriteZero.into()))),
+                        Ok(n) => {
+                            *start += n;
+                            self.count += n as u64;
+                            if start == end {
+                                self.state = State::Reading;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready(Err(HalfError::Write(e))),
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(HalfError::Read(e)),
+                State::Done => return Poll::Ready(Ok(())),
             }
-        }
-    }
-}
-
-async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match dst.try_write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// The last time bytes moved either way, as milliseconds since the relay began:
-/// one atomic, so both directions can update it without a lock.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `idle`. One timer per connection,
-    /// re-armed only when it fires, not on every read.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
         }
     }
 }

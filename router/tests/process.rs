@@ -22,6 +22,8 @@ fn repo_root() -> PathBuf {
 struct RouterProcess {
     child: Child,
     addr: SocketAddr,
+    /// Every line the router has logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl RouterProcess {
@@ -36,12 +38,15 @@ impl RouterProcess {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[router] {line}");
+                lines.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening on tls ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let addr = address_prefix(rest);
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -53,7 +58,19 @@ impl RouterProcess {
             .expect("the router announces its address")
             .parse()
             .unwrap();
-        Self { child, addr }
+        Self { child, addr, log }
+    }
+
+    /// Wait until a logged line contains `needle`; return it.
+    async fn log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn signal(&self, name: &str) {
@@ -238,5 +255,139 @@ fn example_configs_parse_and_refuse_unknown_keys() {
             assert!(err.contains("unknown field `bogus_key`"), "{err}");
             assert!(err.contains(&format!(":{}:", at + 1)), "line {} in {err}", at + 1);
         }
+    }
+}
+
+/// Out of file descriptors, the accept loop backs off instead of spinning, and
+/// serves again once connections close.
+#[tokio::test]
+async fn running_out_of_descriptors_backs_off_and_recovers() {
+    let ca = Ca::new();
+    let backend = TlsBackend::start(&ca, "fd.test", "fd").await;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 48 && exec {BIN} --listen 127.0.0.1:0 --route fd.test={}",
+            backend.addr
+        ))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx.recv_timeout(STEP).unwrap();
+        addr = line.split("listening on tls ").nth(1).map(address_prefix);
+    }
+    let addr: SocketAddr = addr.unwrap().parse().unwrap();
+    let router = RouterProcess {
+        child,
+        addr,
+        log: Default::default(),
+    };
+
+    // More idle connections than descriptors: the kernel completes them, the
+    // router cannot accept them all.
+    let mut hogs = Vec::new();
+    for _ in 0..80 {
+        hogs.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let cpu_before = cpu_ticks(router.child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_used = cpu_ticks(router.child.id()) - cpu_before;
+    assert!(
+        cpu_used < 50,
+        "the accept loop spun: {cpu_used} ticks of CPU in one second"
+    );
+    let mut saw_backoff = false;
+    while let Ok(line) = rx.try_recv() {
+        saw_backoff |= line.contains("accept failed; backing off");
+    }
+    assert!(saw_backoff, "the router logged its back-off");
+
+    // Close the idle clients: they time out of their hello or close; then serve.
+    drop(hogs);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match backend_for(&ca, addr, "fd.test").await {
+            Ok(greeting) => {
+                assert_eq!(greeting, "fd");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "not serving again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The socket address at the start of `text` (in a text log line it is followed
+/// by a space, in a JSON one by a quote).
+fn address_prefix(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect()
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// One access event per connection, with every field, in text and in JSON.
+#[tokio::test]
+async fn the_access_log_has_one_line_per_connection_with_every_field() {
+    let ca = Ca::new();
+    let a = TlsBackend::start(&ca, "a.test", "a").await;
+    for format in ["text", "json"] {
+        let mut router = RouterProcess::start(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            format,
+            "--route",
+            &format!("a.test={}", a.addr),
+        ]);
+        assert_eq!(backend_for(&ca, router.addr, "a.test").await.unwrap(), "a");
+        let line = router.log_line("connection closed").await;
+        let backend = a.addr.to_string();
+        let expected: &[(&str, &str)] = &[
+            ("sni", "a.test"),
+            ("route", "a.test"),
+            ("matched", "exact"),
+            ("backend", &backend),
+            ("outcome", "closed"),
+        ];
+        for (key, value) in expected {
+            let text = format!("{key}={value:?}");
+            let text_unquoted = format!("{key}={value}");
+            let json = format!("\"{key}\":\"{value}\"");
+            assert!(
+                line.contains(&text) || line.contains(&text_unquoted) || line.contains(&json),
+                "{format}: {key} missing in {line}"
+            );
+        }
+        for key in ["peer", "bytes_in", "bytes_out", "duration_ms"] {
+            assert!(
+                line.contains(&format!("{key}=")) || line.contains(&format!("\"{key}\":")),
+                "{format}: {key} missing in {line}"
+            );
+        }
+        // An unknown name: one line too, with its outcome.
+        assert!(backend_for(&ca, router.addr, "nobody.test").await.is_err());
+        let refused = router.log_line("unknown_sni").await;
+        assert!(refused.contains("connection not relayed"), "{refused}");
+        router.signal("TERM");
+        assert!(router.wait(Duration::from_secs(10)).await.success());
     }
 }

@@ -389,3 +389,51 @@ async fn stopping_drains_open_connections() {
     drop(client);
     router.stop().await;
 }
+
+#[tokio::test]
+async fn ipv6_listener_and_endpoint() {
+    let ca = Ca::new();
+    let (certs, key) = ca.issue("v6.test");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let backend = TcpListener::bind("[::1]:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = backend.accept().await.unwrap();
+        let mut tls = acceptor.accept(stream).await.unwrap();
+        tls.write_all(b"v6\n").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let router = TestRouter::start_on(&route("v6", &["v6.test"], &[backend_addr]), "[::1]:0".parse().unwrap()).await;
+    assert!(router.addr.is_ipv6());
+    assert_eq!(backend_for(&ca, router.addr, "v6.test").await.unwrap(), "v6");
+    router.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_endpoint_is_resolved_and_every_address_tried() {
+    // `localhost` comes from /etc/hosts (hickory reads it, not glibc); the backend
+    // listens on 127.0.0.1 only, so when the name also yields ::1, that address is
+    // refused and the next one is tried.
+    let ca = Ca::new();
+    let backend = TlsBackend::start(&ca, "named.test", "named").await;
+    let config = format!(
+        "[[route]]\nname = \"named\"\nhosts = [\"named.test\"]\nendpoints = [\"localhost:{}\"]\n",
+        backend.addr.port()
+    );
+    let router = TestRouter::start(&config).await;
+    assert_eq!(backend_for(&ca, router.addr, "named.test").await.unwrap(), "named");
+
+    // A name that does not resolve fails over to the next endpoint.
+    let config = format!(
+        "[[route]]\nname = \"named\"\nhosts = [\"named.test\"]\nendpoints = [\"no-such-host.invalid:1\", \"{}\"]\nconnect_timeout = \"2s\"\n",
+        backend.addr
+    );
+    let router2 = TestRouter::start(&config).await;
+    assert_eq!(backend_for(&ca, router2.addr, "named.test").await.unwrap(), "named");
+    router.stop().await;
+    router2.stop().await;
+}

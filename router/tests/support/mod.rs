@@ -125,10 +125,15 @@ pub struct TestRouter {
 impl TestRouter {
     /// Start with `toml` as the config file (its `listen` is replaced).
     pub async fn start(toml: &str) -> Self {
+        Self::start_on(toml, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Start listening on `listen` (port 0 for one the OS picks).
+    pub async fn start_on(toml: &str, listen: SocketAddr) -> Self {
         let source = Source::from_text("test.toml", toml);
         let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
         let overrides = Overrides {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            listen: vec![listen],
             ..Overrides::default()
         };
         let config = RouterConfig::build(file, Some(&source), &overrides).unwrap_or_else(|e| panic!("{e}"));
