@@ -34,6 +34,18 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RouterFile {
     /// Addresses to accept TLS connections on. Default `["0.0.0.0:443"]`.
     pub listen: Option<Vec<SocketAddr>>,
+    /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/routes`.
+    /// Off unless set.
+    pub admin: Option<SocketAddr>,
+    /// Most connections open at once; beyond it new ones are closed at accept.
+    /// Default: what the open-files limit allows (two descriptors each).
+    #[serde(default, deserialize_with = "checked::some_count")]
+    pub max_connections: Option<usize>,
+    /// A directory of `*.toml` files with more `[[route]]` tables (relative to
+    /// this file). Watched and reloaded like the file.
+    pub routes_dir: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub reload: ReloadFile,
     /// On SIGTERM/SIGINT, how long open connections may finish before they are
     /// closed. Default 20 s: under Kubernetes' 30 s termination grace period.
     #[serde(default, deserialize_with = "checked::some_duration")]
@@ -95,6 +107,26 @@ impl Default for DefaultsFile {
     }
 }
 
+/// `[reload]`: picking up changed files without a signal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadFile {
+    /// Check the config file and `routes_dir` for changes (SIGHUP works either way).
+    pub watch: bool,
+    /// How often to check.
+    #[serde(deserialize_with = "checked::duration")]
+    pub interval: Duration,
+}
+
+impl Default for ReloadFile {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -130,6 +162,20 @@ pub struct RouteFile {
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "checked::some_duration")]
     pub idle_timeout: Option<Duration>,
+    /// Most connections relayed on this route at once.
+    #[serde(default, deserialize_with = "checked::some_count")]
+    pub max_connections: Option<usize>,
+    /// Send a PROXY protocol header (`"v1"` or `"v2"`) to the backend first, so
+    /// it sees the client's address (and, in v2, the SNI).
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// PROXY protocol version sent to a route's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 // === validated ===
@@ -138,11 +184,19 @@ pub struct RouteFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
     pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub drain_timeout: Duration,
+    /// `None`: derived from the open-files limit when the router starts.
+    pub max_connections: Option<usize>,
     pub hello_timeout: Duration,
     pub hello_max_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// `None` when watching is off.
+    pub reload_interval: Option<Duration>,
+    pub routes_dir: Option<std::path::PathBuf>,
+    /// Files and directories whose change triggers a reload.
+    pub watched: Vec<std::path::PathBuf>,
     pub routes: Vec<RouteSpec>,
 }
 
@@ -156,20 +210,139 @@ pub struct RouteSpec {
     pub default: Option<Origin>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub max_connections: Option<usize>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// Where the route was declared (its `name`, or the flag).
     pub origin: Origin,
 }
 
-/// Values given on the command line; they win over the file.
+/// Where an override layer comes from: the environment, or the command line
+/// (which wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layer {
+    Env,
+    #[default]
+    Flags,
+}
+
+/// Values from the environment or the command line; they win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    pub layer: Layer,
     /// Replaces the file's `listen` when not empty.
     pub listen: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     /// Added to the file's routes.
     pub routes: Vec<FlagRoute>,
     /// A default route's endpoints.
     pub default_route: Option<Vec<Endpoint>>,
     pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub drain_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+}
+
+/// The environment variables read, with what they set. Any other variable that
+/// starts with `SNIGATE_ROUTER_` is an error, so a typo does not pass silently.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "SNIGATE_ROUTER_CONFIG",
+        "the configuration file, when --config is not given",
+    ),
+    ("SNIGATE_ROUTER_LISTEN", "listen addresses, comma-separated"),
+    ("SNIGATE_ROUTER_ADMIN", "admin server address"),
+    (
+        "SNIGATE_ROUTER_ROUTES",
+        "routes, HOST=ADDR[,ADDR...] separated by spaces or `;`",
+    ),
+    (
+        "SNIGATE_ROUTER_DEFAULT_ROUTE",
+        "default route endpoints, comma-separated",
+    ),
+    ("SNIGATE_ROUTER_LOG_FORMAT", "text or json"),
+    ("SNIGATE_ROUTER_LOG_LEVEL", "log filter, when RUST_LOG is not set"),
+    ("SNIGATE_ROUTER_DRAIN_TIMEOUT", "drain timeout, e.g. 20s"),
+    ("SNIGATE_ROUTER_MAX_CONNECTIONS", "most connections open at once"),
+];
+
+impl Overrides {
+    /// The environment layer, from `vars` (pass `std::env::vars()`). Pure, so
+    /// tests need not touch the process environment. Returns the layer and the
+    /// `SNIGATE_ROUTER_CONFIG` path, if set.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Option<std::path::PathBuf>), ConfigError> {
+        let mut layer = Self {
+            layer: Layer::Env,
+            ..Self::default()
+        };
+        let mut config = None;
+        for (name, value) in vars {
+            if !name.starts_with("SNIGATE_ROUTER_") {
+                continue;
+            }
+            let bad = |message: String| ConfigError::env(&name, message);
+            let value = value.trim();
+            match name.as_str() {
+                "SNIGATE_ROUTER_CONFIG" => config = Some(value.into()),
+                "SNIGATE_ROUTER_LISTEN" => {
+                    layer.listen = value
+                        .split(',')
+                        .map(|a| a.trim().parse().map_err(|e| bad(format!("`{a}`: {e}"))))
+                        .collect::<Result<_, _>>()?;
+                }
+                "SNIGATE_ROUTER_ADMIN" => {
+                    layer.admin = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?)
+                }
+                "SNIGATE_ROUTER_ROUTES" => {
+                    layer.routes = value
+                        .split(|c: char| c == ';' || c.is_whitespace())
+                        .filter(|r| !r.is_empty())
+                        .map(|r| r.parse().map_err(bad))
+                        .collect::<Result<_, _>>()?;
+                }
+                "SNIGATE_ROUTER_DEFAULT_ROUTE" => layer.default_route = Some(parse_endpoint_list(value).map_err(bad)?),
+                "SNIGATE_ROUTER_LOG_FORMAT" => layer.log_format = Some(value.parse().map_err(bad)?),
+                "SNIGATE_ROUTER_LOG_LEVEL" => {
+                    snigate_shared::logging::check_filter(value).map_err(bad)?;
+                    layer.log_level = Some(value.to_owned());
+                }
+                "SNIGATE_ROUTER_DRAIN_TIMEOUT" => {
+                    let d = humantime::parse_duration(value).map_err(|e| bad(format!("`{value}`: {e}")))?;
+                    if d.is_zero() {
+                        return Err(bad("must be more than 0".into()));
+                    }
+                    layer.drain_timeout = Some(d);
+                }
+                "SNIGATE_ROUTER_MAX_CONNECTIONS" => {
+                    let n: usize = value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?;
+                    if n == 0 {
+                        return Err(bad("must be more than 0".into()));
+                    }
+                    layer.max_connections = Some(n);
+                }
+                _ => {
+                    let known: Vec<&str> = ENV_VARS.iter().map(|(n, _)| *n).collect();
+                    return Err(bad(format!("unknown variable; known: {}", known.join(", "))));
+                }
+            }
+        }
+        Ok((layer, config))
+    }
+
+    fn origin(&self, what: &str) -> Origin {
+        match self.layer {
+            Layer::Flags => Origin::Flag(what.to_owned()),
+            Layer::Env => Origin::Env(
+                match what {
+                    w if w.starts_with("--route") => "SNIGATE_ROUTER_ROUTES",
+                    "--default-route" => "SNIGATE_ROUTER_DEFAULT_ROUTE",
+                    _ => "SNIGATE_ROUTER",
+                }
+                .to_owned(),
+            ),
+        }
+    }
 }
 
 /// `--route HOST=ADDR[,ADDR...]`.
@@ -198,114 +371,92 @@ pub fn parse_endpoint_list(s: &str) -> Result<Vec<Endpoint>, String> {
     s.split(',').map(|e| e.trim().parse()).collect()
 }
 
-/// Read `path` (if any), apply `overrides`, validate.
-pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<RouterConfig, ConfigError> {
-    match path {
-        Some(path) => {
-            let source = Source::read(path)?;
-            let file: RouterFile = source.parse()?;
-            RouterConfig::build(file, Some(&source), overrides)
+/// Everything needed to load the configuration again: the file (if any) and the
+/// override layers, in precedence order. Kept by the router for reloads.
+#[derive(Debug, Clone, Default)]
+pub struct Loader {
+    pub path: Option<std::path::PathBuf>,
+    /// Applied in order: environment, then flags.
+    pub layers: Vec<Overrides>,
+}
+
+impl Loader {
+    /// Read the file (and `routes_dir`), apply the layers, validate.
+    pub fn load(&self) -> Result<RouterConfig, ConfigError> {
+        match &self.path {
+            Some(path) => {
+                let source = Source::read(path)?;
+                let file: RouterFile = source.parse()?;
+                RouterConfig::build(file, Some(&source), &self.layers)
+            }
+            None => RouterConfig::build(RouterFile::default(), None, &self.layers),
         }
-        None => RouterConfig::build(RouterFile::default(), None, overrides),
     }
+}
+
+/// Read `path` (if any), apply one layer of `overrides`, validate.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<RouterConfig, ConfigError> {
+    Loader {
+        path: path.map(Path::to_owned),
+        layers: vec![overrides.clone()],
+    }
+    .load()
+}
+
+/// A file of `[[route]]` tables in `routes_dir`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteFile>,
 }
 
 impl RouterConfig {
     /// Validate a parsed file (whose text is `source`, for error positions) with
-    /// the command line's overrides applied.
-    pub fn build(file: RouterFile, source: Option<&Source>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let at = |span: std::ops::Range<usize>| match source {
-            Some(source) => source.origin_at(span.start),
-            None => Origin::Flag("--config".to_owned()),
-        };
-        let file_error = |span: std::ops::Range<usize>, field: String, message: String| {
-            ConfigError::new(at(span), Some(field), message)
-        };
-
-        let mut routes = Vec::with_capacity(file.routes.len() + overrides.routes.len() + 1);
-        for (i, route) in file.routes.into_iter().enumerate() {
-            let name_span = route.name.span();
-            let name = route.name.into_inner();
-            if name.is_empty()
-                || name.len() > 64
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(file_error(
-                    name_span,
-                    format!("route[{i}].name"),
-                    format!(
-                        "`{name}`: a route name is 1 to 64 characters of letters, digits, `-`, `_` and `.` (it becomes a metric label)"
-                    ),
-                ));
+    /// the override layers applied in order.
+    pub fn build(file: RouterFile, source: Option<&Source>, layers: &[Overrides]) -> Result<Self, ConfigError> {
+        let defaults = &file.defaults;
+        let mut routes = Vec::new();
+        if !file.routes.is_empty() {
+            let source = source.ok_or_else(|| ConfigError::flag("--config", "routes without a file"))?;
+            routes.extend(route_specs(file.routes, source, defaults)?);
+        }
+        let mut watched = Vec::new();
+        if let Some(source) = source {
+            watched.push(source.path().to_owned());
+        }
+        let routes_dir = file.routes_dir.as_ref().map(|dir| match source {
+            // Relative to the file that names it, as a mounted config expects.
+            Some(source) => source.path().parent().unwrap_or(Path::new(".")).join(dir),
+            None => dir.clone(),
+        });
+        if let Some(dir) = &routes_dir {
+            for path in route_files(dir, source)? {
+                let source = Source::read(&path)?;
+                let routes_file: RoutesFile = source.parse()?;
+                routes.extend(route_specs(routes_file.routes, &source, defaults)?);
+                watched.push(path);
             }
-            let endpoints_span = route.endpoints.span();
-            let endpoints = route.endpoints.into_inner();
-            if endpoints.is_empty() {
-                return Err(file_error(
-                    endpoints_span,
-                    format!("route[{i}].endpoints"),
-                    "a route needs at least one endpoint".into(),
-                ));
-            }
-            let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
-            let is_default = route.default.is_some_and(Spanned::into_inner);
-            if route.hosts.is_empty() && !is_default {
-                return Err(file_error(
-                    name_span,
-                    format!("route[{i}].hosts"),
-                    format!("route `{name}` has no hosts and is not the default route"),
-                ));
-            }
-            routes.push(RouteSpec {
-                origin: at(name_span),
-                name,
-                hosts: route
-                    .hosts
-                    .into_iter()
-                    .map(|h| {
-                        let origin = at(h.span());
-                        (h.into_inner(), origin)
-                    })
-                    .collect(),
-                endpoints,
-                default: is_default.then(|| at(default_span)),
-                connect_timeout: route.connect_timeout.unwrap_or(file.defaults.connect_timeout),
-                idle_timeout: route.idle_timeout.unwrap_or(file.defaults.idle_timeout),
-            });
+            watched.push(dir.clone());
         }
 
-        for flag in &overrides.routes {
-            let origin = Origin::Flag(format!("--route {}", flag.host));
-            routes.push(RouteSpec {
-                name: flag.host.to_string(),
-                hosts: vec![(flag.host.clone(), origin.clone())],
-                endpoints: flag.endpoints.clone(),
-                default: None,
-                connect_timeout: file.defaults.connect_timeout,
-                idle_timeout: file.defaults.idle_timeout,
-                origin,
-            });
-        }
-        if let Some(endpoints) = &overrides.default_route {
-            let origin = Origin::Flag("--default-route".to_owned());
-            routes.push(RouteSpec {
-                name: "default".to_owned(),
-                hosts: Vec::new(),
-                endpoints: endpoints.clone(),
-                default: Some(origin.clone()),
-                connect_timeout: file.defaults.connect_timeout,
-                idle_timeout: file.defaults.idle_timeout,
-                origin,
-            });
-        }
-
-        let listen = if !overrides.listen.is_empty() {
-            overrides.listen.clone()
-        } else {
-            file.listen
-                .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 443))])
+        let mut config = Self {
+            listen: file
+                .listen
+                .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 443))]),
+            admin: file.admin,
+            drain_timeout: file.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+            max_connections: file.max_connections,
+            hello_timeout: file.hello.timeout,
+            hello_max_bytes: file.hello.max_bytes,
+            log_format: file.log.format,
+            log_level: file.log.level,
+            reload_interval: file.reload.watch.then_some(file.reload.interval),
+            routes_dir,
+            watched,
+            routes,
         };
-        if listen.is_empty() {
+        if config.listen.is_empty() {
             return Err(ConfigError::new(
                 origin_of(source),
                 Some("listen".into()),
@@ -313,16 +464,136 @@ impl RouterConfig {
             ));
         }
 
-        Ok(Self {
-            listen,
-            drain_timeout: file.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-            hello_timeout: file.hello.timeout,
-            hello_max_bytes: file.hello.max_bytes,
-            log_format: overrides.log_format.unwrap_or(file.log.format),
-            log_level: file.log.level,
-            routes,
-        })
+        for layer in layers {
+            if !layer.listen.is_empty() {
+                config.listen.clone_from(&layer.listen);
+            }
+            config.admin = layer.admin.or(config.admin);
+            config.log_format = layer.log_format.unwrap_or(config.log_format);
+            if let Some(level) = &layer.log_level {
+                config.log_level.clone_from(level);
+            }
+            config.drain_timeout = layer.drain_timeout.unwrap_or(config.drain_timeout);
+            config.max_connections = layer.max_connections.or(config.max_connections);
+            for flag in &layer.routes {
+                let origin = layer.origin(&format!("--route {}", flag.host));
+                config.routes.push(RouteSpec {
+                    name: flag.host.to_string(),
+                    hosts: vec![(flag.host.clone(), origin.clone())],
+                    endpoints: flag.endpoints.clone(),
+                    default: None,
+                    connect_timeout: defaults.connect_timeout,
+                    idle_timeout: defaults.idle_timeout,
+                    max_connections: None,
+                    proxy_protocol: None,
+                    origin,
+                });
+            }
+            if let Some(endpoints) = &layer.default_route {
+                let origin = layer.origin("--default-route");
+                config.routes.push(RouteSpec {
+                    name: "default".to_owned(),
+                    hosts: Vec::new(),
+                    endpoints: endpoints.clone(),
+                    default: Some(origin.clone()),
+                    connect_timeout: defaults.connect_timeout,
+                    idle_timeout: defaults.idle_timeout,
+                    max_connections: None,
+                    proxy_protocol: None,
+                    origin,
+                });
+            }
+        }
+        Ok(config)
     }
+}
+
+/// The `*.toml` files of a routes directory, sorted by name. Hidden entries are
+/// skipped: Kubernetes mounts a ConfigMap as `..data` and `..<timestamp>`
+/// entries beside the visible symlinks.
+fn route_files(dir: &Path, named_in: Option<&Source>) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::new(
+            origin_of(named_in),
+            Some("routes_dir".into()),
+            format!("cannot read {}: {e}", dir.display()),
+        )
+    })?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !name.starts_with('.') && p.extension().is_some_and(|e| e == "toml") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Validate the `[[route]]` tables of one file.
+fn route_specs(
+    routes: Vec<RouteFile>,
+    source: &Source,
+    defaults: &DefaultsFile,
+) -> Result<Vec<RouteSpec>, ConfigError> {
+    let at = |span: std::ops::Range<usize>| source.origin_at(span.start);
+    let file_error =
+        |span: std::ops::Range<usize>, field: String, message: String| ConfigError::new(at(span), Some(field), message);
+    let mut specs = Vec::with_capacity(routes.len());
+    for (i, route) in routes.into_iter().enumerate() {
+        let name_span = route.name.span();
+        let name = route.name.into_inner();
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(file_error(
+                name_span,
+                format!("route[{i}].name"),
+                format!(
+                    "`{name}`: a route name is 1 to 64 characters of letters, digits, `-`, `_` and `.` (it becomes a metric label)"
+                ),
+            ));
+        }
+        let endpoints_span = route.endpoints.span();
+        let endpoints = route.endpoints.into_inner();
+        if endpoints.is_empty() {
+            return Err(file_error(
+                endpoints_span,
+                format!("route[{i}].endpoints"),
+                "a route needs at least one endpoint".into(),
+            ));
+        }
+        let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
+        let is_default = route.default.is_some_and(Spanned::into_inner);
+        if route.hosts.is_empty() && !is_default {
+            return Err(file_error(
+                name_span,
+                format!("route[{i}].hosts"),
+                format!("route `{name}` has no hosts and is not the default route"),
+            ));
+        }
+        specs.push(RouteSpec {
+            origin: at(name_span),
+            name,
+            hosts: route
+                .hosts
+                .into_iter()
+                .map(|h| {
+                    let origin = at(h.span());
+                    (h.into_inner(), origin)
+                })
+                .collect(),
+            endpoints,
+            default: is_default.then(|| at(default_span)),
+            connect_timeout: route.connect_timeout.unwrap_or(defaults.connect_timeout),
+            idle_timeout: route.idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_connections: route.max_connections,
+            proxy_protocol: route.proxy_protocol,
+        });
+    }
+    Ok(specs)
 }
 
 fn origin_of(source: Option<&Source>) -> Origin {
@@ -352,6 +623,14 @@ mod checked {
 
     pub fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         duration(d).map(Some)
+    }
+
+    pub fn some_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        let value: usize = serde::Deserialize::deserialize(d)?;
+        if value == 0 {
+            return Err(D::Error::custom("must be more than 0"));
+        }
+        Ok(Some(value))
     }
 
     pub fn hello_max_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -512,12 +791,12 @@ mod tests {
     fn parse(text: &str) -> Result<RouterConfig, ConfigError> {
         let source = Source::from_text("router.toml", text);
         let file: RouterFile = source.parse()?;
-        RouterConfig::build(file, Some(&source), &Overrides::default())
+        RouterConfig::build(file, Some(&source), &[])
     }
 
     #[test]
     fn defaults_without_a_file() {
-        let config = RouterConfig::build(RouterFile::default(), None, &Overrides::default()).unwrap();
+        let config = RouterConfig::build(RouterFile::default(), None, &[]).unwrap();
         assert_eq!(config.listen, vec!["0.0.0.0:443".parse().unwrap()]);
         assert_eq!(config.hello_timeout, Duration::from_secs(5));
         assert_eq!(config.hello_max_bytes, 17 * 1024);
@@ -656,12 +935,13 @@ mod tests {
             routes: vec!["b.test=127.0.0.1:2".parse().unwrap()],
             default_route: Some(vec!["127.0.0.1:3".parse().unwrap()]),
             log_format: Some(LogFormat::Json),
+            ..Overrides::default()
         };
         let source = Source::from_text(
             "r.toml",
             "listen = [\"0.0.0.0:1\"]\n[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
         );
-        let config = RouterConfig::build(source.parse().unwrap(), Some(&source), &overrides).unwrap();
+        let config = RouterConfig::build(source.parse().unwrap(), Some(&source), &[overrides]).unwrap();
         assert_eq!(config.listen, vec!["[::1]:8443".parse().unwrap()]);
         let names: Vec<_> = config.routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b.test", "default"]);

@@ -11,9 +11,14 @@
 //! connection together, so the relay runs without one and the access event
 //! carries every field itself.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::IntGauge;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,10 +27,11 @@ use tracing::Instrument;
 
 use crate::error::ConnError;
 use crate::hello::{self, HelloLimits};
-use crate::reject;
+use crate::metrics::Metrics;
 use crate::route::{Route, RouteTable};
 use crate::splice::{self, End, Side};
 use crate::upstream::Connector;
+use crate::{proxy_protocol, reject};
 
 /// After sending an alert, how long to wait for the client to close before we do:
 /// closing with unread bytes would turn our FIN into a reset that can overtake
@@ -39,14 +45,85 @@ const ALERT_LINGER_BYTES: u64 = 64 * 1024;
 pub struct Snapshot {
     pub table: RouteTable,
     pub hello: HelloLimits,
+    /// Most connections open at once, in any stage.
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
 }
 
 /// What every connection shares: the current snapshot (swapped whole by a
-/// reload) and the backend connector.
+/// reload), the backend connector, the metrics and the connection counts the
+/// limits are checked against (kept here, not in the snapshot, so that a reload
+/// does not reset them).
 #[derive(Debug)]
 pub struct Shared {
-    pub snapshot: arc_swap::ArcSwap<Snapshot>,
+    pub snapshot: ArcSwap<Snapshot>,
     pub connector: Connector,
+    pub metrics: Metrics,
+    open: AtomicUsize,
+    by_route: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Metrics) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            connector: Connector::new(),
+            metrics,
+            open: AtomicUsize::new(0),
+            by_route: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count a connection against `max`; `None` when the limit is reached.
+    fn admit(&self, max: usize) -> Option<OpenGuard<'_>> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.open.inc();
+        Some(OpenGuard(self))
+    }
+
+    /// Count a connection on `route` against its limit.
+    fn admit_route(&self, route: &Route) -> Result<RouteGuard, ConnError> {
+        let count = {
+            let mut by_route = self.by_route.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            by_route.entry(route.name.clone()).or_default().clone()
+        };
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = route.max_connections
+            && before >= max
+        {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnError::RouteLimit(max));
+        }
+        let gauge = self.metrics.active.with_label_values(&[route.name.as_str()]);
+        gauge.inc();
+        Ok(RouteGuard { count, gauge })
+    }
+}
+
+/// One open connection, counted until dropped.
+struct OpenGuard<'a>(&'a Shared);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.open.dec();
+    }
+}
+
+/// One connection on a route, counted until dropped.
+struct RouteGuard {
+    count: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
 }
 
 /// What the access log says of a connection, filled in stage by stage.
@@ -76,11 +153,19 @@ impl Access {
 }
 
 /// Handle one accepted connection to its end. Never fails: every outcome is
-/// logged as one access event.
+/// logged as one access event and counted.
 pub async fn handle(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) {
     let started = Instant::now();
     let mut access = Access::new(peer, local);
-    let result = serve(&mut client, &shared, &mut access).await;
+    shared.metrics.accepted.inc();
+    let max = shared.snapshot.load().max_connections;
+    let result = match shared.admit(max) {
+        // Refused before reading anything: the cheapest way to shed load.
+        None => Err(ConnError::GlobalLimit(max)),
+        Some(_open) => serve(&mut client, &shared, &mut access).await,
+    };
+    drop(client);
+    let route = access.route.as_ref().map_or("", |r| r.name.as_str());
     let (outcome, bytes_in, bytes_out, error) = match &result {
         Ok(relayed) => {
             let (outcome, error) = match &relayed.end {
@@ -91,8 +176,17 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
             };
             (outcome, relayed.to_backend, relayed.to_client, error)
         }
-        Err(error) => (error.label(), 0, 0, Some(error.to_string())),
+        Err(error) => {
+            let label = error.label();
+            match error {
+                ConnError::GlobalLimit(_) => shared.metrics.limit_refusals.with_label_values(&["global", ""]).inc(),
+                ConnError::RouteLimit(_) => shared.metrics.limit_refusals.with_label_values(&["route", route]).inc(),
+                _ => shared.metrics.routing_failures.with_label_values(&[label]).inc(),
+            }
+            (label, 0, 0, Some(error.to_string()))
+        }
     };
+    shared.metrics.closed.with_label_values(&[route, outcome]).inc();
     tracing::info!(
         target: "snigate_router::access",
         peer = %access.peer,
@@ -118,22 +212,41 @@ async fn serve(client: &mut TcpStream, shared: &Shared, access: &mut Access) -> 
     // buffer, the parse results, the connect (DNS included) and the span cost
     // memory only while they run.
     let span = tracing::debug_span!("conn", peer = %access.peer, local = %access.local);
-    let (route, backend, forwarded) = Box::pin(establish(client, shared, access).instrument(span)).await?;
-    let mut relayed = splice::relay(client, &backend, route.idle_timeout).await;
+    let established = Box::pin(establish(client, shared, access).instrument(span)).await?;
+    let Established {
+        route,
+        backend,
+        forwarded,
+        _guard,
+    } = established;
+    let bytes_in = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "in"]);
+    let bytes_out = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "out"]);
+    bytes_in.inc_by(forwarded);
+    let mut relayed = splice::relay(client, &backend, route.idle_timeout, |to_backend, to_client| {
+        bytes_in.inc_by(to_backend);
+        bytes_out.inc_by(to_client);
+    })
+    .await;
     relayed.to_backend += forwarded;
     Ok(relayed)
 }
 
-/// hello -> route -> upstream, then forward the hello. Returns the route, the
-/// backend stream and how many bytes were forwarded.
-async fn establish(
-    client: &mut TcpStream,
-    shared: &Shared,
-    access: &mut Access,
-) -> Result<(Arc<Route>, TcpStream, u64), ConnError> {
+/// A connection ready to relay.
+struct Established {
+    route: Arc<Route>,
+    backend: TcpStream,
+    /// Bytes already sent to the backend: the PROXY header and the hello.
+    forwarded: u64,
+    _guard: RouteGuard,
+}
+
+/// hello -> route -> upstream, then forward the hello.
+async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access) -> Result<Established, ConnError> {
+    let started = Instant::now();
     // Taken once: a reload never changes a connection half-way.
     let snapshot = shared.snapshot.load_full();
     let hello = hello::read(client, snapshot.hello).await?;
+    shared.metrics.hello_seconds.observe(started.elapsed().as_secs_f64());
     access.sni.clone_from(&hello.info.sni);
     if !hello.info.alpn.is_empty() {
         access.alpn = Some(hello.info.alpn.join(","));
@@ -151,11 +264,32 @@ async fn establish(
         }
     };
     drop(snapshot);
+    let guard = shared.admit_route(&route)?;
 
+    let connecting = Instant::now();
     let (mut backend, addr) = shared.connector.connect(&route).await?;
+    shared
+        .metrics
+        .connect_seconds
+        .with_label_values(&[route.name.as_str()])
+        .observe(connecting.elapsed().as_secs_f64());
     access.backend = Some(addr);
-    backend.write_all(&hello.bytes).await.map_err(ConnError::Forward)?;
-    Ok((route, backend, hello.bytes.len() as u64))
+    // One write, so the header and the hello leave in one segment.
+    let first = match route.proxy_protocol {
+        Some(version) => {
+            let mut first = proxy_protocol::header(version, access.peer, access.local, hello.info.sni.as_deref());
+            first.extend_from_slice(&hello.bytes);
+            first
+        }
+        None => hello.bytes,
+    };
+    backend.write_all(&first).await.map_err(ConnError::Forward)?;
+    Ok(Established {
+        route,
+        backend,
+        forwarded: first.len() as u64,
+        _guard: guard,
+    })
 }
 
 /// Best effort: the client may already be gone.
@@ -186,16 +320,17 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let shared = Arc::new(super::Shared {
-            snapshot: arc_swap::ArcSwap::from_pointee(super::Snapshot {
-                table: crate::route::RouteTable::default(),
-                hello: crate::hello::HelloLimits {
-                    timeout: Duration::from_secs(1),
-                    max_bytes: 2000,
-                },
-            }),
-            connector: crate::upstream::Connector::new(),
-        });
+        let snapshot = super::Snapshot {
+            table: crate::route::RouteTable::default(),
+            hello: crate::hello::HelloLimits {
+                timeout: Duration::from_secs(1),
+                max_bytes: 2000,
+            },
+            max_connections: 10,
+            drain_timeout: Duration::from_secs(1),
+        };
+        let metrics = crate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
+        let shared = Arc::new(super::Shared::new(snapshot, metrics));
         let task = super::handle(client, addr, addr, shared);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "the connection future is {size} bytes");

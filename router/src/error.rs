@@ -17,6 +17,10 @@ pub enum ConnError {
     Connect(#[from] ConnectError),
     #[error("sending the ClientHello to the backend: {0}")]
     Forward(std::io::Error),
+    #[error("the router's connection limit ({0}) is reached")]
+    GlobalLimit(usize),
+    #[error("route's connection limit ({0}) is reached")]
+    RouteLimit(usize),
 }
 
 impl ConnError {
@@ -30,6 +34,8 @@ impl ConnError {
             ConnError::NoRoute(no_route) => no_route.label(),
             ConnError::Connect(_) => "all_endpoints_down",
             ConnError::Forward(_) => "backend_error",
+            ConnError::GlobalLimit(_) => "global_limit",
+            ConnError::RouteLimit(_) => "route_limit",
         }
     }
 }

@@ -18,8 +18,10 @@
 //! - [`splice`]: relay bytes both ways with half-close and an idle timeout,
 //!   holding no buffer while idle.
 //! - [`reject`]: the `unrecognized_name` alert.
-//! - [`config`] and [`error`] are leaves: the schema and validated settings, and
-//!   the per-stage error with its label.
+//! - [`proxy_protocol`]: the PROXY header a route may send before the hello.
+//! - [`reload`]: SIGHUP and watched files into a new snapshot, swapped whole.
+//! - [`config`], [`metrics`] and [`error`] are leaves: the schema and validated
+//!   settings, the metric set, and the per-stage error with its label.
 //!
 //! [`run`] takes bound listeners and a [`Shutdown`], so tests drive the same code
 //! as `main` on port 0 with their own stop trigger.
@@ -29,26 +31,35 @@ pub mod conn;
 pub mod error;
 pub mod hello;
 pub mod listener;
+pub mod metrics;
+pub mod proxy_protocol;
 pub mod reject;
+pub mod reload;
 pub mod route;
 pub mod splice;
 pub mod upstream;
 
 use std::io;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use prometheus::Registry;
+use serde::Serialize;
+use snigate_shared::admin::{self, Admin, Readiness};
 use snigate_shared::config::ConfigError;
 use snigate_shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use crate::config::{Overrides, RouterConfig};
+use crate::config::{Endpoint, Loader, RouterConfig};
 use crate::conn::{Shared, Snapshot};
 use crate::hello::HelloLimits;
+use crate::metrics::Metrics;
 use crate::route::RouteTable;
-use crate::upstream::Connector;
+
+/// Descriptors kept back from the connection limit for listeners, the admin
+/// server, DNS and log files.
+const RESERVED_FDS: usize = 64;
 
 /// A validated configuration with its route table built: everything `run` needs
 /// to start.
@@ -56,64 +67,168 @@ use crate::upstream::Connector;
 pub struct Settings {
     pub config: RouterConfig,
     pub table: RouteTable,
+    /// How to load the configuration again, for reloads; `None` turns reload off.
+    pub loader: Option<Loader>,
 }
 
 impl Settings {
     /// Validate `config` and build its route table.
     pub fn new(config: RouterConfig) -> Result<Self, ConfigError> {
         let table = RouteTable::build(&config.routes)?;
-        Ok(Self { config, table })
-    }
-
-    fn snapshot(self) -> Snapshot {
-        Snapshot {
-            table: self.table,
-            hello: HelloLimits {
-                timeout: self.config.hello_timeout,
-                max_bytes: self.config.hello_max_bytes,
-            },
-        }
-    }
-}
-
-/// Load the configuration file (if any), apply the command line, validate.
-pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    Settings::new(config::load(path, overrides)?)
-}
-
-/// Bind every configured listen address, announcing each.
-pub fn bind(config: &RouterConfig) -> io::Result<Vec<TcpListener>> {
-    config
-        .listen
-        .iter()
-        .map(|&addr| {
-            listener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        Ok(Self {
+            config,
+            table,
+            loader: None,
         })
-        .collect()
+    }
+}
+
+/// Load the configuration the way `loader` says, keeping `loader` for reloads.
+pub fn load(loader: Loader) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::new(loader.load()?)?;
+    settings.loader = Some(loader);
+    Ok(settings)
+}
+
+/// What connections use, from validated settings.
+pub(crate) fn snapshot_of(settings: Settings) -> Snapshot {
+    Snapshot {
+        max_connections: settings.config.max_connections.unwrap_or_else(default_max_connections),
+        drain_timeout: settings.config.drain_timeout,
+        hello: HelloLimits {
+            timeout: settings.config.hello_timeout,
+            max_bytes: settings.config.hello_max_bytes,
+        },
+        table: settings.table,
+    }
+}
+
+/// As many connections as the open-files limit allows at two descriptors each
+/// (client and backend), less a reserve, so the process never runs out of
+/// descriptors. Read from /proc, which needs no unsafe code.
+pub fn default_max_connections() -> usize {
+    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|n| n.parse::<usize>().ok())
+    });
+    match soft_limit {
+        Some(fds) => (fds.saturating_sub(RESERVED_FDS) / 2).max(1),
+        // "unlimited" or unreadable: a limit that is still safe almost anywhere.
+        None => 10_000,
+    }
+}
+
+/// The sockets the router serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub tls: Vec<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// Bind every configured address.
+pub fn bind(config: &RouterConfig) -> io::Result<Listeners> {
+    let bind_one = |addr: SocketAddr| {
+        listener::bind(addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    };
+    Ok(Listeners {
+        tls: config
+            .listen
+            .iter()
+            .map(|&addr| bind_one(addr))
+            .collect::<io::Result<_>>()?,
+        admin: config.admin.map(bind_one).transpose()?,
+    })
 }
 
 /// Serve on `listeners` until `shutdown.stop`, then drain open connections for at
-/// most the configured drain timeout (or until `shutdown.force`).
-pub async fn run(settings: Settings, listeners: Vec<TcpListener>, shutdown: Shutdown) {
-    let drain_timeout: Duration = settings.config.drain_timeout;
+/// most the configured drain timeout (or until `shutdown.force`). Owns its
+/// metrics registry, so several routers (and brokers) can run in one process.
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -> Result<(), prometheus::Error> {
     if settings.table.routes().is_empty() {
         tracing::warn!("no routes configured: every connection will be refused");
     }
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(settings.snapshot()),
-        connector: Connector::new(),
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    metrics.config_loaded.set(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    );
+    let loader = settings.loader.clone();
+    let running = settings.config.clone();
+    let shared = Arc::new(Shared::new(snapshot_of(settings), metrics));
+    let readiness = Readiness::default();
+
+    // The admin server outlives the drain, so /readyz can say "not ready" while
+    // connections finish; it stops when everything else has.
+    let admin_stop = tokio_util::sync::CancellationToken::new();
+    let admin_task = listeners.admin.map(|listener| {
+        let admin = Admin::new(registry, readiness.clone()).route("/routes", routes_handler(shared.clone()));
+        tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
+    let reload_task =
+        loader.map(|loader| tokio::spawn(reload::run(shared.clone(), loader, running, shutdown.stop.clone())));
+
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
+    for listener in listeners.tls {
         if let Ok(addr) = listener.local_addr() {
             snigate_shared::logging::listening("tls", addr);
         }
-        servers.spawn(listener::serve(
-            listener,
-            shared.clone(),
-            shutdown.clone(),
-            drain_timeout,
-        ));
+        servers.spawn(listener::serve(listener, shared.clone(), shutdown.clone()));
     }
+    readiness.set(true);
+    shutdown.stop.cancelled().await;
+    readiness.set(false);
     while servers.join_next().await.is_some() {}
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// `/routes`: the live route table as JSON.
+fn routes_handler(shared: Arc<Shared>) -> admin::Handler {
+    #[derive(Serialize)]
+    struct RouteView<'a> {
+        name: &'a str,
+        hosts: &'a [String],
+        default: bool,
+        endpoints: Vec<String>,
+        connect_timeout_ms: u128,
+        idle_timeout_ms: u128,
+        max_connections: Option<usize>,
+        proxy_protocol: Option<&'static str>,
+    }
+    Arc::new(move || {
+        let snapshot = shared.snapshot.load();
+        let default = snapshot.table.default_route().map(|r| r.name.as_str());
+        let routes: Vec<RouteView<'_>> = snapshot
+            .table
+            .routes()
+            .iter()
+            .map(|r| RouteView {
+                name: &r.name,
+                hosts: &r.hosts,
+                default: default == Some(r.name.as_str()),
+                endpoints: r.endpoints.iter().map(Endpoint::to_string).collect(),
+                connect_timeout_ms: r.connect_timeout.as_millis(),
+                idle_timeout_ms: r.idle_timeout.as_millis(),
+                max_connections: r.max_connections,
+                proxy_protocol: r.proxy_protocol.map(|v| match v {
+                    config::ProxyProtocol::V1 => "v1",
+                    config::ProxyProtocol::V2 => "v2",
+                }),
+            })
+            .collect();
+        let body = serde_json::to_string_pretty(&serde_json::json!({ "routes": routes }))
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        ("application/json", body + "\n")
+    })
 }

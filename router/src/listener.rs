@@ -34,13 +34,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accept on `listener` until `shutdown.stop`, then drain this listener's
-/// connections for at most `drain_timeout` (or until `shutdown.force`).
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-    drain_timeout: Duration,
-) -> DrainReport {
+/// connections for at most the current drain timeout (or until `shutdown.force`).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> DrainReport {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -76,6 +71,7 @@ pub async fn serve(
     // Close the socket first, so that new clients are refused rather than queued
     // behind a listener that will never accept them.
     drop(listener);
+    let drain_timeout = shared.snapshot.load().drain_timeout;
     let open = tasks.len();
     tracing::info!(%local, open, ?drain_timeout, "stopped accepting; draining");
     let report = shutdown::drain(&mut tasks, drain_timeout, &shutdown.force).await;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use snigate_router::config::{Endpoint, FlagRoute, Overrides};
+use snigate_router::config::{Endpoint, FlagRoute, Layer, Loader, Overrides};
 use snigate_shared::logging::{self, LogFormat};
 use snigate_shared::shutdown::Shutdown;
 
@@ -13,18 +13,22 @@ use snigate_shared::shutdown::Shutdown;
 const EXIT_CONFIG: u8 = 78;
 
 /// SNI passthrough router: routes TLS connections by the server name in their
-/// ClientHello, without terminating TLS.
+/// ClientHello, without terminating TLS. Settings come from defaults, then the
+/// file, then SNIGATE_ROUTER_* environment variables, then these flags.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// TOML configuration file.
+    /// TOML configuration file (or SNIGATE_ROUTER_CONFIG).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Address to accept TLS on (repeatable); replaces the file's `listen`.
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Address of the admin server (/metrics, /healthz, /readyz, /routes).
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// Route a host (or `*.suffix`) to endpoints, added to the file's routes.
     #[arg(long, global = true, value_name = "HOST=ADDR[,ADDR...]")]
     route: Vec<FlagRoute>,
@@ -44,13 +48,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides {
-        listen: cli.listen,
-        routes: cli.route,
-        default_route: (!cli.default_route.is_empty()).then_some(cli.default_route),
-        log_format: cli.log_format,
-    };
-    let settings = match snigate_router::load(cli.config.as_deref(), &overrides) {
+    let settings = match load(
+        cli.config,
+        Overrides {
+            layer: Layer::Flags,
+            listen: cli.listen,
+            admin: cli.admin,
+            routes: cli.route,
+            default_route: (!cli.default_route.is_empty()).then_some(cli.default_route),
+            log_format: cli.log_format,
+            ..Overrides::default()
+        },
+    ) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("snigate-router: configuration error: {e}");
@@ -58,8 +67,10 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        let listen: Vec<String> = settings.config.listen.iter().map(ToString::to_string).collect();
+        let config = &settings.config;
+        let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
         println!("configuration OK\nlisten: {}", listen.join(", "));
+        println!("admin: {}", config.admin.map_or("off".to_owned(), |a| a.to_string()));
         print!("{}", settings.table);
         return ExitCode::SUCCESS;
     }
@@ -76,13 +87,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// defaults < file < environment < flags.
+fn load(
+    config: Option<PathBuf>,
+    flags: Overrides,
+) -> Result<snigate_router::Settings, snigate_shared::config::ConfigError> {
+    let (env, env_config) = Overrides::from_env(std::env::vars())?;
+    snigate_router::load(Loader {
+        path: config.or(env_config),
+        layers: vec![env, flags],
+    })
+}
+
 fn serve(settings: snigate_router::Settings) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = snigate_router::bind(&settings.config)?;
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals()?;
-        snigate_router::run(settings, listeners, shutdown).await;
+        snigate_router::run(settings, listeners, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use snigate_shared::config::{ConfigError, Origin};
 
-use crate::config::{Endpoint, HostPattern, RouteSpec};
+use crate::config::{Endpoint, HostPattern, ProxyProtocol, RouteSpec};
 
 /// A route, as connections use it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,9 @@ pub struct Route {
     pub endpoints: Vec<Endpoint>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Most connections routed here at once.
+    pub max_connections: Option<usize>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// How a route was selected.
@@ -133,6 +136,8 @@ impl RouteTable {
                 endpoints: spec.endpoints.clone(),
                 connect_timeout: spec.connect_timeout,
                 idle_timeout: spec.idle_timeout,
+                max_connections: spec.max_connections,
+                proxy_protocol: spec.proxy_protocol,
             }));
         }
         Ok(table)
@@ -203,6 +208,8 @@ mod tests {
             default: default.then(|| origin.clone()),
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            max_connections: None,
+            proxy_protocol: None,
             origin,
         }
     }

@@ -63,7 +63,15 @@ pub struct Relayed {
 /// `async` loops: an idle connection then waits on the sockets' own readiness
 /// slots (`poll_read_ready`) instead of keeping readiness futures alive, which
 /// keeps the whole connection task at a few hundred bytes while it idles.
-pub async fn relay(client: &TcpStream, backend: &TcpStream, idle_timeout: Duration) -> Relayed {
+///
+/// `progress(to_backend, to_client)` is called with the bytes moved each time
+/// some move, so byte counters stay current on connections that last for days.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle_timeout: Duration,
+    mut progress: impl FnMut(u64, u64),
+) -> Relayed {
     let mut upstream = Half::default();
     let mut downstream = Half::default();
     let mut last_activity = Instant::now();
@@ -75,6 +83,7 @@ pub async fn relay(client: &TcpStream, backend: &TcpStream, idle_timeout: Durati
         let down = downstream.poll(cx, backend, client);
         if (upstream.count, downstream.count) != before {
             last_activity = Instant::now();
+            progress(upstream.count - before.0, downstream.count - before.1);
         }
         match (up, down) {
             (Poll::Ready(Err(HalfError::Read(e))), _) => return Poll::Ready(fail(Side::Client, e, backend)),

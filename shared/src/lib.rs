@@ -5,11 +5,15 @@
 //!   line and field (or the flag or environment variable it came from).
 //! - [`logging`]: the tracing subscriber (text or JSON), and the fixed
 //!   "listening on" line that harnesses read bound addresses from.
-//! - [`shutdown`]: SIGTERM/SIGINT into one cancellation token, and draining a set
-//!   of connection tasks under a deadline.
+//! - [`shutdown`]: SIGTERM/SIGINT into cancellation tokens, SIGHUP into reload
+//!   requests, and draining a set of connection tasks under a deadline.
+//! - [`metrics`]: rendering a component's own prometheus registry.
+//! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
 
+pub mod admin;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;

@@ -53,6 +53,12 @@ impl Shutdown {
     }
 }
 
+/// SIGHUP, the conventional "reload your configuration" signal, as a stream.
+/// Must be called inside a tokio runtime.
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DrainReport {

@@ -118,6 +118,8 @@ impl TlsBackend {
 /// The router, in-process, listening on 127.0.0.1 on a port the OS picked.
 pub struct TestRouter {
     pub addr: SocketAddr,
+    /// The admin server (/metrics, /readyz, /routes).
+    pub admin: SocketAddr,
     pub shutdown: Shutdown,
     task: Option<JoinHandle<()>>,
 }
@@ -134,19 +136,42 @@ impl TestRouter {
         let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
         let overrides = Overrides {
             listen: vec![listen],
+            admin: Some("127.0.0.1:0".parse().unwrap()),
             ..Overrides::default()
         };
-        let config = RouterConfig::build(file, Some(&source), &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let config = RouterConfig::build(file, Some(&source), &[overrides]).unwrap_or_else(|e| panic!("{e}"));
         let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
         let listeners = snigate_router::bind(&settings.config).unwrap();
-        let addr = listeners[0].local_addr().unwrap();
+        let addr = listeners.tls[0].local_addr().unwrap();
+        let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(snigate_router::run(settings, listeners, shutdown.clone()));
-        Self {
+        let for_task = shutdown.clone();
+        let task = tokio::spawn(async move { snigate_router::run(settings, listeners, for_task).await.unwrap() });
+        let router = Self {
             addr,
+            admin,
             shutdown,
             task: Some(task),
+        };
+        router.wait_ready().await;
+        router
+    }
+
+    /// Wait until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while http_get(self.admin, "/readyz").await.map(|(status, _)| status) != Some(200) {
+            assert!(tokio::time::Instant::now() < deadline, "the router never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The value of one sample in `/metrics`, e.g.
+    /// `snigate_router_connections_closed_total{outcome="closed",route="a"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = http_get(self.admin, "/metrics").await?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Stop accepting and wait for the drain to end.
@@ -166,6 +191,26 @@ impl Drop for TestRouter {
         self.shutdown.stop.cancel();
         self.shutdown.force.cancel();
     }
+}
+
+/// `GET path` over HTTP/1.1; the status and body, or `None` if the server is
+/// not there.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// A route table entry for a test config.

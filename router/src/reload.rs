@@ -1,0 +1,134 @@
+//! Live reload: SIGHUP, or a change to the watched files, loads the
+//! configuration again and swaps it in whole.
+//!
+//! A valid configuration replaces the snapshot that new connections take;
+//! established connections keep the one they started with, untouched. An invalid
+//! one is refused with its error and the old one keeps serving. Listen and admin
+//! addresses cannot change without a restart: a change there is reported, not
+//! applied.
+//!
+//! Files are watched by polling their identity (the resolved path, inode, size
+//! and modification time) every `[reload] interval`, not with inotify: polling
+//! sees Kubernetes' atomic swap of a mounted ConfigMap's `..data` symlink like
+//! any other change, works on every filesystem and sandbox (inotify on a symlink
+//! swap does not), and costs a few `stat` calls per interval.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use snigate_shared::config::ConfigError;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Loader, RouterConfig};
+use crate::conn::Shared;
+use crate::{Settings, snapshot_of};
+
+/// Reload on SIGHUP and on file changes until `stop`.
+pub async fn run(shared: Arc<Shared>, loader: Loader, mut running: RouterConfig, stop: CancellationToken) {
+    let mut hangups = match snigate_shared::shutdown::hangups() {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+            None
+        }
+    };
+    let mut seen = fingerprint(&running.watched);
+    loop {
+        let interval = running.reload_interval.unwrap_or(Duration::from_secs(3600));
+        let trigger = tokio::select! {
+            () = stop.cancelled() => return,
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            () = tokio::time::sleep(interval), if running.reload_interval.is_some() => {
+                let now = fingerprint(&running.watched);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file change"
+            }
+        };
+        match reload(&shared, &loader, &running) {
+            Ok(config) => {
+                shared.metrics.reloads.with_label_values(&["success"]).inc();
+                shared.metrics.config_loaded.set(unix_now());
+                tracing::info!(trigger, routes = config.routes.len(), "configuration reloaded");
+                running = config;
+                seen = fingerprint(&running.watched);
+            }
+            Err(e) => {
+                shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(trigger, error = %e, "configuration refused; the previous one keeps serving");
+            }
+        }
+    }
+}
+
+/// Load, validate and swap in. Returns the configuration now in use.
+pub fn reload(shared: &Shared, loader: &Loader, running: &RouterConfig) -> Result<RouterConfig, ConfigError> {
+    let mut settings = Settings::new(loader.load()?)?;
+    let config = &mut settings.config;
+    if config.listen != running.listen {
+        tracing::warn!(
+            running = ?running.listen,
+            configured = ?config.listen,
+            "listen addresses changed: a restart is needed to apply them"
+        );
+        config.listen.clone_from(&running.listen);
+    }
+    if config.admin != running.admin {
+        tracing::warn!(running = ?running.admin, configured = ?config.admin, "admin address changed: a restart is needed to apply it");
+        config.admin = running.admin;
+    }
+    let config = settings.config.clone();
+    shared.snapshot.store(Arc::new(snapshot_of(settings)));
+    Ok(config)
+}
+
+/// What identifies the current content of a watched path: where it resolves
+/// to (a ConfigMap swap changes this), and the file's inode, size and
+/// modification time; for a directory, also its entry names.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity {
+    resolved: PathBuf,
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    entries: Vec<String>,
+}
+
+type Fingerprint = Vec<Option<Identity>>;
+
+fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+    paths.iter().map(|path| identity(path)).collect()
+}
+
+fn identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&resolved).ok()?;
+    // Names as well as the directory's mtime: some filesystems keep mtimes coarse.
+    let mut entries = Vec::new();
+    if meta.is_dir()
+        && let Ok(dir) = std::fs::read_dir(&resolved)
+    {
+        entries = dir
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+    }
+    Some(Identity {
+        inode: meta.ino(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        resolved,
+        entries,
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
