@@ -29,8 +29,13 @@ struct RouterProcess {
 impl RouterProcess {
     /// Start with `args` and wait for its "listening on tls ADDR" line.
     fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -275,6 +280,8 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
             backend.addr
         ))
         .env("RUST_LOG", "info")
+        // Above what 48 descriptors allow, so that accept itself runs out.
+        .env("SNIGATE_ROUTER_MAX_CONNECTIONS", "1000")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -339,6 +346,60 @@ fn address_prefix(text: &str) -> String {
         .collect()
 }
 
+/// Without `max_connections`, the limit follows the open-files limit: two
+/// descriptors per connection, less a reserve of 64.
+#[tokio::test]
+async fn the_default_limit_follows_the_open_files_limit() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 84 && exec {BIN} --listen 127.0.0.1:0 --route broker-a.apps.example.com={}",
+            backend.local_addr().unwrap()
+        ))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx.recv_timeout(STEP).unwrap();
+        addr = line.split("listening on tls ").nth(1).map(address_prefix);
+    }
+    let router = RouterProcess {
+        child,
+        addr: addr.unwrap().parse().unwrap(),
+        log: Default::default(),
+    };
+    // (84 - 64) / 2 = 10 connections.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(relay_through(router.addr, &backend).await);
+    }
+    let mut eleventh = tokio::net::TcpStream::connect(router.addr).await.unwrap();
+    let mut buf = [0; 1];
+    let n = tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read(&mut eleventh, &mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "the eleventh connection is closed at once");
+    let deadline = Instant::now() + STEP;
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap();
+        if line.contains("global_limit") {
+            break;
+        }
+    }
+}
+
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -394,4 +455,212 @@ async fn the_access_log_has_one_line_per_connection_with_every_field() {
         router.signal("TERM");
         assert!(router.wait(Duration::from_secs(10)).await.success());
     }
+}
+
+/// Send `hello` through the router at `addr` and wait for `backend` to get it.
+async fn relay_through(
+    addr: SocketAddr,
+    backend: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hello: &[u8] = include_bytes!("../src/hello/testdata/openssl-tls13.bin");
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(hello).await.unwrap();
+    let (mut server, _) = tokio::time::timeout(STEP, backend.accept()).await.unwrap().unwrap();
+    let mut got = vec![0; hello.len()];
+    server.read_exact(&mut got).await.unwrap();
+    (client, server)
+}
+
+/// SIGTERM with a connection in flight: it finishes, then the process exits 0,
+/// well within the drain timeout.
+#[tokio::test]
+async fn sigterm_lets_a_connection_in_flight_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut router = RouterProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("broker-a.apps.example.com={}", backend.local_addr().unwrap()),
+    ]);
+    let (mut client, mut server) = relay_through(router.addr, &backend).await;
+    router.signal("TERM");
+    router.log_line("stopped accepting; draining").await;
+    // The connection still works both ways during the drain...
+    server.write_all(b"late reply").await.unwrap();
+    let mut reply = [0; 10];
+    client.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"late reply");
+    assert!(
+        router.child.try_wait().unwrap().is_none(),
+        "exited with a connection open"
+    );
+    // ...and when it ends, so does the process (drain timeout is 20 s).
+    drop((client, server));
+    let started = Instant::now();
+    assert!(router.wait(Duration::from_secs(10)).await.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        router
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("drained") && l.contains("aborted=0"))
+    );
+}
+
+/// SIGHUP re-reads the file: a route is added and another removed while a
+/// connection on the removed one stays open. A broken file is refused.
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let new = TlsBackend::start(&ca, "new.test", "new").await;
+    let dir = TempDir::new();
+    let path = dir.path("router.toml");
+    // Watching off: only the signal may reload.
+    let config = |routes: String| format!("listen = [\"127.0.0.1:0\"]\n[reload]\nwatch = false\n{routes}");
+    std::fs::write(
+        &path,
+        config(route(
+            "old",
+            &["broker-a.apps.example.com"],
+            &[old.local_addr().unwrap()],
+        )),
+    )
+    .unwrap();
+    let router = RouterProcess::start(&["--config", path.to_str().unwrap()]);
+    let (mut client, mut server) = relay_through(router.addr, &old).await;
+
+    std::fs::write(&path, config(route("new", &["new.test"], &[new.addr]))).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        backend_for(&ca, router.addr, "new.test").await.is_err(),
+        "reloaded without a signal"
+    );
+    router.signal("HUP");
+    router.log_line("configuration reloaded").await;
+    assert_eq!(backend_for(&ca, router.addr, "new.test").await.unwrap(), "new");
+    server.write_all(b"kept").await.unwrap();
+    let mut kept = [0; 4];
+    client.read_exact(&mut kept).await.unwrap();
+
+    std::fs::write(&path, "listen = [\"127.0.0.1:0\"]\n[[route]]\nbogus = 1\n").unwrap();
+    router.signal("HUP");
+    let refused = router.log_line("configuration refused").await;
+    assert!(refused.contains("bogus"), "{refused}");
+    assert_eq!(backend_for(&ca, router.addr, "new.test").await.unwrap(), "new");
+}
+
+/// A container configured by environment alone; and the precedence
+/// defaults < file < environment < flags.
+#[tokio::test]
+async fn environment_variables_configure_the_router() {
+    let ca = Ca::new();
+    let from_env = TlsBackend::start(&ca, "env.test", "env").await;
+    let from_file = TlsBackend::start(&ca, "file.test", "file").await;
+    let router = RouterProcess::start_with_env(
+        &[],
+        &[
+            ("SNIGATE_ROUTER_LISTEN", "127.0.0.1:0"),
+            ("SNIGATE_ROUTER_ROUTES", &format!("env.test={}", from_env.addr)),
+            ("SNIGATE_ROUTER_LOG_FORMAT", "json"),
+        ],
+    );
+    assert_eq!(backend_for(&ca, router.addr, "env.test").await.unwrap(), "env");
+    assert!(
+        router.log_line("connection closed").await.starts_with('{'),
+        "JSON from the environment"
+    );
+    drop(router);
+
+    // File sets listen to a taken port; the environment overrides it; a flag
+    // overrides the environment's log format.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = TempDir::new();
+    let path = dir.path("router.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = [\"{}\"]\n{}",
+            taken.local_addr().unwrap(),
+            route("file", &["file.test"], &[from_file.addr])
+        ),
+    )
+    .unwrap();
+    let router = RouterProcess::start_with_env(
+        &["--log-format", "text"],
+        &[
+            ("SNIGATE_ROUTER_CONFIG", path.to_str().unwrap()),
+            ("SNIGATE_ROUTER_LISTEN", "127.0.0.1:0"),
+            ("SNIGATE_ROUTER_LOG_FORMAT", "json"),
+        ],
+    );
+    assert_ne!(router.addr, taken.local_addr().unwrap());
+    assert_eq!(backend_for(&ca, router.addr, "file.test").await.unwrap(), "file");
+    assert!(
+        !router.log_line("connection closed").await.starts_with('{'),
+        "the flag wins over the environment"
+    );
+
+    // Errors name the variable.
+    for (var, value, expected) in [
+        (
+            "SNIGATE_ROUTER_LISTEN",
+            "nowhere",
+            "environment variable SNIGATE_ROUTER_LISTEN",
+        ),
+        (
+            "SNIGATE_ROUTER_LISTN",
+            "127.0.0.1:0",
+            "environment variable SNIGATE_ROUTER_LISTN: unknown variable",
+        ),
+        (
+            "SNIGATE_ROUTER_ROUTES",
+            "a.test",
+            "environment variable SNIGATE_ROUTER_ROUTES",
+        ),
+    ] {
+        let output = Command::new(BIN).arg("check").env(var, value).output().unwrap();
+        assert_eq!(output.status.code(), Some(78), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+/// The admin server as probes and scrapers reach it: curl, a real HTTP client.
+#[tokio::test]
+async fn the_admin_server_answers_curl() {
+    let Some(curl) = tool("curl", "curl") else { return };
+    let mut router = RouterProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "[::1]:0",
+        "--route",
+        "a.test=127.0.0.1:9",
+    ]);
+    let line = router.log_line("listening on http").await;
+    let admin = address_prefix(line.split("listening on http ").nth(1).unwrap());
+    assert!(admin.starts_with("[::1]:"), "admin on IPv6: {admin}");
+    for (path, status, body) in [
+        ("/healthz", "200", "ok"),
+        ("/readyz", "200", "ready"),
+        ("/metrics", "200", "snigate_router_connections_accepted_total 0"),
+        ("/routes", "200", "\"name\": \"a.test\""),
+        ("/missing", "404", "not found"),
+    ] {
+        let output = Command::new(&curl)
+            .args(["-sS", "-w", "\n%{http_code}", &format!("http://{admin}{path}")])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(out.trim_end().ends_with(status), "{path}: {out}");
+        assert!(out.contains(body), "{path}: {out}");
+    }
+    router.signal("TERM");
+    assert!(router.wait(Duration::from_secs(10)).await.success());
 }

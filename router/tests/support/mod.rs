@@ -130,17 +130,23 @@ impl TestRouter {
         Self::start_on(toml, "127.0.0.1:0".parse().unwrap()).await
     }
 
-    /// Start listening on `listen` (port 0 for one the OS picks).
-    pub async fn start_on(toml: &str, listen: SocketAddr) -> Self {
-        let source = Source::from_text("test.toml", toml);
-        let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
-        let overrides = Overrides {
-            listen: vec![listen],
+    /// Start from the config file at `path`, with reload on, as `main` does
+    /// (listen and admin on 127.0.0.1:0 from the flags layer).
+    pub async fn start_file(path: &std::path::Path) -> Self {
+        let flags = Overrides {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
             admin: Some("127.0.0.1:0".parse().unwrap()),
             ..Overrides::default()
         };
-        let config = RouterConfig::build(file, Some(&source), &[overrides]).unwrap_or_else(|e| panic!("{e}"));
-        let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
+        let settings = snigate_router::load(snigate_router::config::Loader {
+            path: Some(path.to_owned()),
+            layers: vec![flags],
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        Self::run(settings).await
+    }
+
+    async fn run(settings: snigate_router::Settings) -> Self {
         let listeners = snigate_router::bind(&settings.config).unwrap();
         let addr = listeners.tls[0].local_addr().unwrap();
         let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
@@ -155,6 +161,20 @@ impl TestRouter {
         };
         router.wait_ready().await;
         router
+    }
+
+    /// Start listening on `listen` (port 0 for one the OS picks).
+    pub async fn start_on(toml: &str, listen: SocketAddr) -> Self {
+        let source = Source::from_text("test.toml", toml);
+        let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
+        let overrides = Overrides {
+            listen: vec![listen],
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = RouterConfig::build(file, Some(&source), &[overrides]).unwrap_or_else(|e| panic!("{e}"));
+        let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
+        Self::run(settings).await
     }
 
     /// Wait until `/readyz` answers 200.
@@ -253,6 +273,52 @@ pub async fn backend_for(ca: &Ca, router: SocketAddr, sni: &str) -> std::io::Res
     let tcp = TcpStream::connect(router).await?;
     let (_, greeting) = tokio::time::timeout(STEP, tls_connect(ca, tcp, sni)).await??;
     Ok(greeting)
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("snigate-test-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real peer the tests need, found on PATH. Under CI=true a missing tool is a
+/// failure that says how to get it; elsewhere the test is skipped, loudly.
+pub fn tool(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
+        assert!(
+            !ci,
+            "{name} is required under CI (Debian package `{package}`; scripts/test installs it)"
+        );
+        eprintln!("\n*** SKIPPED: {name} not found; install Debian's `{package}` or run scripts/test ***\n");
+    }
+    found
 }
 
 /// Deterministic bytes that are not all alike, for transfer checks.
