@@ -6,7 +6,7 @@
 //! once validated: socket addresses, durations, host patterns, endpoints, each
 //! route carrying the [`Origin`] of its values so that a conflict found later
 //! (two routes claiming one host, in `route::RouteTable::build`) can name both.
-//! Precedence: built-in defaults < file < flags.
+//! Precedence: built-in defaults < file < environment < flags.
 //!
 //! This module is a leaf: it imports nothing else from the router.
 
@@ -278,7 +278,7 @@ impl Overrides {
         };
         let mut config = None;
         for (name, value) in vars {
-            if !name.starts_with("SNIGATE_ROUTER_") {
+            if !name.starts_with("SNIGATE_ROUTER_") || is_service_link(&name) {
                 continue;
             }
             let bad = |message: String| ConfigError::env(&name, message);
@@ -343,6 +343,13 @@ impl Overrides {
             ),
         }
     }
+}
+
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_443_TCP` and the
+/// like for every Service in the namespace: a Service named `snigate-router`
+/// must not make the router refuse to start.
+fn is_service_link(name: &str) -> bool {
+    name.contains("_SERVICE_") || name.ends_with("_PORT") || name.contains("_PORT_")
 }
 
 /// `--route HOST=ADDR[,ADDR...]`.
@@ -887,6 +894,55 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("router.toml:6:8: "), "{text}");
         assert!(text.contains("already used at router.toml:2:8"), "{text}");
+    }
+
+    #[test]
+    fn the_environment_layer() {
+        let vars = |pairs: &[(&str, &str)]| {
+            Overrides::from_env(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (layer, config) = vars(&[
+            ("SNIGATE_ROUTER_CONFIG", "/etc/snigate/router.toml"),
+            ("SNIGATE_ROUTER_LISTEN", "0.0.0.0:8443, [::]:8443"),
+            (
+                "SNIGATE_ROUTER_ROUTES",
+                "a.test=10.0.0.1:8883,10.0.0.2:8883; *.apps.test=b:1 c.test=c:2",
+            ),
+            ("SNIGATE_ROUTER_DRAIN_TIMEOUT", "25s"),
+            ("SNIGATE_ROUTER_MAX_CONNECTIONS", "5000"),
+            // Injected by Kubernetes for a Service named snigate-router: ignored.
+            ("SNIGATE_ROUTER_SERVICE_HOST", "10.96.0.10"),
+            ("SNIGATE_ROUTER_SERVICE_PORT_HTTPS", "443"),
+            ("SNIGATE_ROUTER_PORT", "tcp://10.96.0.10:443"),
+            ("SNIGATE_ROUTER_PORT_443_TCP_ADDR", "10.96.0.10"),
+            ("PATH", "/usr/bin"),
+        ])
+        .unwrap();
+        assert_eq!(config, Some("/etc/snigate/router.toml".into()));
+        assert_eq!(layer.layer, Layer::Env);
+        assert_eq!(layer.listen.len(), 2);
+        assert_eq!(layer.routes.len(), 3);
+        assert_eq!(layer.routes[0].endpoints.len(), 2);
+        assert_eq!(layer.drain_timeout, Some(Duration::from_secs(25)));
+        assert_eq!(layer.max_connections, Some(5000));
+
+        let err = vars(&[("SNIGATE_ROUTER_LISTN", "x")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("environment variable SNIGATE_ROUTER_LISTN: unknown variable"),
+            "{err}"
+        );
+        let err = vars(&[("SNIGATE_ROUTER_MAX_CONNECTIONS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SNIGATE_ROUTER_MAX_CONNECTIONS: must be more than 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Metrics) -> Self {
+        metrics
+            .limit
+            .set(i64::try_from(snapshot.max_connections).unwrap_or(i64::MAX));
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             connector: Connector::new(),
@@ -72,6 +75,14 @@ impl Shared {
             open: AtomicUsize::new(0),
             by_route: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Make `snapshot` the one new connections take.
+    pub fn install(&self, snapshot: Snapshot) {
+        self.metrics
+            .limit
+            .set(i64::try_from(snapshot.max_connections).unwrap_or(i64::MAX));
+        self.snapshot.store(Arc::new(snapshot));
     }
 
     /// Count a connection against `max`; `None` when the limit is reached.
@@ -235,7 +246,8 @@ async fn serve(client: &mut TcpStream, shared: &Shared, access: &mut Access) -> 
 struct Established {
     route: Arc<Route>,
     backend: TcpStream,
-    /// Bytes already sent to the backend: the PROXY header and the hello.
+    /// The client's bytes already sent to the backend (the hello; a PROXY
+    /// header is ours, not the client's, and not counted).
     forwarded: u64,
     _guard: RouteGuard,
 }
@@ -275,19 +287,21 @@ async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access)
         .observe(connecting.elapsed().as_secs_f64());
     access.backend = Some(addr);
     // One write, so the header and the hello leave in one segment.
-    let first = match route.proxy_protocol {
+    let (first, header_len) = match route.proxy_protocol {
         Some(version) => {
             let mut first = proxy_protocol::header(version, access.peer, access.local, hello.info.sni.as_deref());
+            let header_len = first.len();
             first.extend_from_slice(&hello.bytes);
-            first
+            (first, header_len)
         }
-        None => hello.bytes,
+        None => (hello.bytes, 0),
     };
+    let forwarded = first.len() - header_len;
     backend.write_all(&first).await.map_err(ConnError::Forward)?;
     Ok(Established {
         route,
         backend,
-        forwarded: first.len() as u64,
+        forwarded: forwarded as u64,
         _guard: guard,
     })
 }

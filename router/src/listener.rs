@@ -29,6 +29,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if addr.is_ipv6() {
+        // As nginx does: `[::]:443` is IPv6 only, so that `0.0.0.0:443` can be
+        // listed beside it (dual stack) instead of failing with "address in use",
+        // and client addresses are never IPv4-mapped IPv6 ones.
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -55,7 +61,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdow
             Ok((stream, peer)) => {
                 // Relayed TLS records must not wait for Nagle (see upstream).
                 let _ = stream.set_nodelay(true);
-                tasks.spawn(conn::handle(stream, peer, local, shared.clone()));
+                // The connection's own local address, not the listener's: on a
+                // wildcard listener that is the address the client dialled, which
+                // the access log and PROXY headers report.
+                let dialled = stream.local_addr().unwrap_or(local);
+                tasks.spawn(conn::handle(stream, peer, dialled, shared.clone()));
             }
             // The client gave up between SYN and accept: nothing to do.
             Err(e) if is_per_connection(&e) => {}
@@ -72,6 +82,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdow
     // behind a listener that will never accept them.
     drop(listener);
     let drain_timeout = shared.snapshot.load().drain_timeout;
+    reap(&mut tasks);
     let open = tasks.len();
     tracing::info!(%local, open, ?drain_timeout, "stopped accepting; draining");
     let report = shutdown::drain(&mut tasks, drain_timeout, &shutdown.force).await;
@@ -94,5 +105,17 @@ fn reap(tasks: &mut JoinSet<()>) {
         {
             tracing::error!("a connection task panicked: this is a bug; other connections are unaffected");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// IPv6 listeners are v6-only, so both wildcards can share a port.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_wildcards_share_a_port() {
+        let v4 = super::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = super::bind(std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+        assert!(v6.is_ok(), "{v6:?}");
     }
 }

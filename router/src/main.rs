@@ -16,7 +16,7 @@ const EXIT_CONFIG: u8 = 78;
 /// ClientHello, without terminating TLS. Settings come from defaults, then the
 /// file, then SNIGATE_ROUTER_* environment variables, then these flags.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -69,9 +69,15 @@ fn main() -> ExitCode {
     if let Some(Command::Check) = cli.command {
         let config = &settings.config;
         let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
-        println!("configuration OK\nlisten: {}", listen.join(", "));
-        println!("admin: {}", config.admin.map_or("off".to_owned(), |a| a.to_string()));
-        print!("{}", settings.table);
+        let admin = config.admin.map_or("off".to_owned(), |a| a.to_string());
+        let report = format!(
+            "configuration OK\nlisten: {}\nadmin: {admin}\n{}",
+            listen.join(", "),
+            settings.table
+        );
+        // Written, not println!'d: `check | head -1` closes the pipe early, and
+        // that is not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
         return ExitCode::SUCCESS;
     }
     if let Err(e) = logging::init(settings.config.log_format, &settings.config.log_level) {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// When the configuration in use was loaded (Unix seconds).
     pub config_loaded: IntGauge,
+    /// The global connection limit in force (configured or derived).
+    pub limit: IntGauge,
 }
 
 impl Metrics {
@@ -101,6 +103,10 @@ impl Metrics {
                 "snigate_router_config_loaded_timestamp_seconds",
                 "When the configuration in use was loaded, in Unix seconds.",
             )?,
+            limit: IntGauge::new(
+                "snigate_router_connections_limit",
+                "The most connections open at once before new ones are refused (configured or derived).",
+            )?,
         };
         registry.register(Box::new(metrics.accepted.clone()))?;
         registry.register(Box::new(metrics.open.clone()))?;
@@ -113,6 +119,7 @@ impl Metrics {
         registry.register(Box::new(metrics.limit_refusals.clone()))?;
         registry.register(Box::new(metrics.reloads.clone()))?;
         registry.register(Box::new(metrics.config_loaded.clone()))?;
+        registry.register(Box::new(metrics.limit.clone()))?;
         // Both results exist from the start, so a dashboard's rate() has a series.
         for result in ["success", "failure"] {
             metrics.reloads.with_label_values(&[result]);

@@ -80,8 +80,13 @@ pub fn reload(shared: &Shared, loader: &Loader, running: &RouterConfig) -> Resul
         tracing::warn!(running = ?running.admin, configured = ?config.admin, "admin address changed: a restart is needed to apply it");
         config.admin = running.admin;
     }
+    if (config.log_format, &config.log_level) != (running.log_format, &running.log_level) {
+        tracing::warn!("log settings changed: a restart is needed to apply them");
+        config.log_format = running.log_format;
+        config.log_level.clone_from(&running.log_level);
+    }
     let config = settings.config.clone();
-    shared.snapshot.store(Arc::new(snapshot_of(settings)));
+    shared.install(snapshot_of(settings));
     Ok(config)
 }
 

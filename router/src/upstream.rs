@@ -24,7 +24,9 @@ use crate::route::Route;
 /// Connects to backends; shared by all connections.
 #[derive(Default)]
 pub struct Connector {
-    resolver: OnceLock<Result<TokioResolver, String>>,
+    /// Built on first use; a failure is not kept, so a resolv.conf that appears
+    /// later (or a transient error) is picked up by the next connection.
+    resolver: OnceLock<TokioResolver>,
 }
 
 impl fmt::Debug for Connector {
@@ -95,16 +97,16 @@ impl Connector {
     }
 
     async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
-        let resolver = self
-            .resolver
-            .get_or_init(|| {
-                TokioResolver::builder_tokio()
-                    .map(|builder| builder.build())
-                    .map_err(|e| format!("no DNS resolver (reading /etc/resolv.conf): {e}"))
-                    .and_then(|r| r.map_err(|e| format!("no DNS resolver: {e}")))
-            })
-            .as_ref()
-            .map_err(Clone::clone)?;
+        let resolver = match self.resolver.get() {
+            Some(resolver) => resolver,
+            None => {
+                let built = TokioResolver::builder_tokio()
+                    .map_err(|e| format!("no DNS resolver (reading /etc/resolv.conf): {e}"))?
+                    .build()
+                    .map_err(|e| format!("no DNS resolver: {e}"))?;
+                self.resolver.get_or_init(|| built)
+            }
+        };
         // Search domains and `ndots` from resolv.conf apply as they would with
         // glibc, so a short Kubernetes Service name resolves inside a cluster.
         let lookup = tokio::time::timeout(timeout, resolver.lookup_ip(host))

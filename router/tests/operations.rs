@@ -332,6 +332,7 @@ async fn the_global_limit_closes_new_connections_at_once() {
         started.elapsed() < Duration::from_secs(1),
         "refused before any hello was read"
     );
+    assert_eq!(router.metric("snigate_router_connections_limit").await, Some(2.0));
     let refusals = r#"snigate_router_limit_refusals_total{limit="global",route=""}"#;
     assert!(eventually(STEP, async || router.metric(refusals).await == Some(1.0)).await);
     // The established ones are unharmed.
@@ -363,6 +364,31 @@ async fn a_route_limit_refuses_beyond_it() {
     // Other routes are not affected.
     assert_eq!(backend_for(&ca, router.addr, "other.test").await.unwrap(), "other");
     drop((_c1, _s1));
+    router.stop().await;
+}
+
+/// On a wildcard listener, the header names the address the client dialled.
+#[tokio::test]
+async fn proxy_protocol_names_the_dialled_address_on_a_wildcard_listener() {
+    let backend = TcpListener::bind("[::1]:0").await.unwrap();
+    let config = format!(
+        "{}proxy_protocol = \"v2\"\n",
+        route("pp", &[HELLO_SNI], &[backend.local_addr().unwrap()])
+    );
+    let router = TestRouter::start_on(&config, "[::]:0".parse().unwrap()).await;
+    let dialled: std::net::SocketAddr = format!("[::1]:{}", router.addr.port()).parse().unwrap();
+    let mut client = TcpStream::connect(dialled).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    client.write_all(HELLO).await.unwrap();
+    let (mut server, _) = tokio::time::timeout(STEP, backend.accept()).await.unwrap().unwrap();
+    let mut header = vec![0; 16];
+    server.read_exact(&mut header).await.unwrap();
+    let len = usize::from(u16::from_be_bytes([header[14], header[15]]));
+    header.resize(16 + len, 0);
+    server.read_exact(&mut header[16..]).await.unwrap();
+    let parsed = ppp::v2::Header::try_from(header.as_slice()).unwrap();
+    assert_eq!(parsed.addresses, ppp::v2::Addresses::from((client_addr, dialled)));
+    drop((client, server));
     router.stop().await;
 }
 

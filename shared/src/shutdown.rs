@@ -31,6 +31,10 @@ impl Shutdown {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // Installing a SIGHUP handler now (tokio keeps it for the process's life)
+        // means a SIGHUP that arrives before the reload task listens is ignored
+        // instead of killing the process, SIGHUP's default.
+        drop(hangups()?);
         let this = self.clone();
         tokio::spawn(async move {
             for stage in [&this.stop, &this.force] {
