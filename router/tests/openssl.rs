@@ -6,6 +6,7 @@ mod support;
 
 use std::process::Stdio;
 
+use snigate_shared::testing::{TempDir, tool};
 use support::*;
 use tokio::process::Command;
 

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use snigate_shared::testing::{TempDir, tool};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

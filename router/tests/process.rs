@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use snigate_shared::testing::{Process, TempDir, address_prefix, tool};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_snigate-router");
@@ -18,12 +18,24 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// A running router process, killed on drop if a test fails half-way.
+/// The router binary, running, with the address it listens on.
 struct RouterProcess {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    /// Every line the router has logged so far.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for RouterProcess {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for RouterProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl RouterProcess {
@@ -50,76 +62,10 @@ impl RouterProcess {
         Self::spawn(command)
     }
 
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[router] {line}");
-                lines.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("listening on tls ").nth(1) {
-                    let addr = address_prefix(rest);
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(STEP)
-            .expect("the router announces its address")
-            .parse()
-            .unwrap();
-        Self { child, addr, log }
-    }
-
-    /// Wait until a logged line contains `needle`; return it.
-    async fn log_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            assert!(Instant::now() < deadline, "no log line with {needle:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Async, so that backends on the test's runtime keep running meanwhile.
-    async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the router did not exit within {within:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn spawn(command: Command) -> Self {
+        let process = Process::spawn("router", command);
+        let addr = process.address("tls");
+        Self { process, addr }
     }
 }
 
@@ -315,7 +261,7 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         cpu_used < 50,
         "the accept loop spun: {cpu_used} ticks of CPU in one second"
     );
-    router.log_line("accept failed; backing off").await;
+    router.line_async("accept failed; backing off").await;
 
     // Close the idle clients: they time out of their hello or close; then serve.
     drop(hogs);
@@ -350,15 +296,7 @@ async fn the_default_limit_follows_the_open_files_limit() {
         .await
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "the eleventh connection is closed at once");
-    router.log_line("global_limit").await;
-}
-
-/// The socket address at the start of `text` (in a text log line it is followed
-/// by a space, in a JSON one by a quote).
-fn address_prefix(text: &str) -> String {
-    text.chars()
-        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect()
+    router.line_async("global_limit").await;
 }
 
 /// User plus system CPU time of a process, in clock ticks.
@@ -385,7 +323,7 @@ async fn the_access_log_has_one_line_per_connection_with_every_field() {
             &format!("a.test={}", a.addr),
         ]);
         assert_eq!(backend_for(&ca, router.addr, "a.test").await.unwrap(), "a");
-        let line = router.log_line("connection closed").await;
+        let line = router.line_async("connection closed").await;
         let backend = a.addr.to_string();
         let expected: &[(&str, &str)] = &[
             ("sni", "a.test"),
@@ -411,7 +349,7 @@ async fn the_access_log_has_one_line_per_connection_with_every_field() {
         }
         // An unknown name: one line too, with its outcome.
         assert!(backend_for(&ca, router.addr, "nobody.test").await.is_err());
-        let refused = router.log_line("unknown_sni").await;
+        let refused = router.line_async("unknown_sni").await;
         assert!(refused.contains("connection not relayed"), "{refused}");
         router.signal("TERM");
         assert!(router.wait(Duration::from_secs(10)).await.success());
@@ -447,7 +385,7 @@ async fn sigterm_lets_a_connection_in_flight_finish() {
     ]);
     let (mut client, mut server) = relay_through(router.addr, &backend).await;
     router.signal("TERM");
-    router.log_line("stopped accepting; draining").await;
+    router.line_async("stopped accepting; draining").await;
     // The connection still works both ways during the drain...
     server.write_all(b"late reply").await.unwrap();
     let mut reply = [0; 10];
@@ -503,7 +441,7 @@ async fn sighup_reloads_the_file() {
         "reloaded without a signal"
     );
     router.signal("HUP");
-    router.log_line("configuration reloaded").await;
+    router.line_async("configuration reloaded").await;
     assert_eq!(backend_for(&ca, router.addr, "new.test").await.unwrap(), "new");
     server.write_all(b"kept").await.unwrap();
     let mut kept = [0; 4];
@@ -519,12 +457,12 @@ async fn sighup_reloads_the_file() {
     )
     .unwrap();
     router.signal("HUP");
-    router.log_line("a restart is needed").await;
+    router.line_async("a restart is needed").await;
     assert_eq!(backend_for(&ca, router.addr, "new.test").await.unwrap(), "new");
 
     std::fs::write(&path, "listen = [\"127.0.0.1:0\"]\n[[route]]\nbogus = 1\n").unwrap();
     router.signal("HUP");
-    let refused = router.log_line("configuration refused").await;
+    let refused = router.line_async("configuration refused").await;
     assert!(refused.contains("bogus"), "{refused}");
     assert_eq!(backend_for(&ca, router.addr, "new.test").await.unwrap(), "new");
 }
@@ -546,7 +484,7 @@ async fn environment_variables_configure_the_router() {
     );
     assert_eq!(backend_for(&ca, router.addr, "env.test").await.unwrap(), "env");
     assert!(
-        router.log_line("connection closed").await.starts_with('{'),
+        router.line_async("connection closed").await.starts_with('{'),
         "JSON from the environment"
     );
     drop(router);
@@ -576,7 +514,7 @@ async fn environment_variables_configure_the_router() {
     assert_ne!(router.addr, taken.local_addr().unwrap());
     assert_eq!(backend_for(&ca, router.addr, "file.test").await.unwrap(), "file");
     assert!(
-        !router.log_line("connection closed").await.starts_with('{'),
+        !router.line_async("connection closed").await.starts_with('{'),
         "the flag wins over the environment"
     );
 
@@ -617,7 +555,7 @@ async fn the_admin_server_answers_curl() {
         "--route",
         "a.test=127.0.0.1:9",
     ]);
-    let line = router.log_line("listening on http").await;
+    let line = router.line_async("listening on http").await;
     let admin = address_prefix(line.split("listening on http ").nth(1).unwrap());
     assert!(admin.starts_with("[::1]:"), "admin on IPv6: {admin}");
     for (path, status, body) in [

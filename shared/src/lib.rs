@@ -17,3 +17,5 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-pub const STEP: Duration = Duration::from_secs(10);
+pub use snigate_shared::testing::STEP;
 
 /// A development CA that issues server certificates.
 pub struct Ca {
@@ -273,52 +273,6 @@ pub async fn backend_for(ca: &Ca, router: SocketAddr, sni: &str) -> std::io::Res
     let tcp = TcpStream::connect(router).await?;
     let (_, greeting) = tokio::time::timeout(STEP, tls_connect(ca, tcp, sni)).await??;
     Ok(greeting)
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("snigate-test-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn path(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A real peer the tests need, found on PATH. Under CI=true a missing tool is a
-/// failure that says how to get it; elsewhere the test is skipped, loudly.
-pub fn tool(name: &str, package: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    if found.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
-        assert!(
-            !ci,
-            "{name} is required under CI (Debian package `{package}`; scripts/test installs it)"
-        );
-        eprintln!("\n*** SKIPPED: {name} not found; install Debian's `{package}` or run scripts/test ***\n");
-    }
-    found
 }
 
 /// Deterministic bytes that are not all alike, for transfer checks.

@@ -1,0 +1,81 @@
+//! The only module that knows rumqttd's router: messages go in and out of it
+//! through one local link per client.
+//!
+//! `rumqttd::Router::spawn` returns the sender that `local::LinkBuilder` needs,
+//! but rumqttd does not export that sender's item type, so it cannot be named in
+//! a struct field. It lives inside the one boxed closure below, whose signature
+//! names only public types. No rumqttd listener runs: the front end owns the
+//! wire (sessions), and rumqttd only routes.
+
+use std::fmt;
+
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::{Notification, Router, RouterConfig};
+
+/// What a session gets when it attaches: the two halves of its link and the
+/// router's CONNACK notification (which says whether a session was present).
+pub type Link = (LinkTx, LinkRx, Notification);
+
+/// rumqttd's `LinkError` carries a whole router event (800 bytes); only its
+/// message is kept.
+type Attach = Box<dyn Fn(&str, bool) -> Result<Link, String> + Send + Sync>;
+
+/// Limits of the router's own storage.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    pub max_connections: usize,
+    /// Bytes per commit-log segment, per subscription filter.
+    pub max_segment_size: usize,
+    /// Segments kept per filter.
+    pub max_segment_count: usize,
+    /// Undelivered packets queued per connection inside rumqttd.
+    pub max_outgoing_packet_count: u64,
+}
+
+/// A running rumqttd router.
+pub struct Engine {
+    attach: Attach,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Start the router on its own thread (rumqttd runs it there).
+    pub fn start(limits: EngineLimits) -> Self {
+        let config = RouterConfig {
+            max_connections: limits.max_connections,
+            max_outgoing_packet_count: limits.max_outgoing_packet_count,
+            max_segment_size: limits.max_segment_size,
+            max_segment_count: limits.max_segment_count,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        };
+        let router_tx = Router::new(0, config).spawn();
+        let attach: Attach = Box::new(move |client_id, clean_session| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean_session)
+                // Off, rumqttd disconnects a client that publishes to a topic no
+                // subscription matches; on, each distinct topic gets a commit
+                // log. The bound on that is the broker-budget work.
+                .dynamic_filters(true)
+                .build()
+                .map_err(|e: LinkError| e.to_string())
+        });
+        Self { attach }
+    }
+
+    /// Attach a client. The will is kept by the session, not given to rumqttd:
+    /// a local link has no way to tell the router it died, so the session
+    /// publishes the will itself when the connection ends without DISCONNECT.
+    ///
+    /// Blocking: rumqttd's link handshake waits on a channel. Call it from
+    /// `spawn_blocking`.
+    pub fn attach(&self, client_id: &str, clean_session: bool) -> Result<Link, String> {
+        (self.attach)(client_id, clean_session)
+    }
+}

@@ -1,0 +1,169 @@
+//! snigate-broker: an MQTT broker that is a drop-in for Mosquitto, on rumqttd.
+//!
+//! Layout:
+//! - [`session`]: one client connection: MQTT framing, CONNECT and login as
+//!   Mosquitto answers them, packets to and from the router, keepalive, will.
+//! - [`engine`]: the only module that knows rumqttd's router (local links).
+//! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
+//! - [`config`], [`metrics`]: leaves.
+//!
+//! [`run`] takes bound listeners and a [`Shutdown`], like the router's.
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod session;
+
+use std::io;
+use std::sync::Arc;
+
+use prometheus::Registry;
+use snigate_shared::admin::{self, Admin, Readiness};
+use snigate_shared::shutdown::{self, Shutdown};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::auth::passwd::PasswordFile;
+use crate::config::BrokerConfig;
+use crate::engine::{Engine, EngineLimits};
+use crate::metrics::Metrics;
+
+/// What every session shares.
+pub struct Shared {
+    /// Fixed for the process's life until the reload work lands.
+    pub settings: BrokerConfig,
+    pub engine: Arc<Engine>,
+    pub metrics: Metrics,
+    auth: Auth,
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+}
+
+/// Sockets the broker serves on.
+pub struct Listeners {
+    pub mqtt: Vec<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// Bind every configured address.
+pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
+    let mut mqtt = Vec::new();
+    for &addr in &config.listen {
+        mqtt.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
+        );
+    }
+    let admin = match config.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Listeners { mqtt, admin })
+}
+
+/// Load the password file named in `config`, if any.
+pub fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
+    let passwords = match &config.password_file {
+        Some(path) => Some(
+            PasswordFile::load(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    if config.allow_anonymous {
+        let local_only = config.listen.iter().all(|a| a.ip().is_loopback());
+        if local_only && passwords.is_none() {
+            tracing::warn!(
+                "no password file: anonymous clients allowed, on loopback only (as Mosquitto 2.0 without configuration)"
+            );
+        } else {
+            tracing::warn!("anonymous clients are allowed");
+        }
+    }
+    Ok(Auth {
+        passwords,
+        allow_anonymous: config.allow_anonymous,
+    })
+}
+
+/// Serve until `shutdown.stop`; then disconnect clients and stop.
+pub async fn run(config: BrokerConfig, auth: Auth, listeners: Listeners, shutdown: Shutdown) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    let engine = Engine::start(EngineLimits {
+        max_connections: 10_000,
+        max_segment_size: 1 << 20,
+        max_segment_count: 10,
+        max_outgoing_packet_count: 200,
+    });
+    let drain_timeout = config.drain_timeout;
+    let shared = Arc::new(Shared {
+        settings: config,
+        engine: Arc::new(engine),
+        metrics,
+        auth,
+        stop: shutdown.stop.clone(),
+    });
+    let readiness = Readiness::default();
+    let admin_stop = CancellationToken::new();
+    let admin_task = listeners.admin.map(|listener| {
+        tokio::spawn(admin::serve(
+            listener,
+            Admin::new(registry, readiness.clone()),
+            admin_stop.clone(),
+        ))
+    });
+
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners.mqtt {
+        if let Ok(addr) = listener.local_addr() {
+            snigate_shared::logging::listening("mqtt", addr);
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        accept_loops.spawn(async move {
+            let mut sessions = tokio::task::JoinSet::new();
+            loop {
+                let accepted = tokio::select! {
+                    () = shutdown.stop.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                while sessions.try_join_next().is_some() {}
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        shared.metrics.connections.inc();
+                        sessions.spawn(session::serve(stream, peer, shared.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            drop(listener);
+            shutdown::drain(&mut sessions, drain_timeout, &shutdown.force).await
+        });
+    }
+    readiness.set(true);
+    shutdown.stop.cancelled().await;
+    readiness.set(false);
+    while accept_loops.join_next().await.is_some() {}
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `snigate-broker`: the command line over the library. See `lib.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use snigate_broker::config::{BrokerConfig, Overrides};
+use snigate_shared::logging::{self, LogFormat};
+use snigate_shared::shutdown::Shutdown;
+
+/// sysexits' EX_CONFIG: the configuration is wrong, restarting will not help.
+const EXIT_CONFIG: u8 = 78;
+
+/// MQTT broker on rumqttd, a drop-in for Mosquitto: mosquitto_passwd files,
+/// Mosquitto's answers to CONNECT. With no configuration it listens on
+/// 127.0.0.1:1883 and lets anonymous clients in, as Mosquitto 2.0 does.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML configuration file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Plaintext MQTT listener (repeatable); replaces the file's `listen`.
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// A password file written by mosquitto_passwd.
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Let clients without a user name in.
+    #[arg(long, global = true)]
+    allow_anonymous: bool,
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, global = true, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and the password file, print them, and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        admin: cli.admin,
+        password_file: cli.password_file,
+        allow_anonymous: cli.allow_anonymous,
+        log_format: cli.log_format,
+    };
+    let config = match BrokerConfig::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("snigate-broker: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = logging::init(config.log_format, &config.log_level) {
+        eprintln!("snigate-broker: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let auth = match snigate_broker::load_auth(&config) {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("snigate-broker: configuration error: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        let users = auth.passwords.as_ref().map_or(0, |p| p.len());
+        let report = format!(
+            "configuration OK\nlisten: {:?}\nadmin: {:?}\nusers: {users}\nanonymous: {}\n",
+            config.listen, config.admin, config.allow_anonymous
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    match serve(config, auth) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: BrokerConfig, auth: snigate_broker::auth::Auth) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listeners = snigate_broker::bind(&config).await?;
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals()?;
+        snigate_broker::run(config, auth, listeners, shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,477 @@
+//! One client connection, CONNECT to close: the front end that owns the wire.
+//!
+//! The session reads MQTT with rumqttd's own codecs (`protocol::v4` for MQTT
+//! 3.1.1, `protocol::v5` for MQTT 5, chosen from the CONNECT's protocol level),
+//! answers CONNECT itself the way Mosquitto 2.0 does (a refused login gets
+//! CONNACK 5 on 3.1.1 and 0x87 on 5, never a silent close; keepalive 0 is
+//! accepted), and only then attaches a local link to rumqttd's router. After
+//! that it passes the client's packets to the router and the router's
+//! notifications to the client, answering PINGREQ itself.
+//!
+//! The will is the session's: rumqttd's local links cannot report an unclean
+//! end, so when a connection ends without DISCONNECT the session publishes the
+//! will, then detaches.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::local::LinkTx;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
+    Protocol, Publish,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::Shared;
+
+const CONNECT_PACKET: u8 = 1;
+const PUBLISH_PACKET: u8 = 3;
+
+/// How a session ended, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent DISCONNECT.
+    Disconnected,
+    /// The client closed the connection without DISCONNECT.
+    Closed,
+    /// Nothing from the client for 1.5 x its keepalive.
+    KeepaliveTimeout,
+    /// No CONNECT in time.
+    ConnectTimeout,
+    /// Not MQTT, a malformed packet, or one over the size limit.
+    ProtocolError,
+    /// The login was refused.
+    NotAuthorized,
+    /// The broker is stopping.
+    Shutdown,
+    /// The socket failed.
+    NetworkError,
+    /// rumqttd ended the link.
+    RouterError,
+}
+
+impl End {
+    pub fn label(&self) -> &'static str {
+        match self {
+            End::Disconnected => "disconnect",
+            End::Closed => "closed",
+            End::KeepaliveTimeout => "keepalive_timeout",
+            End::ConnectTimeout => "connect_timeout",
+            End::ProtocolError => "protocol_error",
+            End::NotAuthorized => "not_authorized",
+            End::Shutdown => "shutdown",
+            End::NetworkError => "network_error",
+            End::RouterError => "router_error",
+        }
+    }
+}
+
+/// Serve one accepted connection to its end.
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let started = Instant::now();
+    let mut read = BytesMut::with_capacity(1024);
+    let level = tokio::time::timeout(shared.settings.connect_timeout, protocol_level(&mut stream, &mut read)).await;
+    let (end, client_id) = match level {
+        Err(_) => (End::ConnectTimeout, None),
+        Ok(Err(end)) => (end, None),
+        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared.clone()).run().await,
+        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared.clone()).run().await,
+    };
+    shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
+    tracing::info!(
+        %peer,
+        client_id,
+        end = end.label(),
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "client disconnected"
+    );
+}
+
+/// Read until the CONNECT's protocol level is known: 4 (MQTT 3.1.1) or 5.
+async fn protocol_level(stream: &mut TcpStream, read: &mut BytesMut) -> Result<u8, End> {
+    loop {
+        match peek_level(read) {
+            Ok(Some(level)) => return Ok(level),
+            Ok(None) => {}
+            Err(()) => return Err(End::ProtocolError),
+        }
+        if read.len() > 64 {
+            return Err(End::ProtocolError);
+        }
+        match stream.read_buf(read).await {
+            Ok(0) => return Err(End::Closed),
+            Ok(_) => {}
+            Err(_) => return Err(End::NetworkError),
+        }
+    }
+}
+
+/// `Ok(None)`: need more bytes. `Err`: not an MQTT 3.1.1 or 5 CONNECT.
+fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
+    let Some(&first) = buf.first() else { return Ok(None) };
+    if first >> 4 != CONNECT_PACKET {
+        return Err(());
+    }
+    // Remaining length: 1 to 4 bytes, 7 bits each.
+    let mut at = 1;
+    loop {
+        let Some(&byte) = buf.get(at) else { return Ok(None) };
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Err(());
+        }
+    }
+    // Protocol name ("MQTT"), then the level.
+    let Some(name_len) = buf.get(at..at + 2) else {
+        return Ok(None);
+    };
+    let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
+    let Some(name) = buf.get(at + 2..at + 2 + name_len) else {
+        return Ok(None);
+    };
+    if name != b"MQTT" {
+        return Err(());
+    }
+    match buf.get(at + 2 + name_len) {
+        None => Ok(None),
+        Some(&level @ (4 | 5)) => Ok(Some(level)),
+        Some(_) => Err(()),
+    }
+}
+
+struct Session<P> {
+    stream: TcpStream,
+    read: BytesMut,
+    write: BytesMut,
+    protocol: P,
+    level: u8,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl<P: Protocol> Session<P> {
+    fn new(stream: TcpStream, read: BytesMut, protocol: P, level: u8, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+        Self {
+            stream,
+            read,
+            write: BytesMut::with_capacity(1024),
+            protocol,
+            level,
+            peer,
+            shared,
+        }
+    }
+
+    async fn run(mut self) -> (End, Option<String>) {
+        let deadline = Instant::now() + self.shared.settings.connect_timeout;
+        let connect = match tokio::time::timeout_at(deadline, self.next_packet()).await {
+            Err(_) => return (End::ConnectTimeout, None),
+            Ok(Err(end)) => return (end, None),
+            Ok(Ok(packet)) => packet,
+        };
+        let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
+            return (End::ProtocolError, None);
+        };
+        let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
+        let user = login.map(|(user, _)| user.to_owned());
+        if let Err(refusal) = self.shared.auth().check(login) {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[refusal.label()])
+                .inc();
+            tracing::warn!(peer = %self.peer, client_id = connect.client_id, user, reason = refusal.label(), "login refused");
+            let _ = self
+                .send(Packet::ConnAck(refused(ConnectReturnCode::NotAuthorized), None))
+                .await;
+            return (End::NotAuthorized, Some(connect.client_id));
+        }
+
+        let client_id = if connect.client_id.is_empty() {
+            if !connect.clean_session && self.level == 4 {
+                // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id.
+                let _ = self
+                    .send(Packet::ConnAck(
+                        refused(ConnectReturnCode::ClientIdentifierNotValid),
+                        None,
+                    ))
+                    .await;
+                return (End::ProtocolError, None);
+            }
+            generated_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+
+        let engine = self.shared.engine.clone();
+        let id = client_id.clone();
+        let clean = connect.clean_session;
+        let attached = tokio::task::spawn_blocking(move || engine.attach(&id, clean)).await;
+        let (mut tx, mut rx, ack) = match attached {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => {
+                tracing::error!(client_id, error, "the message router refused the client");
+                let _ = self
+                    .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
+                    .await;
+                return (End::RouterError, Some(client_id));
+            }
+            Err(error) => {
+                tracing::error!(client_id, %error, "attaching to the message router failed");
+                let _ = self
+                    .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
+                    .await;
+                return (End::RouterError, Some(client_id));
+            }
+        };
+        // rumqttd does not export its ack type; its packet form says the same.
+        let session_present = matches!(
+            Option::<Packet>::from(ack),
+            Some(Packet::ConnAck(
+                ConnAck {
+                    session_present: true,
+                    ..
+                },
+                _
+            ))
+        );
+        let connack = ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        };
+        if self.send(Packet::ConnAck(connack, None)).await.is_err() {
+            detach(&mut tx, None).await;
+            return (End::NetworkError, Some(client_id));
+        }
+        self.shared.metrics.connected.inc();
+        tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
+
+        let end = self.relay(&mut tx, &mut rx, connect.keep_alive).await;
+        self.shared.metrics.connected.dec();
+        match end {
+            // The client's DISCONNECT already detached the link.
+            End::Disconnected => {}
+            End::Shutdown => detach(&mut tx, None).await,
+            _ => detach(&mut tx, will).await,
+        }
+        (end, Some(client_id))
+    }
+
+    /// Pass packets both ways until the connection ends.
+    async fn relay(&mut self, tx: &mut LinkTx, rx: &mut rumqttd::local::LinkRx, keep_alive: u16) -> End {
+        // MQTT §3.1.2.10: one and a half keepalives of silence end the connection;
+        // keepalive 0 turns the check off.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut last_heard = Instant::now();
+        let stop = self.shared.stop.clone();
+        loop {
+            let silence = async {
+                match grace {
+                    Some(grace) => tokio::time::sleep_until(last_heard + grace).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.read) => {
+                    match read {
+                        Ok(0) => return End::Closed,
+                        Ok(_) => last_heard = Instant::now(),
+                        Err(_) => return End::NetworkError,
+                    }
+                    // Everything decoded from this read goes to the router as one
+                    // batch with one wake-up, as rumqttd's own network link does.
+                    let mut batch = Vec::new();
+                    let mut ended = None;
+                    loop {
+                        let packet = match self.decode() {
+                            Ok(Some(packet)) => packet,
+                            Ok(None) => break,
+                            Err(end) => return end,
+                        };
+                        match packet {
+                            Packet::PingReq(_) => {
+                                if self.send(Packet::PingResp(PingResp)).await.is_err() {
+                                    return End::NetworkError;
+                                }
+                            }
+                            // Passed on: it detaches the link and discards the will.
+                            Packet::Disconnect(..) => {
+                                batch.push(packet);
+                                ended = Some(End::Disconnected);
+                                break;
+                            }
+                            Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
+                                return End::ProtocolError;
+                            }
+                            packet => batch.push(packet),
+                        }
+                    }
+                    if let Some(last) = batch.pop() {
+                        tx.buffer().extend(batch);
+                        if tx.send(last).await.is_err() {
+                            return End::RouterError;
+                        }
+                    }
+                    if let Some(end) = ended {
+                        return end;
+                    }
+                }
+                notification = rx.next() => {
+                    let notification = match notification {
+                        Ok(Some(notification)) => notification,
+                        Ok(None) => continue,
+                        Err(_) => return End::RouterError,
+                    };
+                    match Option::<Packet>::from(notification) {
+                        Some(Packet::Disconnect(..)) => return End::RouterError,
+                        Some(packet) => {
+                            if matches!(packet, Packet::Publish(..)) {
+                                self.shared.metrics.messages_sent.inc();
+                            }
+                            if self.send(packet).await.is_err() {
+                                return End::NetworkError;
+                            }
+                        }
+                        // The router paused this link; ask for more.
+                        None => {
+                            if rx.wake().await.is_err() {
+                                return End::RouterError;
+                            }
+                        }
+                    }
+                }
+                () = silence => return End::KeepaliveTimeout,
+                () = stop.cancelled() => {
+                    if self.level == 5 {
+                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
+                    }
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// The next complete packet from the read buffer, if there is one.
+    fn decode(&mut self) -> Result<Option<Packet>, End> {
+        let first = self.read.first().copied();
+        match self
+            .protocol
+            .read_mut(&mut self.read, self.shared.settings.max_packet_size)
+        {
+            Ok(packet) => {
+                if first.is_some_and(|b| b >> 4 == PUBLISH_PACKET) {
+                    let qos = first.map_or(0, |b| (b >> 1) & 3);
+                    self.shared
+                        .metrics
+                        .messages_received
+                        .with_label_values(&[qos_label(qos)])
+                        .inc();
+                }
+                Ok(Some(packet))
+            }
+            Err(ProtocolError::InsufficientBytes(_)) => Ok(None),
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "malformed or oversized packet; closing");
+                Err(End::ProtocolError)
+            }
+        }
+    }
+
+    /// Read until one packet is complete (used for CONNECT).
+    async fn next_packet(&mut self) -> Result<Packet, End> {
+        loop {
+            if let Some(packet) = self.decode()? {
+                return Ok(packet);
+            }
+            match self.stream.read_buf(&mut self.read).await {
+                Ok(0) => return Err(End::Closed),
+                Ok(_) => {}
+                Err(_) => return Err(End::NetworkError),
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        self.write.clear();
+        self.protocol
+            .write(packet, &mut self.write)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        self.stream.write_all(&self.write).await
+    }
+}
+
+fn refused(code: ConnectReturnCode) -> ConnAck {
+    ConnAck {
+        session_present: false,
+        code,
+    }
+}
+
+fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+/// Publish the will (if the connection ended uncleanly), then tell the router
+/// the client is gone, so it frees the connection.
+async fn detach(tx: &mut LinkTx, will: Option<LastWill>) {
+    if let Some(will) = will {
+        // rumqttd's public constructor makes QoS 0 publishes only.
+        let _ = tx
+            .send(Packet::Publish(
+                Publish::new(will.topic, will.message, will.retain),
+                None,
+            ))
+            .await;
+    }
+    let disconnect = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+    };
+    let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+}
+
+/// Mosquitto's way for an empty client id: `auto-` and a random suffix.
+fn generated_client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("auto-{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peek_level;
+
+    #[test]
+    fn protocol_level_from_the_connect() {
+        // MQTT 3.1.1 CONNECT, as mosquitto_pub sends it.
+        let v4 = [0x10, 0x16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60];
+        assert_eq!(peek_level(&v4), Ok(Some(4)));
+        for end in 0..9 {
+            assert_eq!(peek_level(&v4[..end]), Ok(None), "prefix {end}");
+        }
+        let mut v5 = v4;
+        v5[8] = 5;
+        assert_eq!(peek_level(&v5), Ok(Some(5)));
+        // MQTT 3.1 ("MQIsdp", level 3) and anything else are refused.
+        assert!(peek_level(&[0x10, 0x0e, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3]).is_err());
+        assert!(peek_level(b"GET / HTTP/1.1").is_err());
+        assert!(peek_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! The real `snigate-broker` binary with real MQTT peers over loopback: Debian's
+//! `mosquitto_pub`, `mosquitto_sub` and `mosquitto_passwd`, and raw sockets
+//! where a test needs exact bytes.
+#![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use snigate_shared::testing::{Process, STEP, TempDir, tool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snigate-broker");
+
+/// The broker, running, with its MQTT address.
+struct Broker {
+    process: Process,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(args: &[&str]) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        let process = Process::spawn("broker", command);
+        let addr = process.address("mqtt");
+        Self { process, addr }
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+}
+
+/// A password file written by Debian's mosquitto_passwd: admin/admin, foo/foo.
+fn mosquitto_passwd_file(dir: &TempDir) -> Option<String> {
+    let passwd = tool("mosquitto_passwd", "mosquitto")?;
+    let path = dir.path("passwd");
+    std::fs::write(&path, "").unwrap();
+    for (user, password) in [("admin", "admin"), ("foo", "foo")] {
+        let status = Command::new(&passwd)
+            .arg("-b")
+            .arg(&path)
+            .args([user, password])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    Some(path.to_str().unwrap().to_owned())
+}
+
+async fn run(program: &std::path::Path, args: &[&str]) -> Output {
+    let output = tokio::process::Command::new(program).args(args).output();
+    tokio::time::timeout(STEP, output)
+        .await
+        .expect("the client finished")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mosquitto_clients_publish_and_subscribe_through_a_mosquitto_passwd_file() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_), Some(sub)) = (
+        mosquitto_passwd_file(&dir),
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let broker = Broker::start(&["--password-file", &passwd]);
+    let port = broker.port();
+    let subscriber = tokio::process::Command::new(&sub)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "admin",
+            "-P",
+            "admin",
+            "-t",
+            "sensors/#",
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            "2",
+        ])
+        .output();
+    let subscriber = tokio::spawn(subscriber);
+    broker.process.line_async("client connected").await;
+    for (qos, message) in [("0", "at most once"), ("1", "at least once")] {
+        let out = run(
+            &pub_,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "foo",
+                "-P",
+                "foo",
+                "-t",
+                "sensors/t1",
+                "-q",
+                qos,
+                "-m",
+                message,
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
+    assert!(received.status.success(), "{received:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout),
+        "sensors/t1 at most once\nsensors/t1 at least once\n"
+    );
+}
+
+/// Mosquitto 2.0 answers a wrong password, an unknown user and an anonymous
+/// client (when anonymous is off) with CONNACK 5 on MQTT 3.1.1 and 0x87 on 5;
+/// mosquitto_pub then exits with that code and says why.
+#[tokio::test]
+async fn refused_logins_get_mosquittos_connack_codes() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_)) = (mosquitto_passwd_file(&dir), tool("mosquitto_pub", "mosquitto-clients")) else {
+        return;
+    };
+    let broker = Broker::start(&["--password-file", &passwd]);
+    let port = broker.port();
+    let base = ["-h", "127.0.0.1", "-p", &port, "-t", "t", "-m", "x"];
+    for (extra, code, says) in [
+        (&["-u", "admin", "-P", "wrong"][..], 5, "not authorised"),
+        (&["-u", "nobody", "-P", "admin"][..], 5, "not authorised"),
+        (&[][..], 5, "not authorised"),
+        (
+            &["-V", "mqttv5", "-u", "admin", "-P", "wrong"][..],
+            135,
+            "Not authorized",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = run(&pub_, &args).await;
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{extra:?}: {out:?}"
+        );
+    }
+    let body = broker.process.lines().join("\n");
+    assert!(
+        body.contains("login refused") && body.contains("reason=\"bad_credentials\""),
+        "failed logins are logged"
+    );
+}
+
+/// An MQTT 3.1.1 CONNECT with the given keepalive and client id.
+fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+async fn connected(addr: SocketAddr, client_id: &str, keep_alive: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&connect_packet(client_id, keep_alive)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+    stream
+}
+
+#[tokio::test]
+async fn keepalive_zero_is_accepted_and_pings_are_answered() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let mut stream = connected(broker.addr, "k0", 0).await;
+    // rumqttd alone refuses keepalive 0; the spec and Mosquitto accept it.
+    stream.write_all(&[0xc0, 0]).await.unwrap();
+    let mut pingresp = [0; 2];
+    tokio::time::timeout(STEP, stream.read_exact(&mut pingresp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+}
+
+#[tokio::test]
+async fn a_malformed_packet_closes_only_that_connection() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let mut good = connected(broker.addr, "good", 30).await;
+    let mut bad = connected(broker.addr, "bad", 30).await;
+    // Packet type 0 is reserved.
+    bad.write_all(&[0x00, 0x00]).await.unwrap();
+    // End of stream or a reset: either way the broker closed it (the timeout's
+    // unwrap is the assertion).
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, bad.read_to_end(&mut rest)).await.unwrap();
+    // Not MQTT at all, before CONNECT.
+    let mut http = TcpStream::connect(broker.addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let _ = tokio::time::timeout(STEP, http.read_to_end(&mut rest)).await.unwrap();
+    // The other client is unaffected.
+    good.write_all(&[0xc0, 0]).await.unwrap();
+    let mut pingresp = [0; 2];
+    tokio::time::timeout(STEP, good.read_exact(&mut pingresp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+    assert!(
+        broker
+            .process
+            .lines()
+            .iter()
+            .any(|l| l.contains("malformed or oversized packet"))
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_packet_closes_the_connection() {
+    let dir = TempDir::new();
+    let config = dir.path("broker.toml");
+    std::fs::write(&config, "allow_anonymous = true\nmax_packet_size = 1024\n").unwrap();
+    let broker = Broker::start(&["--config", config.to_str().unwrap()]);
+    let mut stream = connected(broker.addr, "big", 30).await;
+    // PUBLISH QoS 0, topic "t", 2,000 bytes of payload: remaining length 2,003.
+    let mut publish = vec![0x30, 0xd3, 0x0f, 0, 1, b't'];
+    publish.extend_from_slice(&[b'x'; 2000]);
+    let _ = stream.write_all(&publish).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await.unwrap();
+    broker.process.line_async("malformed or oversized packet").await;
+}
+
+#[tokio::test]
+async fn no_configuration_behaves_like_mosquitto_without_one() {
+    let output = Command::new(BIN).arg("check").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("listen: [127.0.0.1:1883]"), "{stdout}");
+    assert!(stdout.contains("anonymous: true"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("anonymous clients allowed, on loopback only"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_broker_cleanly() {
+    let mut broker = Broker::start(&["--allow-anonymous"]);
+    let mut client = connected(broker.addr, "stays", 0).await;
+    broker.process.signal("TERM");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, client.read_to_end(&mut rest)).await.unwrap();
+    let status = broker.process.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+}
