@@ -21,6 +21,13 @@ pub struct BrokerFile {
     /// Plaintext MQTT listeners. Default `["127.0.0.1:1883"]` without a
     /// password file (Mosquitto 2.0 without configuration), else `0.0.0.0:1883`.
     pub listen: Option<Vec<SocketAddr>>,
+    /// MQTT over TLS listeners (Mosquitto's usual port is 8883); need
+    /// `cert_file` and `key_file`.
+    pub tls_listen: Option<Vec<SocketAddr>>,
+    /// The server certificate chain, PEM, leaf first (Mosquitto's `certfile`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (Mosquitto's `keyfile`).
+    pub key_file: Option<PathBuf>,
     /// Admin HTTP server (/metrics, /healthz, /readyz). Off unless set.
     pub admin: Option<SocketAddr>,
     /// A mosquitto_passwd file.
@@ -55,10 +62,23 @@ impl Default for LogFile {
     }
 }
 
+fn origin(path: Option<&Path>) -> snigate_shared::config::Origin {
+    match path {
+        Some(path) => snigate_shared::config::Origin::File {
+            path: path.to_owned(),
+            position: None,
+        },
+        None => snigate_shared::config::Origin::Flag("--tls-listen".to_owned()),
+    }
+}
+
 /// Command-line values; they win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
     pub password_file: Option<PathBuf>,
     pub allow_anonymous: bool,
@@ -69,6 +89,9 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate and key files, when there are TLS listeners.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     pub admin: Option<SocketAddr>,
     pub password_file: Option<PathBuf>,
     pub allow_anonymous: bool,
@@ -93,11 +116,31 @@ impl BrokerConfig {
             ([], None) => vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
             (flags, _) => flags.to_vec(),
         };
-        let local_only = listen.iter().all(|a| a.ip().is_loopback());
+        let tls_listen = if overrides.tls_listen.is_empty() {
+            file.tls_listen.unwrap_or_default()
+        } else {
+            overrides.tls_listen.clone()
+        };
+        let cert_file = overrides.cert_file.clone().or(file.cert_file);
+        let key_file = overrides.key_file.clone().or(file.key_file);
+        let tls_files = match (tls_listen.is_empty(), cert_file, key_file) {
+            (true, _, _) => None,
+            (false, Some(cert), Some(key)) => Some((cert, key)),
+            (false, _, _) => {
+                return Err(ConfigError::new(
+                    origin(path),
+                    Some("tls_listen".into()),
+                    "TLS listeners need cert_file and key_file (--cert, --key)",
+                ));
+            }
+        };
+        let local_only = listen.iter().chain(&tls_listen).all(|a| a.ip().is_loopback());
         let allow_anonymous =
             overrides.allow_anonymous || file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
         Ok(Self {
             listen,
+            tls_listen,
+            tls_files,
             admin: overrides.admin.or(file.admin),
             password_file,
             allow_anonymous,

@@ -22,6 +22,7 @@ use prometheus::Registry;
 use snigate_shared::admin::{self, Admin, Readiness};
 use snigate_shared::shutdown::{self, Shutdown};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -49,6 +50,7 @@ impl Shared {
 /// Sockets the broker serves on.
 pub struct Listeners {
     pub mqtt: Vec<TcpListener>,
+    pub tls: Vec<TcpListener>,
     pub admin: Option<TcpListener>,
 }
 
@@ -62,6 +64,14 @@ pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
         );
     }
+    let mut tls = Vec::new();
+    for &addr in &config.tls_listen {
+        tls.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?,
+        );
+    }
     let admin = match config.admin {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -70,11 +80,26 @@ pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
         ),
         None => None,
     };
-    Ok(Listeners { mqtt, admin })
+    Ok(Listeners { mqtt, tls, admin })
 }
 
-/// Load the password file named in `config`, if any.
-pub fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
+/// Files the broker reads at start: credentials and TLS material.
+pub struct Material {
+    pub auth: Auth,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Load the password file and the TLS certificate and key named in `config`.
+pub fn load_material(config: &BrokerConfig) -> anyhow::Result<Material> {
+    let auth = load_auth(config)?;
+    let tls = match &config.tls_files {
+        Some((cert, key)) => Some(TlsAcceptor::from(snigate_shared::tls::server_config(cert, key)?)),
+        None => None,
+    };
+    Ok(Material { auth, tls })
+}
+
+fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
     let passwords = match &config.password_file {
         Some(path) => Some(
             PasswordFile::load(path)
@@ -99,7 +124,13 @@ pub fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
 }
 
 /// Serve until `shutdown.stop`; then disconnect clients and stop.
-pub async fn run(config: BrokerConfig, auth: Auth, listeners: Listeners, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    config: BrokerConfig,
+    material: Material,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let Material { auth, tls } = material;
     let registry = Registry::new();
     let metrics = Metrics::new(&registry)?;
     let engine = Engine::start(EngineLimits {
@@ -127,9 +158,11 @@ pub async fn run(config: BrokerConfig, auth: Auth, listeners: Listeners, shutdow
     });
 
     let mut accept_loops = tokio::task::JoinSet::new();
-    for listener in listeners.mqtt {
+    let plain = listeners.mqtt.into_iter().map(|l| (l, None));
+    let secure = listeners.tls.into_iter().map(|l| (l, tls.clone()));
+    for (listener, tls) in plain.chain(secure) {
         if let Ok(addr) = listener.local_addr() {
-            snigate_shared::logging::listening("mqtt", addr);
+            snigate_shared::logging::listening(if tls.is_some() { "mqtts" } else { "mqtt" }, addr);
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -145,7 +178,7 @@ pub async fn run(config: BrokerConfig, auth: Auth, listeners: Listeners, shutdow
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         shared.metrics.connections.inc();
-                        sessions.spawn(session::serve(stream, peer, shared.clone()));
+                        sessions.spawn(session::serve(stream, peer, shared.clone(), tls.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");

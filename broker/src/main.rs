@@ -26,6 +26,15 @@ struct Cli {
     /// Plaintext MQTT listener (repeatable); replaces the file's `listen`.
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// MQTT over TLS listener (repeatable); needs --cert and --key.
+    #[arg(long, global = true, value_name = "ADDR")]
+    tls_listen: Vec<SocketAddr>,
+    /// Server certificate chain, PEM.
+    #[arg(long, global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Server private key, PEM.
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// A password file written by mosquitto_passwd.
     #[arg(long, global = true, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -50,6 +59,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = Overrides {
         listen: cli.listen,
+        tls_listen: cli.tls_listen,
+        cert_file: cli.cert,
+        key_file: cli.key,
         admin: cli.admin,
         password_file: cli.password_file,
         allow_anonymous: cli.allow_anonymous,
@@ -66,23 +78,23 @@ fn main() -> ExitCode {
         eprintln!("snigate-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let auth = match snigate_broker::load_auth(&config) {
-        Ok(auth) => auth,
+    let material = match snigate_broker::load_material(&config) {
+        Ok(material) => material,
         Err(e) => {
             eprintln!("snigate-broker: configuration error: {e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(Command::Check) = cli.command {
-        let users = auth.passwords.as_ref().map_or(0, |p| p.len());
+        let users = material.auth.passwords.as_ref().map_or(0, |p| p.len());
         let report = format!(
-            "configuration OK\nlisten: {:?}\nadmin: {:?}\nusers: {users}\nanonymous: {}\n",
-            config.listen, config.admin, config.allow_anonymous
+            "configuration OK\nlisten: {:?}\ntls listen: {:?}\nadmin: {:?}\nusers: {users}\nanonymous: {}\n",
+            config.listen, config.tls_listen, config.admin, config.allow_anonymous
         );
         let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
         return ExitCode::SUCCESS;
     }
-    match serve(config, auth) {
+    match serve(config, material) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -91,13 +103,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: BrokerConfig, auth: snigate_broker::auth::Auth) -> anyhow::Result<()> {
+fn serve(config: BrokerConfig, material: snigate_broker::Material) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = snigate_broker::bind(&config).await?;
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals()?;
-        snigate_broker::run(config, auth, listeners, shutdown).await?;
+        snigate_broker::run(config, material, listeners, shutdown).await?;
         tracing::info!("stopped");
         Ok(())
     })

@@ -24,9 +24,10 @@ use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
     Protocol, Publish,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 
@@ -52,6 +53,8 @@ pub enum End {
     Shutdown,
     /// The socket failed.
     NetworkError,
+    /// The TLS handshake failed.
+    TlsError,
     /// rumqttd ended the link.
     RouterError,
 }
@@ -67,21 +70,27 @@ impl End {
             End::NotAuthorized => "not_authorized",
             End::Shutdown => "shutdown",
             End::NetworkError => "network_error",
+            End::TlsError => "tls_error",
             End::RouterError => "router_error",
         }
     }
 }
 
-/// Serve one accepted connection to its end.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Serve one accepted connection to its end. With `tls`, the handshake runs
+/// here, in the connection's own task under the connect timeout, so a client
+/// that stalls its handshake delays nobody else.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     let started = Instant::now();
-    let mut read = BytesMut::with_capacity(1024);
-    let level = tokio::time::timeout(shared.settings.connect_timeout, protocol_level(&mut stream, &mut read)).await;
-    let (end, client_id) = match level {
-        Err(_) => (End::ConnectTimeout, None),
-        Ok(Err(end)) => (end, None),
-        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared.clone()).run().await,
-        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared.clone()).run().await,
+    let (end, client_id) = match tls {
+        None => session(stream, peer, shared.clone()).await,
+        Some(acceptor) => match tokio::time::timeout(shared.settings.connect_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => session(stream, peer, shared.clone()).await,
+            Ok(Err(error)) => {
+                tracing::info!(%peer, %error, "TLS handshake failed");
+                (End::TlsError, None)
+            }
+            Err(_) => (End::ConnectTimeout, None),
+        },
     };
     shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
     tracing::info!(
@@ -93,8 +102,23 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     );
 }
 
+async fn session<S: Stream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) -> (End, Option<String>) {
+    let mut read = BytesMut::with_capacity(1024);
+    let level = tokio::time::timeout(shared.settings.connect_timeout, protocol_level(&mut stream, &mut read)).await;
+    match level {
+        Err(_) => (End::ConnectTimeout, None),
+        Ok(Err(end)) => (end, None),
+        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared).run().await,
+        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared).run().await,
+    }
+}
+
+/// A client's byte stream: plain TCP or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Read until the CONNECT's protocol level is known: 4 (MQTT 3.1.1) or 5.
-async fn protocol_level(stream: &mut TcpStream, read: &mut BytesMut) -> Result<u8, End> {
+async fn protocol_level<S: Stream>(stream: &mut S, read: &mut BytesMut) -> Result<u8, End> {
     loop {
         match peek_level(read) {
             Ok(Some(level)) => return Ok(level),
@@ -148,8 +172,8 @@ fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
     }
 }
 
-struct Session<P> {
-    stream: TcpStream,
+struct Session<P, S> {
+    stream: S,
     read: BytesMut,
     write: BytesMut,
     protocol: P,
@@ -158,8 +182,8 @@ struct Session<P> {
     shared: Arc<Shared>,
 }
 
-impl<P: Protocol> Session<P> {
-    fn new(stream: TcpStream, read: BytesMut, protocol: P, level: u8, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+impl<P: Protocol, S: Stream> Session<P, S> {
+    fn new(stream: S, read: BytesMut, protocol: P, level: u8, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         Self {
             stream,
             read,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use snigate_shared::testing::{Process, STEP, TempDir, tool};
+use snigate_shared::testing::{Ca, Process, STEP, TempDir, tool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -267,4 +267,142 @@ async fn sigterm_stops_the_broker_cleanly() {
     let _ = tokio::time::timeout(STEP, client.read_to_end(&mut rest)).await.unwrap();
     let status = broker.process.wait(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
+}
+
+/// TLS material for `localhost` and 127.0.0.1, signed by a fresh CA: the CA's
+/// path, and the broker's certificate and key paths.
+fn tls_files(dir: &TempDir) -> (String, String, String) {
+    let ca = Ca::new();
+    let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
+    let write = |name: &str, text: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (
+        write("ca.crt", &ca.cert_pem),
+        write("server.crt", &cert),
+        write("server.key", &key),
+    )
+}
+
+/// The article's test: mosquitto_pub over TLS with --cafile and -u/-P, here
+/// with hostname verification on (no --insecure).
+#[tokio::test]
+async fn mosquitto_clients_over_tls_with_a_cafile() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_), Some(sub)) = (
+        mosquitto_passwd_file(&dir),
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let (ca, cert, key) = tls_files(&dir);
+    let mut command = Command::new(BIN);
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--password-file",
+        &passwd,
+    ]);
+    let process = Process::spawn("broker", command);
+    let port = process.address("mqtts").port().to_string();
+    let tls_args = ["-h", "localhost", "-p", &port, "--cafile", &ca];
+    let subscriber = tokio::process::Command::new(&sub)
+        .args(tls_args)
+        .args(["-u", "admin", "-P", "admin", "-t", "foo", "-C", "1"])
+        .output();
+    let subscriber = tokio::spawn(subscriber);
+    process.line_async("client connected").await;
+    let out = run(
+        &pub_,
+        &[&tls_args[..], &["-u", "foo", "-P", "foo", "-t", "foo", "-m", "text"]].concat(),
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&received.stdout), "text\n", "{received:?}");
+    // A wrong password over TLS gets the same CONNACK as in the clear.
+    let out = run(
+        &pub_,
+        &[&tls_args[..], &["-u", "foo", "-P", "bar", "-t", "foo", "-m", "x"]].concat(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+}
+
+/// A client that opens a TLS connection and never finishes its handshake must
+/// not delay another client's connect (rumqttd's own listener would).
+#[tokio::test]
+async fn a_stalled_tls_handshake_does_not_delay_other_clients() {
+    let dir = TempDir::new();
+    let Some(pub_) = tool("mosquitto_pub", "mosquitto-clients") else {
+        return;
+    };
+    let (ca, cert, key) = tls_files(&dir);
+    let mut command = Command::new(BIN);
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--allow-anonymous",
+    ]);
+    let process = Process::spawn("broker", command);
+    let addr = process.address("mqtts");
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+        stalled.push(stream);
+    }
+    let port = addr.port().to_string();
+    let started = std::time::Instant::now();
+    let out = run(
+        &pub_,
+        &["-h", "localhost", "-p", &port, "--cafile", &ca, "-t", "t", "-m", "m"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_bad_certificate_file_is_a_configuration_error_naming_it() {
+    let dir = TempDir::new();
+    let cert = dir.path("server.crt");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let output = Command::new(BIN)
+        .args([
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            cert.to_str().unwrap(),
+            "check",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}: no CERTIFICATE section found", cert.display())),
+        "{stderr}"
+    );
 }

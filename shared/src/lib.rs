@@ -8,6 +8,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT into cancellation tokens, SIGHUP into reload
 //!   requests, and draining a set of connection tasks under a deadline.
 //! - [`metrics`]: rendering a component's own prometheus registry.
+//! - [`tls`]: PEM certificates and keys into rustls, errors naming the file.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
@@ -19,3 +20,5 @@ pub mod metrics;
 pub mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;

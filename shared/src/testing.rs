@@ -1,14 +1,22 @@
 //! Test support for process-level tests (feature `testing`): run one of our
 //! binaries, capture its log, find the addresses it announced, signal it.
 //!
+//! Also a development CA for TLS peers. Test code: a failed step panics, as an
+//! assertion does.
+//!
 //! Both binaries announce bound sockets with the fixed line `listening on
 //! <proto> <addr>` (see [`crate::logging::listening`]); this is its reader.
+#![allow(clippy::unwrap_used)] // test support: a failed step is a failed assertion
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc as StdArc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// How long to wait for a line, an address or an exit before failing the test.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -181,5 +189,65 @@ impl Default for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A development CA that issues server certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+}
+
+impl Ca {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "snigate test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate and key for `host`, signed by this CA.
+    pub fn issue(&self, host: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (vec![cert.der().clone()], key)
+    }
+
+    /// A certificate (PEM) and key (PEM) for `names` (host names or IP
+    /// addresses), signed by this CA.
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0].as_str());
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.crt");
+        std::fs::write(&path, &self.cert_pem).unwrap();
+        path
+    }
+
+    pub fn client_config(&self) -> StdArc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).unwrap();
+        StdArc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use snigate_router::config::{Overrides, RouterConfig, RouterFile};
 use snigate_shared::config::Source;
 use snigate_shared::shutdown::Shutdown;
@@ -19,55 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-pub use snigate_shared::testing::STEP;
-
-/// A development CA that issues server certificates.
-pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pub cert_der: CertificateDer<'static>,
-    pub cert_pem: String,
-}
-
-impl Ca {
-    pub fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "snigate test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert_der: cert.der().clone(),
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate and key for `host`, signed by this CA.
-    pub fn issue(&self, host: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, host);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![cert.der().clone()], key)
-    }
-
-    pub fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("ca.crt");
-        std::fs::write(&path, &self.cert_pem).unwrap();
-        path
-    }
-
-    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert_der.clone()).unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-}
+pub use snigate_shared::testing::{Ca, STEP};
 
 /// A TLS backend for `host`: after the handshake it writes `<name>\n`, then echoes
 /// everything it reads until end of stream, then closes.
