@@ -31,8 +31,45 @@ use crate::config::BrokerConfig;
 use crate::engine::{Engine, EngineLimits};
 use crate::metrics::Metrics;
 
+/// The client ids connected now, so a new connection with the same id can take
+/// the session over from the old one.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_client_id: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    /// Register `client_id`, cancelling the token of a session that had it.
+    /// Returns this session's generation and its own token.
+    pub fn claim(&self, client_id: &str) -> (u64, CancellationToken) {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut map = self
+            .by_client_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, old)) = map.insert(client_id.to_owned(), (generation, token.clone())) {
+            old.cancel();
+        }
+        (generation, token)
+    }
+
+    /// Forget `client_id` if it is still this session's.
+    pub fn release(&self, client_id: &str, generation: u64) {
+        let mut map = self
+            .by_client_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(client_id).is_some_and(|(g, _)| *g == generation) {
+            map.remove(client_id);
+        }
+    }
+}
+
 /// What every session shares.
 pub struct Shared {
+    pub sessions: Sessions,
     /// Fixed for the process's life until the reload work lands.
     pub settings: BrokerConfig,
     pub engine: Arc<Engine>,
@@ -141,6 +178,7 @@ pub async fn run(
     });
     let drain_timeout = config.drain_timeout;
     let shared = Arc::new(Shared {
+        sessions: Sessions::default(),
         settings: config,
         engine: Arc::new(engine),
         metrics,

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
@@ -55,6 +56,8 @@ pub enum End {
     NetworkError,
     /// The TLS handshake failed.
     TlsError,
+    /// Another connection with the same client id took the session over.
+    TakenOver,
     /// rumqttd ended the link.
     RouterError,
 }
@@ -71,6 +74,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::NetworkError => "network_error",
             End::TlsError => "tls_error",
+            End::TakenOver => "taken_over",
             End::RouterError => "router_error",
         }
     }
@@ -236,6 +240,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             connect.client_id.clone()
         };
 
+        // MQTT §3.1.4-3: a second connection with this client id takes the
+        // session over; the first is closed (0x8E on MQTT 5). rumqttd drops the
+        // old link itself when the new one attaches; the token tells the old
+        // session that this, not a failure, is what happened.
+        let (generation, taken_over) = self.shared.sessions.claim(&client_id);
+
         let engine = self.shared.engine.clone();
         let id = client_id.clone();
         let clean = connect.clean_session;
@@ -247,6 +257,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 let _ = self
                     .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
                     .await;
+                self.shared.sessions.release(&client_id, generation);
                 return (End::RouterError, Some(client_id));
             }
             Err(error) => {
@@ -254,6 +265,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 let _ = self
                     .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
                     .await;
+                self.shared.sessions.release(&client_id, generation);
                 return (End::RouterError, Some(client_id));
             }
         };
@@ -274,16 +286,22 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         if self.send(Packet::ConnAck(connack, None)).await.is_err() {
             detach(&mut tx, None).await;
+            self.shared.sessions.release(&client_id, generation);
             return (End::NetworkError, Some(client_id));
         }
         self.shared.metrics.connected.inc();
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
 
-        let end = self.relay(&mut tx, &mut rx, connect.keep_alive).await;
+        let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &taken_over).await;
+        self.shared.sessions.release(&client_id, generation);
         self.shared.metrics.connected.dec();
         match end {
             // The client's DISCONNECT already detached the link.
             End::Disconnected => {}
+            // rumqttd has already dropped this link, and may have given its
+            // connection id to the client that took over: nothing may be sent
+            // on it now, not even the will.
+            End::TakenOver | End::RouterError => {}
             End::Shutdown => detach(&mut tx, None).await,
             _ => detach(&mut tx, will).await,
         }
@@ -291,7 +309,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// Pass packets both ways until the connection ends.
-    async fn relay(&mut self, tx: &mut LinkTx, rx: &mut rumqttd::local::LinkRx, keep_alive: u16) -> End {
+    async fn relay(
+        &mut self,
+        tx: &mut LinkTx,
+        rx: &mut rumqttd::local::LinkRx,
+        keep_alive: u16,
+        taken_over: &CancellationToken,
+    ) -> End {
         // MQTT §3.1.2.10: one and a half keepalives of silence end the connection;
         // keepalive 0 turns the check off.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -353,10 +377,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     let notification = match notification {
                         Ok(Some(notification)) => notification,
                         Ok(None) => continue,
+                        Err(_) if taken_over.is_cancelled() => return self.taken_over().await,
                         Err(_) => return End::RouterError,
                     };
                     match Option::<Packet>::from(notification) {
-                        Some(Packet::Disconnect(..)) => return End::RouterError,
+                        // rumqttd ends a link when another connection takes its
+                        // client id over, as MQTT requires (§3.1.4-3).
+                        Some(Packet::Disconnect(..)) => return self.taken_over().await,
                         Some(packet) => {
                             if matches!(packet, Packet::Publish(..)) {
                                 self.shared.metrics.messages_sent.inc();
@@ -373,7 +400,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         }
                     }
                 }
-                () = silence => return End::KeepaliveTimeout,
+                () = silence => {
+                    if self.level == 5 {
+                        let reason = DisconnectReasonCode::KeepAliveTimeout;
+                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: reason }, None)).await;
+                    }
+                    return End::KeepaliveTimeout;
+                }
+                () = taken_over.cancelled() => return self.taken_over().await,
                 () = stop.cancelled() => {
                     if self.level == 5 {
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
@@ -382,6 +416,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
             }
         }
+    }
+
+    async fn taken_over(&mut self) -> End {
+        if self.level == 5 {
+            let reason = DisconnectReasonCode::SessionTakenOver;
+            let _ = self
+                .send(Packet::Disconnect(Disconnect { reason_code: reason }, None))
+                .await;
+        }
+        End::TakenOver
     }
 
     /// The next complete packet from the read buffer, if there is one.

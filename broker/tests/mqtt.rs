@@ -406,3 +406,189 @@ fn a_bad_certificate_file_is_a_configuration_error_naming_it() {
         "{stderr}"
     );
 }
+
+/// An MQTT 3.1.1 CONNECT with a will.
+fn connect_with_will(client_id: &str, topic: &str, message: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04, 0, 30];
+    for field in [client_id, topic, message] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[tokio::test]
+async fn the_will_is_published_when_a_client_vanishes_not_when_it_disconnects() {
+    let Some(sub) = tool("mosquitto_sub", "mosquitto-clients") else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let port = broker.port();
+    let subscriber = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "wills/#",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "8",
+            ])
+            .output(),
+    );
+    broker.process.line_async("client connected").await;
+
+    // A client that says goodbye: no will.
+    let mut polite = TcpStream::connect(broker.addr).await.unwrap();
+    polite
+        .write_all(&connect_with_will("polite", "wills/polite", "gone"))
+        .await
+        .unwrap();
+    let mut connack = [0; 4];
+    polite.read_exact(&mut connack).await.unwrap();
+    polite.write_all(&[0xe0, 0]).await.unwrap();
+    drop(polite);
+    // A client that vanishes: its will goes out.
+    let mut rude = TcpStream::connect(broker.addr).await.unwrap();
+    rude.write_all(&connect_with_will("rude", "wills/rude", "gone"))
+        .await
+        .unwrap();
+    rude.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    drop(rude);
+
+    let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout),
+        "wills/rude gone\n",
+        "{received:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let mut first = connected(broker.addr, "same", 30).await;
+    let mut second = connected(broker.addr, "same", 30).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, first.read_to_end(&mut rest)).await.unwrap();
+    broker.process.line_async("end=\"taken_over\"").await;
+    second.write_all(&[0xc0, 0]).await.unwrap();
+    let mut pingresp = [0; 2];
+    tokio::time::timeout(STEP, second.read_exact(&mut pingresp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_one_and_a_half_keepalives() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let mut client = connected(broker.addr, "quiet", 1).await;
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, client.read_to_end(&mut rest)).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1300) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    broker.process.line_async("end=\"keepalive_timeout\"").await;
+}
+
+#[tokio::test]
+async fn retained_messages_and_qos_2_with_mosquitto_clients() {
+    let (Some(pub_), Some(sub)) = (
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let port = broker.port();
+    let out = run(
+        &pub_,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "state/door",
+            "-m",
+            "open",
+            "-r",
+            "-q",
+            "1",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    // A subscriber that arrives later gets the retained message.
+    let out = run(
+        &sub,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "state/#",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "state/door open\n", "{out:?}");
+
+    let subscriber = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "exact/once",
+                "-q",
+                "2",
+                "-C",
+                "1",
+                "-W",
+                "8",
+            ])
+            .output(),
+    );
+    broker.process.line_async("client connected").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = run(
+        &pub_,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "exact/once",
+            "-m",
+            "two",
+            "-q",
+            "2",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&received.stdout), "two\n", "{received:?}");
+}
