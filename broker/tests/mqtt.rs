@@ -592,3 +592,90 @@ async fn retained_messages_and_qos_2_with_mosquitto_clients() {
     let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&received.stdout), "two\n", "{received:?}");
 }
+
+/// Debian's Mosquitto on a free loopback port, with `config` lines added.
+fn start_mosquitto(dir: &TempDir, config: &str) -> Option<(Process, u16)> {
+    let mosquitto = tool("mosquitto", "mosquitto")?;
+    // Mosquitto cannot listen on port 0; take a free port and hand it over.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path("mosquitto.conf");
+    std::fs::write(&path, format!("listener {port} 127.0.0.1\nlog_dest stderr\n{config}")).unwrap();
+    let mut command = Command::new(mosquitto);
+    command.arg("-c").arg(&path);
+    let process = Process::spawn("mosquitto", command);
+    process.line(" running");
+    Some((process, port))
+}
+
+/// The same refused logins against Debian's Mosquitto 2.0 and snigate-broker,
+/// side by side: the client must see the same thing.
+#[tokio::test]
+async fn refused_logins_look_the_same_as_with_mosquitto() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_)) = (mosquitto_passwd_file(&dir), tool("mosquitto_pub", "mosquitto-clients")) else {
+        return;
+    };
+    let Some((_mosquitto, mosquitto_port)) =
+        start_mosquitto(&dir, &format!("allow_anonymous false\npassword_file {passwd}\n"))
+    else {
+        return;
+    };
+    let broker = Broker::start(&["--password-file", &passwd]);
+    for extra in [
+        &["-u", "admin", "-P", "wrong"][..],
+        &["-u", "nobody", "-P", "admin"][..],
+        &[][..],
+        &["-V", "mqttv5", "-u", "admin", "-P", "wrong"][..],
+        &["-V", "mqttv5"][..],
+        &["-u", "admin", "-P", "admin"][..],
+        &["-V", "mqttv5", "-u", "foo", "-P", "foo"][..],
+    ] {
+        let mut seen = Vec::new();
+        for port in [mosquitto_port.to_string(), broker.port()] {
+            let args: Vec<&str> = ["-h", "127.0.0.1", "-p", port.as_str(), "-t", "t", "-m", "x"]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect();
+            let out = run(&pub_, &args).await;
+            seen.push((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        assert_eq!(seen[0], seen[1], "{extra:?}: Mosquitto, then snigate-broker");
+    }
+}
+
+/// MQTT 5 with the Eclipse Paho Python client (paho-mqtt 2.x, in the virtualenv
+/// scripts/test makes under target/tools/venv: this machine's python cannot
+/// import Debian's python3-paho-mqtt).
+#[tokio::test]
+async fn paho_mqtt_5_clients() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let python = root.join("target/tools/venv/bin/python");
+    if !python.is_file() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
+        assert!(
+            !ci,
+            "paho-mqtt is required under CI: scripts/test makes target/tools/venv with it"
+        );
+        eprintln!("\n*** SKIPPED: no target/tools/venv with paho-mqtt; run scripts/test ***\n");
+        return;
+    }
+    let dir = TempDir::new();
+    let Some(passwd) = mosquitto_passwd_file(&dir) else {
+        return;
+    };
+    let broker = Broker::start(&["--password-file", &passwd]);
+    let script = root.join("broker/tests/paho_v5.py");
+    let out = run(&python, &[script.to_str().unwrap(), &broker.port(), "admin", "admin"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("refused login: 0x87"), "{stdout}");
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+}
