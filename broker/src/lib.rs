@@ -67,8 +67,32 @@ impl Sessions {
     }
 }
 
+/// The topics that hold a retained message, counted as publishes pass (rumqttd
+/// keeps the messages themselves and does not say how many).
+#[derive(Debug, Default)]
+pub struct Retained {
+    topics: std::sync::Mutex<std::collections::HashSet<bytes::Bytes>>,
+    gauge: std::sync::OnceLock<prometheus::IntGauge>,
+}
+
+impl Retained {
+    /// A retained publish to `topic`; an empty payload clears it (MQTT §3.3.1.3).
+    pub fn observe(&self, topic: &bytes::Bytes, cleared: bool) {
+        let mut topics = self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cleared {
+            topics.remove(topic);
+        } else {
+            topics.insert(topic.clone());
+        }
+        if let Some(gauge) = self.gauge.get() {
+            gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 /// What every session shares.
 pub struct Shared {
+    pub retained: Retained,
     pub sessions: Sessions,
     /// Fixed for the process's life until the reload work lands.
     pub settings: BrokerConfig,
@@ -177,7 +201,10 @@ pub async fn run(
         max_outgoing_packet_count: 200,
     });
     let drain_timeout = config.drain_timeout;
+    let retained = Retained::default();
+    let _ = retained.gauge.set(metrics.retained.clone());
     let shared = Arc::new(Shared {
+        retained,
         sessions: Sessions::default(),
         settings: config,
         engine: Arc::new(engine),

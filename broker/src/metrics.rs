@@ -9,7 +9,15 @@ pub struct Metrics {
     pub disconnections: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub messages_received: IntCounterVec,
-    pub messages_sent: IntCounter,
+    pub messages_sent: IntCounterVec,
+    pub bytes_received: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub retained: IntGauge,
+}
+
+fn by_qos(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), &["qos"])
 }
 
 impl Metrics {
@@ -28,14 +36,30 @@ impl Metrics {
                 Opts::new("snigate_broker_auth_failures_total", "CONNECTs refused, by reason."),
                 &["reason"],
             )?,
-            messages_received: IntCounterVec::new(
-                Opts::new(
-                    "snigate_broker_messages_received_total",
-                    "PUBLISH packets received from clients, by QoS.",
-                ),
-                &["qos"],
+            messages_received: by_qos(
+                "snigate_broker_messages_received_total",
+                "PUBLISH packets received from clients, by QoS.",
             )?,
-            messages_sent: IntCounter::new("snigate_broker_messages_sent_total", "PUBLISH packets sent to clients.")?,
+            messages_sent: by_qos(
+                "snigate_broker_messages_sent_total",
+                "PUBLISH packets sent to clients, by QoS.",
+            )?,
+            bytes_received: by_qos(
+                "snigate_broker_publish_bytes_received_total",
+                "Bytes of PUBLISH packets received from clients, by QoS.",
+            )?,
+            bytes_sent: by_qos(
+                "snigate_broker_publish_bytes_sent_total",
+                "Bytes of PUBLISH packets sent to clients, by QoS.",
+            )?,
+            subscriptions: IntGauge::new(
+                "snigate_broker_subscriptions",
+                "Subscription filters of the clients connected now.",
+            )?,
+            retained: IntGauge::new(
+                "snigate_broker_retained_messages",
+                "Topics holding a retained message (set since the broker started).",
+            )?,
         };
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.connected.clone()))?;
@@ -43,6 +67,15 @@ impl Metrics {
         registry.register(Box::new(metrics.auth_failures.clone()))?;
         registry.register(Box::new(metrics.messages_received.clone()))?;
         registry.register(Box::new(metrics.messages_sent.clone()))?;
+        registry.register(Box::new(metrics.bytes_received.clone()))?;
+        registry.register(Box::new(metrics.bytes_sent.clone()))?;
+        registry.register(Box::new(metrics.subscriptions.clone()))?;
+        registry.register(Box::new(metrics.retained.clone()))?;
+        // Every QoS exists from the start, so a dashboard's rate() has a series.
+        for qos in ["0", "1", "2"] {
+            metrics.messages_received.with_label_values(&[qos]);
+            metrics.messages_sent.with_label_values(&[qos]);
+        }
         snigate_shared::metrics::register_build_info(registry, "snigate_broker", env!("CARGO_PKG_VERSION"))?;
         Ok(metrics)
     }

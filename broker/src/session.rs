@@ -178,6 +178,8 @@ fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
 
 struct Session<P, S> {
     stream: S,
+    /// This connection's subscription filters, for the subscriptions gauge.
+    subscriptions: std::collections::HashSet<String>,
     read: BytesMut,
     write: BytesMut,
     protocol: P,
@@ -190,6 +192,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     fn new(stream: S, read: BytesMut, protocol: P, level: u8, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         Self {
             stream,
+            subscriptions: std::collections::HashSet::new(),
             read,
             write: BytesMut::with_capacity(1024),
             protocol,
@@ -293,6 +296,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
 
         let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &taken_over).await;
+        self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
         self.shared.sessions.release(&client_id, generation);
         self.shared.metrics.connected.dec();
         match end {
@@ -360,7 +364,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
                                 return End::ProtocolError;
                             }
-                            packet => batch.push(packet),
+                            packet => {
+                                self.observe(&packet);
+                                batch.push(packet);
+                            }
                         }
                     }
                     if let Some(last) = batch.pop() {
@@ -385,9 +392,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         // client id over, as MQTT requires (§3.1.4-3).
                         Some(Packet::Disconnect(..)) => return self.taken_over().await,
                         Some(packet) => {
-                            if matches!(packet, Packet::Publish(..)) {
-                                self.shared.metrics.messages_sent.inc();
-                            }
                             if self.send(packet).await.is_err() {
                                 return End::NetworkError;
                             }
@@ -418,6 +422,30 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
+    /// Keep the subscription and retained-message counts as packets pass.
+    fn observe(&mut self, packet: &Packet) {
+        match packet {
+            Packet::Subscribe(subscribe, _) => {
+                for filter in &subscribe.filters {
+                    if self.subscriptions.insert(filter.path.clone()) {
+                        self.shared.metrics.subscriptions.inc();
+                    }
+                }
+            }
+            Packet::Unsubscribe(unsubscribe, _) => {
+                for filter in &unsubscribe.filters {
+                    if self.subscriptions.remove(filter) {
+                        self.shared.metrics.subscriptions.dec();
+                    }
+                }
+            }
+            Packet::Publish(publish, _) if publish.retain => {
+                self.shared.retained.observe(&publish.topic, publish.payload.is_empty())
+            }
+            _ => {}
+        }
+    }
+
     async fn taken_over(&mut self) -> End {
         if self.level == 5 {
             let reason = DisconnectReasonCode::SessionTakenOver;
@@ -431,18 +459,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// The next complete packet from the read buffer, if there is one.
     fn decode(&mut self) -> Result<Option<Packet>, End> {
         let first = self.read.first().copied();
+        let before = self.read.len();
         match self
             .protocol
             .read_mut(&mut self.read, self.shared.settings.max_packet_size)
         {
             Ok(packet) => {
-                if first.is_some_and(|b| b >> 4 == PUBLISH_PACKET) {
-                    let qos = first.map_or(0, |b| (b >> 1) & 3);
-                    self.shared
-                        .metrics
-                        .messages_received
-                        .with_label_values(&[qos_label(qos)])
-                        .inc();
+                // rumqttd keeps a publish's QoS private; the fixed header has it.
+                if let Some(first) = first.filter(|b| b >> 4 == PUBLISH_PACKET) {
+                    let qos = qos_label((first >> 1) & 3);
+                    let metrics = &self.shared.metrics;
+                    metrics.messages_received.with_label_values(&[qos]).inc();
+                    metrics
+                        .bytes_received
+                        .with_label_values(&[qos])
+                        .inc_by((before - self.read.len()) as u64);
                 }
                 Ok(Some(packet))
             }
@@ -473,6 +504,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.protocol
             .write(packet, &mut self.write)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        if let Some(&first) = self.write.first().filter(|b| *b >> 4 == PUBLISH_PACKET) {
+            let qos = qos_label((first >> 1) & 3);
+            let metrics = &self.shared.metrics;
+            metrics.messages_sent.with_label_values(&[qos]).inc();
+            metrics
+                .bytes_sent
+                .with_label_values(&[qos])
+                .inc_by(self.write.len() as u64);
+        }
         self.stream.write_all(&self.write).await
     }
 }
