@@ -150,8 +150,30 @@ pub struct Material {
     pub tls: Option<TlsAcceptor>,
 }
 
+/// The line that marks a file as a shipped default (a comment in a password
+/// file, text outside the PEM sections of a certificate or key). Nothing secret
+/// is compiled into the binary: defaults are files, and they say so.
+pub const DEFAULT_MARKER: &str = "snigate-default";
+
+/// Warn, loudly, for every file in use that is a shipped default.
+fn warn_about_defaults(config: &BrokerConfig) {
+    let files = config
+        .password_file
+        .iter()
+        .chain(config.tls_files.iter().flat_map(|(c, k)| [c, k]));
+    for path in files {
+        if std::fs::read_to_string(path).is_ok_and(|text| text.contains(DEFAULT_MARKER)) {
+            tracing::warn!(
+                file = %path.display(),
+                "USING A BUILT-IN DEFAULT FILE: its credentials or keys are public; mount your own over it"
+            );
+        }
+    }
+}
+
 /// Load the password file and the TLS certificate and key named in `config`.
 pub fn load_material(config: &BrokerConfig) -> anyhow::Result<Material> {
+    warn_about_defaults(config);
     let auth = load_auth(config)?;
     let tls = match &config.tls_files {
         Some((cert, key)) => Some(TlsAcceptor::from(snigate_shared::tls::server_config(cert, key)?)),

@@ -790,3 +790,109 @@ async fn metrics_after_traffic_pass_promtool() {
         assert!(output.status.success(), "promtool: {output:?}");
     }
 }
+
+/// MQTT 5 clients are told why on shutdown: DISCONNECT 0x8B, server shutting down.
+#[tokio::test]
+async fn sigterm_tells_mqtt_5_clients_the_server_is_shutting_down() {
+    let mut broker = Broker::start(&["--allow-anonymous"]);
+    let mut client = TcpStream::connect(broker.addr).await.unwrap();
+    // MQTT 5 CONNECT: clean start, keepalive 0, no properties, client id "v5".
+    client
+        .write_all(&[
+            0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0, 0, 2, b'v', b'5',
+        ])
+        .await
+        .unwrap();
+    let mut header = [0; 2];
+    client.read_exact(&mut header).await.unwrap();
+    let mut connack = vec![0; usize::from(header[1])];
+    client.read_exact(&mut connack).await.unwrap();
+    assert_eq!((header[0], connack[1]), (0x20, 0), "CONNACK success");
+    broker.process.signal("TERM");
+    let mut disconnect = Vec::new();
+    let _ = tokio::time::timeout(STEP, client.read_to_end(&mut disconnect))
+        .await
+        .unwrap();
+    assert_eq!(disconnect.first(), Some(&0xe0), "a DISCONNECT: {disconnect:?}");
+    assert_eq!(disconnect.get(2), Some(&0x8b), "reason 0x8B: {disconnect:?}");
+    assert!(broker.process.wait(Duration::from_secs(10)).await.success());
+}
+
+/// A persistent session (clean session off) keeps its subscription while the
+/// client is away, and QoS 1 messages published meanwhile wait for it (in
+/// memory: a broker restart loses them, as docs/broker.md says).
+#[tokio::test]
+async fn a_persistent_session_gets_what_was_published_while_away() {
+    let (Some(pub_), Some(sub)) = (
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let port = broker.port();
+    let persistent = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        "-i",
+        "away",
+        "-q",
+        "1",
+        "-t",
+        "inbox/#",
+        "-v",
+    ];
+    // Subscribe, then leave (-W: give up after a second with nothing received).
+    let _ = run(&sub, &[&persistent[..], &["-W", "1"]].concat()).await;
+    let out = run(
+        &pub_,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "inbox/1",
+            "-m",
+            "while you were out",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&sub, &[&persistent[..], &["-C", "1", "-W", "5"]].concat()).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inbox/1 while you were out\n",
+        "{out:?}"
+    );
+}
+
+/// A shipped default file says so on a comment line; the broker warns whenever
+/// it loads one.
+#[test]
+fn a_default_file_is_warned_about() {
+    let dir = TempDir::new();
+    let passwd = dir.path("passwd");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth/testdata/passwd")).unwrap();
+    std::fs::write(
+        &passwd,
+        format!("# snigate-default: replace this file before production\n{text}"),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--password-file", passwd.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("USING A BUILT-IN DEFAULT FILE"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("users: 3"),
+        "the comment line is not a user"
+    );
+}
