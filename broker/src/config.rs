@@ -1,6 +1,6 @@
 //! The broker's configuration: TOML schema, command-line overrides, validated
-//! settings. A leaf. (TLS listeners, ACLs, environment variables and reload are
-//! the next slices of the broker work.)
+//! settings. A leaf. (ACLs, environment variables and reload are the next
+//! slices of the broker work.)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use snigate_shared::logging::LogFormat;
 /// Mosquitto 2.1's default maximum packet size. rumqttd's sample 20 KiB would
 /// break clients that Mosquitto accepts.
 const DEFAULT_MAX_PACKET_SIZE: usize = 2_000_000;
+/// The largest remaining length MQTT's variable-length encoding can express.
+const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
 
 /// The broker's TOML file.
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +137,18 @@ impl BrokerConfig {
             }
         };
         let local_only = listen.iter().chain(&tls_listen).all(|a| a.ip().is_loopback());
+        for (field, value) in [
+            ("connect_timeout", file.connect_timeout),
+            ("drain_timeout", file.drain_timeout),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(ConfigError::new(
+                    origin(path),
+                    Some(field.into()),
+                    "must be more than 0",
+                ));
+            }
+        }
         let allow_anonymous =
             overrides.allow_anonymous || file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
         Ok(Self {
@@ -144,7 +158,11 @@ impl BrokerConfig {
             admin: overrides.admin.or(file.admin),
             password_file,
             allow_anonymous,
-            max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE),
+            // 0 means no limit, as in Mosquitto: MQTT's own maximum.
+            max_packet_size: match file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
+                0 => MQTT_MAX_PACKET_SIZE,
+                n => n.min(MQTT_MAX_PACKET_SIZE),
+            },
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
             log_format: overrides.log_format.unwrap_or(file.log.format),

@@ -76,6 +76,39 @@ impl Engine {
     /// Blocking: rumqttd's link handshake waits on a channel. Call it from
     /// `spawn_blocking`.
     pub fn attach(&self, client_id: &str, clean_session: bool) -> Result<Link, String> {
-        (self.attach)(client_id, clean_session)
+        (self.attach)(&router_client_id(client_id), clean_session)
+    }
+}
+
+/// The name a client has inside rumqttd. rumqttd refuses client ids with `+`,
+/// `$`, `#` or `/`, which MQTT and Mosquitto allow (`devices/42` is common), so
+/// those (and `%`, to keep the mapping one-to-one) are percent-encoded.
+pub fn router_client_id(client_id: &str) -> std::borrow::Cow<'_, str> {
+    const ESCAPED: &[char] = &['%', '+', '$', '#', '/'];
+    if !client_id.contains(ESCAPED) {
+        return std::borrow::Cow::Borrowed(client_id);
+    }
+    let mut out = String::with_capacity(client_id.len() + 8);
+    for c in client_id.chars() {
+        if ESCAPED.contains(&c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::router_client_id;
+
+    #[test]
+    fn client_ids_rumqttd_refuses_are_escaped_one_to_one() {
+        assert_eq!(router_client_id("sensor-1"), "sensor-1");
+        assert_eq!(router_client_id("devices/42"), "devices%2F42");
+        assert_eq!(router_client_id("a+b#c$d%e"), "a%2Bb%23c%24d%25e");
+        // `%2F` itself stays distinct from `/`.
+        assert_ne!(router_client_id("a%2Fb"), router_client_id("a/b"));
     }
 }

@@ -191,7 +191,11 @@ fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
         None => None,
     };
     if config.allow_anonymous {
-        let local_only = config.listen.iter().all(|a| a.ip().is_loopback());
+        let local_only = config
+            .listen
+            .iter()
+            .chain(&config.tls_listen)
+            .all(|a| a.ip().is_loopback());
         if local_only && passwords.is_none() {
             tracing::warn!(
                 "no password file: anonymous clients allowed, on loopback only (as Mosquitto 2.0 without configuration)"
@@ -274,7 +278,8 @@ pub async fn run(
                 }
             }
             drop(listener);
-            shutdown::drain(&mut sessions, drain_timeout, &shutdown.force).await
+            let report = shutdown::drain(&mut sessions, drain_timeout, &shutdown.force).await;
+            tracing::info!(finished = report.finished, aborted = report.aborted, "drained");
         });
     }
     readiness.set(true);

@@ -85,10 +85,12 @@ impl End {
 /// that stalls its handshake delays nobody else.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
     let started = Instant::now();
+    // One deadline for handshake, protocol level and CONNECT together.
+    let deadline = started + shared.settings.connect_timeout;
     let (end, client_id) = match tls {
-        None => session(stream, peer, shared.clone()).await,
-        Some(acceptor) => match tokio::time::timeout(shared.settings.connect_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => session(stream, peer, shared.clone()).await,
+        None => session(stream, peer, shared.clone(), deadline).await,
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => session(stream, peer, shared.clone(), deadline).await,
             Ok(Err(error)) => {
                 tracing::info!(%peer, %error, "TLS handshake failed");
                 (End::TlsError, None)
@@ -106,14 +108,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     );
 }
 
-async fn session<S: Stream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) -> (End, Option<String>) {
+async fn session<S: Stream>(
+    mut stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    deadline: Instant,
+) -> (End, Option<String>) {
     let mut read = BytesMut::with_capacity(1024);
-    let level = tokio::time::timeout(shared.settings.connect_timeout, protocol_level(&mut stream, &mut read)).await;
+    let level = tokio::time::timeout_at(deadline, protocol_level(&mut stream, &mut read)).await;
     match level {
         Err(_) => (End::ConnectTimeout, None),
         Ok(Err(end)) => (end, None),
-        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared).run().await,
-        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared).run().await,
+        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared, deadline).run().await,
+        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared, deadline).run().await,
     }
 }
 
@@ -186,11 +193,22 @@ struct Session<P, S> {
     level: u8,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    /// When CONNECT must have arrived.
+    deadline: Instant,
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
-    fn new(stream: S, read: BytesMut, protocol: P, level: u8, peer: SocketAddr, shared: Arc<Shared>) -> Self {
+    fn new(
+        stream: S,
+        read: BytesMut,
+        protocol: P,
+        level: u8,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        deadline: Instant,
+    ) -> Self {
         Self {
+            deadline,
             stream,
             subscriptions: std::collections::HashSet::new(),
             read,
@@ -203,7 +221,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     async fn run(mut self) -> (End, Option<String>) {
-        let deadline = Instant::now() + self.shared.settings.connect_timeout;
+        let deadline = self.deadline;
         let connect = match tokio::time::timeout_at(deadline, self.next_packet()).await {
             Err(_) => return (End::ConnectTimeout, None),
             Ok(Err(end)) => return (end, None),
@@ -257,17 +275,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             Ok(Ok(link)) => link,
             Ok(Err(error)) => {
                 tracing::error!(client_id, error, "the message router refused the client");
-                let _ = self
-                    .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
-                    .await;
+                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
                 self.shared.sessions.release(&client_id, generation);
                 return (End::RouterError, Some(client_id));
             }
             Err(error) => {
                 tracing::error!(client_id, %error, "attaching to the message router failed");
-                let _ = self
-                    .send(Packet::ConnAck(refused(ConnectReturnCode::ServerUnavailable), None))
-                    .await;
+                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
                 self.shared.sessions.release(&client_id, generation);
                 return (End::RouterError, Some(client_id));
             }
@@ -390,7 +404,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     match Option::<Packet>::from(notification) {
                         // rumqttd ends a link when another connection takes its
                         // client id over, as MQTT requires (§3.1.4-3).
-                        Some(Packet::Disconnect(..)) => return self.taken_over().await,
+                        // rumqttd drops a link when another connection takes its
+                        // client id over (MQTT §3.1.4-3), and sends DISCONNECT when it
+                        // refuses a client's publish or subscribe (a bad topic, a
+                        // protocol error): that one is passed on as it is.
+                        Some(disconnect @ Packet::Disconnect(..)) => {
+                            if taken_over.is_cancelled() {
+                                return self.taken_over().await;
+                            }
+                            if self.level == 5 {
+                                let _ = self.send(disconnect).await;
+                            }
+                            return End::RouterError;
+                        }
                         Some(packet) => {
                             if self.send(packet).await.is_err() {
                                 return End::NetworkError;
@@ -443,6 +469,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.shared.retained.observe(&publish.topic, publish.payload.is_empty())
             }
             _ => {}
+        }
+    }
+
+    /// CONNACK "server unavailable" in this client's MQTT version (rumqttd's
+    /// 3.1.1 encoder cannot write the MQTT 5 code).
+    fn unavailable(&self) -> ConnectReturnCode {
+        if self.level == 5 {
+            ConnectReturnCode::ServerUnavailable
+        } else {
+            ConnectReturnCode::ServiceUnavailable
         }
     }
 

@@ -896,3 +896,20 @@ fn a_default_file_is_warned_about() {
         "the comment line is not a user"
     );
 }
+
+/// Client ids with `/`, `+`, `#` or `$` are valid MQTT (Mosquitto takes them;
+/// rumqttd alone refuses them).
+#[tokio::test]
+async fn client_ids_with_slashes_and_wildcards_connect() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    for id in ["devices/42", "a+b", "x#", "$weird"] {
+        let mut client = connected(broker.addr, id, 0).await;
+        client.write_all(&[0xc0, 0]).await.unwrap();
+        let mut pingresp = [0; 2];
+        tokio::time::timeout(STEP, client.read_exact(&mut pingresp))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pingresp, [0xd0, 0], "{id}");
+    }
+}
