@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from common import free_port, rss_kib, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target/tools")
 
@@ -39,20 +41,6 @@ def find(name):
     return shutil.which(name)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def utf8(s):
@@ -94,16 +82,6 @@ def mqtt_connect(port, client_id):
         raise RuntimeError(f"CONNACK {ack!r}")
     return s
 
-
-def wait_port(port, within=10.0):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def start(target, args, workdir, passwd):

@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 
+from common import free_port, rss_kib, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # TLS 1.2 openssl hello: its SNI has no trailing dot, which HAProxy would not match.
 HELLO = open(os.path.join(ROOT, "router/src/hello/testdata/openssl-tls12.bin"), "rb").read()
@@ -36,31 +38,7 @@ SNI = "broker-b.apps.example.com"
 ROUTER_LOG = "info"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def wait_port(port, within=10.0):
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 class Backend:

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use snigate_shared::config::{ConfigError, Source};
-use snigate_shared::logging::LogFormat;
+use snigate_shared::logging::{LogFormat, LogSettings};
 
 /// Mosquitto 2.1's default maximum packet size. rumqttd's sample 20 KiB would
 /// break clients that Mosquitto accepts.
@@ -45,23 +45,7 @@ pub struct BrokerFile {
     #[serde(default, with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
-    pub log: LogFile,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogFile {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-impl Default for LogFile {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
-        }
-    }
+    pub log: LogSettings,
 }
 
 fn origin(path: Option<&Path>) -> snigate_shared::config::Origin {

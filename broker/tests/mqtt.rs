@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use snigate_shared::testing::{Ca, Process, STEP, TempDir, tool};
+use snigate_shared::testing::{Ca, Process, STEP, TempDir, check_metrics_with_promtool, tool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -159,6 +159,17 @@ async fn refused_logins_get_mosquittos_connack_codes() {
     );
 }
 
+/// PINGREQ gets PINGRESP: the connection is alive and served.
+async fn assert_pings(stream: &mut TcpStream) {
+    stream.write_all(&[0xc0, 0]).await.unwrap();
+    let mut pingresp = [0; 2];
+    tokio::time::timeout(STEP, stream.read_exact(&mut pingresp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+}
+
 /// An MQTT 3.1.1 CONNECT with the given keepalive and client id.
 fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
@@ -187,13 +198,7 @@ async fn keepalive_zero_is_accepted_and_pings_are_answered() {
     let broker = Broker::start(&["--allow-anonymous"]);
     let mut stream = connected(broker.addr, "k0", 0).await;
     // rumqttd alone refuses keepalive 0; the spec and Mosquitto accept it.
-    stream.write_all(&[0xc0, 0]).await.unwrap();
-    let mut pingresp = [0; 2];
-    tokio::time::timeout(STEP, stream.read_exact(&mut pingresp))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pingresp, [0xd0, 0]);
+    assert_pings(&mut stream).await;
 }
 
 #[tokio::test]
@@ -212,13 +217,7 @@ async fn a_malformed_packet_closes_only_that_connection() {
     http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let _ = tokio::time::timeout(STEP, http.read_to_end(&mut rest)).await.unwrap();
     // The other client is unaffected.
-    good.write_all(&[0xc0, 0]).await.unwrap();
-    let mut pingresp = [0; 2];
-    tokio::time::timeout(STEP, good.read_exact(&mut pingresp))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pingresp, [0xd0, 0]);
+    assert_pings(&mut good).await;
     assert!(
         broker
             .process
@@ -286,6 +285,26 @@ fn tls_files(dir: &TempDir) -> (String, String, String) {
     )
 }
 
+/// A broker with a plaintext and a TLS listener (certificate for `localhost`
+/// and 127.0.0.1) and `extra` arguments; returns the CA file and the process.
+fn tls_broker(dir: &TempDir, extra: &[&str]) -> (String, Process) {
+    let (ca, cert, key) = tls_files(dir);
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ])
+        .args(extra);
+    (ca, Process::spawn("broker", command))
+}
+
 /// The article's test: mosquitto_pub over TLS with --cafile and -u/-P, here
 /// with hostname verification on (no --insecure).
 #[tokio::test]
@@ -298,21 +317,7 @@ async fn mosquitto_clients_over_tls_with_a_cafile() {
     ) else {
         return;
     };
-    let (ca, cert, key) = tls_files(&dir);
-    let mut command = Command::new(BIN);
-    command.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--password-file",
-        &passwd,
-    ]);
-    let process = Process::spawn("broker", command);
+    let (ca, process) = tls_broker(&dir, &["--password-file", &passwd]);
     let port = process.address("mqtts").port().to_string();
     let tls_args = ["-h", "localhost", "-p", &port, "--cafile", &ca];
     let subscriber = tokio::process::Command::new(&sub)
@@ -346,20 +351,7 @@ async fn a_stalled_tls_handshake_does_not_delay_other_clients() {
     let Some(pub_) = tool("mosquitto_pub", "mosquitto-clients") else {
         return;
     };
-    let (ca, cert, key) = tls_files(&dir);
-    let mut command = Command::new(BIN);
-    command.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--allow-anonymous",
-    ]);
-    let process = Process::spawn("broker", command);
+    let (ca, process) = tls_broker(&dir, &["--allow-anonymous"]);
     let addr = process.address("mqtts");
     let mut stalled = Vec::new();
     for _ in 0..5 {
@@ -480,13 +472,7 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, first.read_to_end(&mut rest)).await.unwrap();
     broker.process.line_async("end=\"taken_over\"").await;
-    second.write_all(&[0xc0, 0]).await.unwrap();
-    let mut pingresp = [0; 2];
-    tokio::time::timeout(STEP, second.read_exact(&mut pingresp))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pingresp, [0xd0, 0]);
+    assert_pings(&mut second).await;
 }
 
 #[tokio::test]
@@ -777,18 +763,7 @@ async fn metrics_after_traffic_pass_promtool() {
     assert_eq!(value("snigate_broker_subscriptions"), 0.0, "the subscriber has gone");
     assert_eq!(value("snigate_broker_clients_connected"), 0.0);
 
-    if let Some(promtool) = tool("promtool", "prometheus") {
-        let mut child = tokio::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
-        let output = child.wait_with_output().await.unwrap();
-        assert!(output.status.success(), "promtool: {output:?}");
-    }
+    check_metrics_with_promtool(&body);
 }
 
 /// MQTT 5 clients are told why on shutdown: DISCONNECT 0x8B, server shutting down.
@@ -904,12 +879,6 @@ async fn client_ids_with_slashes_and_wildcards_connect() {
     let broker = Broker::start(&["--allow-anonymous"]);
     for id in ["devices/42", "a+b", "x#", "$weird"] {
         let mut client = connected(broker.addr, id, 0).await;
-        client.write_all(&[0xc0, 0]).await.unwrap();
-        let mut pingresp = [0; 2];
-        tokio::time::timeout(STEP, client.read_exact(&mut pingresp))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(pingresp, [0xd0, 0], "{id}");
+        assert_pings(&mut client).await;
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use snigate_shared::config::{ConfigError, Origin, Source};
-use snigate_shared::logging::LogFormat;
+use snigate_shared::logging::{LogFormat, LogSettings};
 use toml::Spanned;
 
 /// RFC 1035 limits, applied to configured host names as to SNI.
@@ -55,7 +55,7 @@ pub struct RouterFile {
     #[serde(default)]
     pub defaults: DefaultsFile,
     #[serde(default)]
-    pub log: LogFile,
+    pub log: LogSettings,
     /// The routes, in any order: the most specific match wins, not the first.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteFile>,
@@ -123,25 +123,6 @@ impl Default for ReloadFile {
         Self {
             watch: true,
             interval: Duration::from_secs(2),
-        }
-    }
-}
-
-/// `[log]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogFile {
-    pub format: LogFormat,
-    /// Used when `RUST_LOG` is not set; tracing filter syntax.
-    #[serde(deserialize_with = "checked::log_level")]
-    pub level: String,
-}
-
-impl Default for LogFile {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
         }
     }
 }
@@ -645,12 +626,6 @@ mod checked {
         if !(1024..=1 << 20).contains(&value) {
             return Err(D::Error::custom(format!("{value} is out of range 1024..=1048576")));
         }
-        Ok(value)
-    }
-
-    pub fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        let value: String = serde::Deserialize::deserialize(d)?;
-        snigate_shared::logging::check_filter(&value).map_err(D::Error::custom)?;
         Ok(value)
     }
 }

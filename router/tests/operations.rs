@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use snigate_shared::testing::{TempDir, tool};
+use snigate_shared::testing::{TempDir, check_metrics_with_promtool};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,23 +110,7 @@ async fn metrics_count_the_traffic_and_pass_promtool() {
         "a client-chosen name appeared in the metrics"
     );
 
-    if let Some(promtool) = tool("promtool", "prometheus") {
-        let mut child = tokio::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
-        let output = child.wait_with_output().await.unwrap();
-        assert!(
-            output.status.success(),
-            "promtool check metrics failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    check_metrics_with_promtool(&body);
     router.stop().await;
 }
 

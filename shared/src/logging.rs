@@ -35,6 +35,32 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The `[log]` table both components' files have.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// Used when `RUST_LOG` is not set; tracing filter syntax. Checked while the
+    /// file is read, so an error names its line.
+    #[serde(deserialize_with = "checked_filter")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn checked_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let value = String::deserialize(d)?;
+    check_filter(&value).map_err(serde::de::Error::custom)?;
+    Ok(value)
+}
+
 /// Check a filter (`info`, `warn,snigate_router=debug`) without installing it.
 pub fn check_filter(directives: &str) -> Result<(), String> {
     EnvFilter::try_new(directives)

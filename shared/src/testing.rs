@@ -159,6 +159,30 @@ pub fn tool(name: &str, package: &str) -> Option<std::path::PathBuf> {
     found
 }
 
+/// `promtool check metrics` on a `/metrics` body: fails the test with
+/// promtool's complaint (skips, loudly, where promtool is missing outside CI).
+pub fn check_metrics_with_promtool(body: &str) {
+    use std::io::Write;
+    let Some(promtool) = tool("promtool", "prometheus") else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub std::path::PathBuf);
