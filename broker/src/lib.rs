@@ -5,6 +5,7 @@
 //!   Mosquitto answers them, packets to and from the router, keepalive, will.
 //! - [`engine`]: the only module that knows rumqttd's router (local links).
 //! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
+//! - [`passwd_cmd`]: the `passwd` subcommand, mosquitto_passwd's twin.
 //! - [`config`], [`metrics`]: leaves.
 //!
 //! [`run`] takes bound listeners and a [`Shutdown`], like the router's.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod passwd_cmd;
 pub mod session;
 
 use std::io;

@@ -20,54 +20,95 @@ const EXIT_CONFIG: u8 = 78;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// How to serve; also what `check` checks.
+#[derive(clap::Args, Default)]
+struct ServeArgs {
     /// TOML configuration file.
-    #[arg(long, short, global = true)]
+    #[arg(long, short)]
     config: Option<PathBuf>,
     /// Plaintext MQTT listener (repeatable); replaces the file's `listen`.
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<SocketAddr>,
     /// MQTT over TLS listener (repeatable); needs --cert and --key.
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     tls_listen: Vec<SocketAddr>,
     /// Server certificate chain, PEM.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     cert: Option<PathBuf>,
     /// Server private key, PEM.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// A password file written by mosquitto_passwd.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
     /// Let clients without a user name in.
-    #[arg(long, global = true)]
+    #[arg(long)]
     allow_anonymous: bool,
     /// Address of the admin server (/metrics, /healthz, /readyz).
-    #[arg(long, global = true, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// Log format: text or json.
-    #[arg(long, global = true)]
+    #[arg(long)]
     log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    /// `self`'s values where given, else `other`'s: flags may come before or
+    /// after `check`.
+    fn or(self, other: ServeArgs) -> ServeArgs {
+        let pick = |a: Vec<SocketAddr>, b: Vec<SocketAddr>| if a.is_empty() { b } else { a };
+        ServeArgs {
+            config: self.config.or(other.config),
+            listen: pick(self.listen, other.listen),
+            tls_listen: pick(self.tls_listen, other.tls_listen),
+            cert: self.cert.or(other.cert),
+            key: self.key.or(other.key),
+            password_file: self.password_file.or(other.password_file),
+            allow_anonymous: self.allow_anonymous || other.allow_anonymous,
+            admin: self.admin.or(other.admin),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration and the password file, print them, and exit.
-    Check,
+    Check(ServeArgs),
+    /// Manage a password file, as mosquitto_passwd does.
+    Passwd(snigate_broker::passwd_cmd::PasswdArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = Overrides {
-        listen: cli.listen,
-        tls_listen: cli.tls_listen,
-        cert_file: cli.cert,
-        key_file: cli.key,
-        admin: cli.admin,
-        password_file: cli.password_file,
-        allow_anonymous: cli.allow_anonymous,
-        log_format: cli.log_format,
+    let (args, check) = match cli.command {
+        Some(Command::Passwd(args)) => {
+            return match snigate_broker::passwd_cmd::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Check(args)) => (args.or(cli.serve), true),
+        None => (cli.serve, false),
     };
-    let config = match BrokerConfig::load(cli.config.as_deref(), &overrides) {
+    let overrides = Overrides {
+        listen: args.listen,
+        tls_listen: args.tls_listen,
+        cert_file: args.cert,
+        key_file: args.key,
+        admin: args.admin,
+        password_file: args.password_file,
+        allow_anonymous: args.allow_anonymous,
+        log_format: args.log_format,
+    };
+    let config = match BrokerConfig::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("snigate-broker: configuration error: {e}");
@@ -85,7 +126,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::Check) = cli.command {
+    if check {
         let users = material.auth.passwords.as_ref().map_or(0, |p| p.len());
         let report = format!(
             "configuration OK\nlisten: {:?}\ntls listen: {:?}\nadmin: {:?}\nusers: {users}\nanonymous: {}\n",

@@ -882,3 +882,79 @@ async fn client_ids_with_slashes_and_wildcards_connect() {
         assert_pings(&mut client).await;
     }
 }
+
+/// A file written by `snigate-broker passwd` logs in to Debian's Mosquitto 2.0
+/// (and to snigate-broker): the other interop direction.
+#[tokio::test]
+async fn a_file_written_by_snigate_passwd_works_with_mosquitto() {
+    let dir = TempDir::new();
+    let Some(pub_) = tool("mosquitto_pub", "mosquitto-clients") else {
+        return;
+    };
+    let passwd = dir.path("passwd");
+    let passwd = passwd.to_str().unwrap();
+    let status = Command::new(BIN)
+        .args(["passwd", "-c", "-b", passwd, "alice", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A plain-text line converted with -U, and a user added from a pipe.
+    std::fs::write(dir.path("plain"), "carol:plain-pw\n").unwrap();
+    let status = Command::new(BIN)
+        .args(["passwd", "-U", dir.path("plain").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let carol = std::fs::read_to_string(dir.path("plain")).unwrap();
+    assert!(carol.starts_with("carol:$7$101$"), "{carol}");
+    std::fs::write(passwd, format!("{}{carol}", std::fs::read_to_string(passwd).unwrap())).unwrap();
+    let mut add = Command::new(BIN)
+        .args(["passwd", passwd, "bob"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"from-a-pipe\nfrom-a-pipe\n").unwrap();
+    assert!(add.wait().unwrap().success());
+
+    let Some((_mosquitto, mosquitto_port)) =
+        start_mosquitto(&dir, &format!("allow_anonymous false\npassword_file {passwd}\n"))
+    else {
+        return;
+    };
+    let broker = Broker::start(&["--password-file", passwd]);
+    for port in [mosquitto_port.to_string(), broker.port()] {
+        for (user, password, code) in [
+            ("alice", "s3cret", 0),
+            ("bob", "from-a-pipe", 0),
+            ("carol", "plain-pw", 0),
+            ("alice", "wrong", 5),
+        ] {
+            let out = run(
+                &pub_,
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-u",
+                    user,
+                    "-P",
+                    password,
+                    "-t",
+                    "t",
+                    "-m",
+                    "x",
+                ],
+            )
+            .await;
+            assert_eq!(out.status.code(), Some(code), "{user} on port {port}: {out:?}");
+        }
+    }
+    // -D removes a user.
+    let status = Command::new(BIN)
+        .args(["passwd", "-D", passwd, "bob"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!std::fs::read_to_string(passwd).unwrap().contains("bob:"));
+}

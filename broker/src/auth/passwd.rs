@@ -128,6 +128,38 @@ impl PasswordFile {
     }
 }
 
+/// Mosquitto 2.0's defaults for new `$7$` entries.
+pub const PBKDF2_ITERATIONS: u32 = 101;
+const SALT_LEN: usize = 12;
+
+/// A `$7$` (PBKDF2-HMAC-SHA512) hash of `password` with `salt`, as
+/// mosquitto_passwd writes it.
+pub fn hash_pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> String {
+    let mut out = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
+    format!("$7${iterations}${}${}", BASE64.encode(salt), BASE64.encode(out))
+}
+
+/// A `$6$` (salted SHA-512) hash, the format older Mosquitto wrote.
+pub fn hash_sha512(password: &[u8], salt: &[u8]) -> String {
+    let mut digest = Sha512::new();
+    digest.update(password);
+    digest.update(salt);
+    format!("$6${}${}", BASE64.encode(salt), BASE64.encode(digest.finalize()))
+}
+
+/// A fresh random salt of Mosquitto's length.
+pub fn new_salt() -> Result<[u8; SALT_LEN], String> {
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
+    Ok(salt)
+}
+
+/// Whether a file line's stored part is already a hash (for `-U`).
+pub fn is_hashed(stored: &str) -> bool {
+    stored.starts_with("$6$") || stored.starts_with("$7$") || stored.starts_with("$argon2id$")
+}
+
 fn parse_line(line: &str) -> Result<(&str, Hash), String> {
     let (user, stored) = line.split_once(':').ok_or("no `:` between user and hash")?;
     if user.is_empty() {
@@ -218,6 +250,20 @@ mod tests {
             warnings[2].message.contains("unsupported hash type `$9$`"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn written_hashes_verify() {
+        let salt = [3u8; 12];
+        let line = format!(
+            "u:{}\nv:{}\n",
+            hash_pbkdf2(b"pw", &salt, 101),
+            hash_sha512(b"pw6", &salt)
+        );
+        let (file, warnings) = PasswordFile::parse(&line);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(file.verify("u", b"pw") && file.verify("v", b"pw6"));
+        assert!(!file.verify("u", b"pw6"));
     }
 
     #[test]
