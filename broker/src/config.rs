@@ -58,7 +58,8 @@ fn origin(path: Option<&Path>) -> snigate_shared::config::Origin {
     }
 }
 
-/// Command-line values; they win over the file.
+/// Values from the environment or the command line, applied over the file in
+/// that order: defaults < file < environment < flags.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Vec<SocketAddr>,
@@ -67,8 +68,113 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
     pub password_file: Option<PathBuf>,
-    pub allow_anonymous: bool,
+    pub allow_anonymous: Option<bool>,
+    pub max_packet_size: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// The environment variables read. Any other `SNIGATE_BROKER_*` is an error,
+/// so a typo does not pass silently, except the ones Kubernetes injects for a
+/// Service named `snigate-broker` (`..._SERVICE_HOST`, `..._PORT...`).
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "SNIGATE_BROKER_CONFIG",
+        "the configuration file, when --config is not given",
+    ),
+    ("SNIGATE_BROKER_LISTEN", "plaintext listeners, comma-separated"),
+    ("SNIGATE_BROKER_TLS_LISTEN", "TLS listeners, comma-separated"),
+    ("SNIGATE_BROKER_CERT_FILE", "server certificate chain, PEM"),
+    ("SNIGATE_BROKER_KEY_FILE", "server private key, PEM"),
+    ("SNIGATE_BROKER_PASSWORD_FILE", "a mosquitto_passwd file"),
+    ("SNIGATE_BROKER_ALLOW_ANONYMOUS", "true or false"),
+    ("SNIGATE_BROKER_ADMIN", "admin server address"),
+    ("SNIGATE_BROKER_MAX_PACKET_SIZE", "largest packet, bytes (0: no limit)"),
+    ("SNIGATE_BROKER_LOG_FORMAT", "text or json"),
+    ("SNIGATE_BROKER_LOG_LEVEL", "log filter, when RUST_LOG is not set"),
+];
+
+impl Overrides {
+    /// The environment layer from `vars` (pass `std::env::vars()`); pure, so
+    /// tests need not touch the process environment. Also returns
+    /// `SNIGATE_BROKER_CONFIG`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let mut layer = Self::default();
+        let mut config = None;
+        for (name, value) in vars {
+            if !name.starts_with("SNIGATE_BROKER_")
+                || name.contains("_SERVICE_")
+                || name.ends_with("_PORT")
+                || name.contains("_PORT_")
+            {
+                continue;
+            }
+            let bad = |message: String| ConfigError::env(&name, message);
+            let value = value.trim();
+            let addresses = |value: &str| -> Result<Vec<SocketAddr>, ConfigError> {
+                value
+                    .split(',')
+                    .map(|a| a.trim().parse().map_err(|e| bad(format!("`{a}`: {e}"))))
+                    .collect()
+            };
+            match name.as_str() {
+                "SNIGATE_BROKER_CONFIG" => config = Some(value.into()),
+                "SNIGATE_BROKER_LISTEN" => layer.listen = addresses(value)?,
+                "SNIGATE_BROKER_TLS_LISTEN" => layer.tls_listen = addresses(value)?,
+                "SNIGATE_BROKER_CERT_FILE" => layer.cert_file = Some(value.into()),
+                "SNIGATE_BROKER_KEY_FILE" => layer.key_file = Some(value.into()),
+                "SNIGATE_BROKER_PASSWORD_FILE" => layer.password_file = Some(value.into()),
+                "SNIGATE_BROKER_ALLOW_ANONYMOUS" => {
+                    layer.allow_anonymous = Some(match value.to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(bad(format!("`{value}`: expected true or false"))),
+                    });
+                }
+                "SNIGATE_BROKER_ADMIN" => {
+                    layer.admin = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?)
+                }
+                "SNIGATE_BROKER_MAX_PACKET_SIZE" => {
+                    layer.max_packet_size = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?);
+                }
+                "SNIGATE_BROKER_LOG_FORMAT" => layer.log_format = Some(value.parse().map_err(bad)?),
+                "SNIGATE_BROKER_LOG_LEVEL" => {
+                    snigate_shared::logging::check_filter(value).map_err(bad)?;
+                    layer.log_level = Some(value.to_owned());
+                }
+                _ => {
+                    let known: Vec<&str> = ENV_VARS.iter().map(|(n, _)| *n).collect();
+                    return Err(bad(format!("unknown variable; known: {}", known.join(", "))));
+                }
+            }
+        }
+        Ok((layer, config))
+    }
+
+    /// Apply this layer over `file`'s values.
+    fn apply(&self, file: &mut BrokerFile) {
+        if !self.listen.is_empty() {
+            file.listen = Some(self.listen.clone());
+        }
+        if !self.tls_listen.is_empty() {
+            file.tls_listen = Some(self.tls_listen.clone());
+        }
+        let set = |target: &mut Option<PathBuf>, value: &Option<PathBuf>| {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        };
+        set(&mut file.cert_file, &self.cert_file);
+        set(&mut file.key_file, &self.key_file);
+        set(&mut file.password_file, &self.password_file);
+        file.admin = self.admin.or(file.admin);
+        file.allow_anonymous = self.allow_anonymous.or(file.allow_anonymous);
+        file.max_packet_size = self.max_packet_size.or(file.max_packet_size);
+        file.log.format = self.log_format.unwrap_or(file.log.format);
+        if let Some(level) = &self.log_level {
+            file.log.level.clone_from(level);
+        }
+    }
 }
 
 /// Validated settings.
@@ -90,25 +196,23 @@ pub struct BrokerConfig {
 
 impl BrokerConfig {
     /// Read `path` (if any), apply `overrides`, validate.
-    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let file: BrokerFile = match path {
+    pub fn load(path: Option<&Path>, layers: &[Overrides]) -> Result<Self, ConfigError> {
+        let mut file: BrokerFile = match path {
             Some(path) => Source::read(path)?.parse()?,
             None => BrokerFile::default(),
         };
-        let password_file = overrides.password_file.clone().or(file.password_file);
-        let listen = match (&overrides.listen[..], file.listen) {
-            ([], Some(listen)) => listen,
-            ([], None) if password_file.is_none() => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-            ([], None) => vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
-            (flags, _) => flags.to_vec(),
+        for layer in layers {
+            layer.apply(&mut file);
+        }
+        let password_file = file.password_file;
+        let listen = match file.listen {
+            Some(listen) => listen,
+            None if password_file.is_none() => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            None => vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
         };
-        let tls_listen = if overrides.tls_listen.is_empty() {
-            file.tls_listen.unwrap_or_default()
-        } else {
-            overrides.tls_listen.clone()
-        };
-        let cert_file = overrides.cert_file.clone().or(file.cert_file);
-        let key_file = overrides.key_file.clone().or(file.key_file);
+        let tls_listen = file.tls_listen.unwrap_or_default();
+        let cert_file = file.cert_file;
+        let key_file = file.key_file;
         let tls_files = match (tls_listen.is_empty(), cert_file, key_file) {
             (true, _, _) => None,
             (false, Some(cert), Some(key)) => Some((cert, key)),
@@ -133,13 +237,12 @@ impl BrokerConfig {
                 ));
             }
         }
-        let allow_anonymous =
-            overrides.allow_anonymous || file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
+        let allow_anonymous = file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
         Ok(Self {
             listen,
             tls_listen,
             tls_files,
-            admin: overrides.admin.or(file.admin),
+            admin: file.admin,
             password_file,
             allow_anonymous,
             // 0 means no limit, as in Mosquitto: MQTT's own maximum.
@@ -149,8 +252,74 @@ impl BrokerConfig {
             },
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
-            log_format: overrides.log_format.unwrap_or(file.log.format),
+            log_format: file.log.format,
             log_level: file.log.level,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<(Overrides, Option<PathBuf>), ConfigError> {
+        Overrides::from_env(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn no_configuration_is_mosquitto_without_one() {
+        let config = BrokerConfig::load(None, &[]).unwrap();
+        assert_eq!(config.listen, vec![SocketAddr::from(([127, 0, 0, 1], 1883))]);
+        assert!(config.allow_anonymous);
+        assert_eq!(config.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
+    }
+
+    #[test]
+    fn layers_apply_in_order_over_the_defaults() {
+        let (layer, config) = env(&[
+            ("SNIGATE_BROKER_CONFIG", "/etc/snigate/broker.toml"),
+            ("SNIGATE_BROKER_LISTEN", "0.0.0.0:1883"),
+            ("SNIGATE_BROKER_PASSWORD_FILE", "/etc/snigate/passwd"),
+            ("SNIGATE_BROKER_ALLOW_ANONYMOUS", "false"),
+            ("SNIGATE_BROKER_MAX_PACKET_SIZE", "0"),
+            ("SNIGATE_BROKER_SERVICE_HOST", "10.96.0.11"),
+            ("SNIGATE_BROKER_PORT_1883_TCP", "tcp://10.96.0.11:1883"),
+        ])
+        .unwrap();
+        assert_eq!(config, Some("/etc/snigate/broker.toml".into()));
+        let flags = Overrides {
+            listen: vec!["127.0.0.1:11883".parse().unwrap()],
+            ..Overrides::default()
+        };
+        let merged = BrokerConfig::load(None, &[layer, flags]).unwrap();
+        assert_eq!(merged.listen, vec!["127.0.0.1:11883".parse().unwrap()], "flags win");
+        assert_eq!(merged.password_file, Some("/etc/snigate/passwd".into()));
+        assert!(!merged.allow_anonymous);
+        assert_eq!(merged.max_packet_size, MQTT_MAX_PACKET_SIZE, "0 is no limit");
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        for (var, value, expected) in [
+            (
+                "SNIGATE_BROKER_LISTN",
+                "x",
+                "environment variable SNIGATE_BROKER_LISTN: unknown variable",
+            ),
+            ("SNIGATE_BROKER_ALLOW_ANONYMOUS", "maybe", "expected true or false"),
+            (
+                "SNIGATE_BROKER_LISTEN",
+                "nowhere",
+                "environment variable SNIGATE_BROKER_LISTEN: `nowhere`",
+            ),
+        ] {
+            let err = env(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 }

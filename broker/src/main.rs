@@ -98,17 +98,22 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => (args.or(cli.serve), true),
         None => (cli.serve, false),
     };
-    let overrides = Overrides {
+    let flags = Overrides {
         listen: args.listen,
         tls_listen: args.tls_listen,
         cert_file: args.cert,
         key_file: args.key,
         admin: args.admin,
         password_file: args.password_file,
-        allow_anonymous: args.allow_anonymous,
+        allow_anonymous: args.allow_anonymous.then_some(true),
         log_format: args.log_format,
+        ..Overrides::default()
     };
-    let config = match BrokerConfig::load(args.config.as_deref(), &overrides) {
+    // defaults < file < environment < flags.
+    let loaded = Overrides::from_env(std::env::vars()).and_then(|(env, env_config)| {
+        BrokerConfig::load(args.config.as_deref().or(env_config.as_deref()), &[env, flags])
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("snigate-broker: configuration error: {e}");

@@ -958,3 +958,59 @@ async fn a_file_written_by_snigate_passwd_works_with_mosquitto() {
     assert!(status.success());
     assert!(!std::fs::read_to_string(passwd).unwrap().contains("bob:"));
 }
+
+/// A container configured by environment variables alone (the article's third
+/// way), and a flag winning over the environment.
+#[tokio::test]
+async fn environment_variables_configure_the_broker() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_)) = (mosquitto_passwd_file(&dir), tool("mosquitto_pub", "mosquitto-clients")) else {
+        return;
+    };
+    let mut command = Command::new(BIN);
+    command
+        .env("SNIGATE_BROKER_LISTEN", "127.0.0.1:0")
+        .env("SNIGATE_BROKER_PASSWORD_FILE", &passwd)
+        .env("SNIGATE_BROKER_ALLOW_ANONYMOUS", "true")
+        .env("SNIGATE_BROKER_SERVICE_HOST", "10.96.0.11")
+        .arg("--log-format")
+        .arg("json");
+    let process = Process::spawn("broker", command);
+    let port = process.address("mqtt").port().to_string();
+    let login = run(
+        &pub_,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "foo",
+            "-P",
+            "foo",
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ],
+    )
+    .await;
+    assert!(login.status.success(), "{login:?}");
+    let anonymous = run(&pub_, &["-h", "127.0.0.1", "-p", &port, "-t", "t", "-m", "x"]).await;
+    assert!(
+        anonymous.status.success(),
+        "anonymous allowed by the environment: {anonymous:?}"
+    );
+    assert!(
+        process.line_async("client connected").await.starts_with('{'),
+        "the flag's JSON format"
+    );
+
+    let output = Command::new(BIN)
+        .arg("check")
+        .env("SNIGATE_BROKER_PASWORD_FILE", &passwd)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SNIGATE_BROKER_PASWORD_FILE: unknown variable"));
+}
