@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod passwd_cmd;
+pub mod reload;
 pub mod session;
 
 use std::io;
@@ -33,28 +34,76 @@ use crate::config::BrokerConfig;
 use crate::engine::{Engine, EngineLimits};
 use crate::metrics::Metrics;
 
+/// Why the broker ends a session from outside it.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    pub token: CancellationToken,
+    /// Set before `token` is cancelled when the user's credentials changed (a
+    /// reload); otherwise a cancelled token means a takeover.
+    pub revoked: std::sync::atomic::AtomicBool,
+}
+
+/// One connected client, as the broker tracks it.
+#[derive(Debug)]
+struct Tracked {
+    generation: u64,
+    eviction: Arc<Eviction>,
+    /// The user and the identity of their password entry at login.
+    login: Option<(String, Option<u64>)>,
+}
+
 /// The client ids connected now, so a new connection with the same id can take
-/// the session over from the old one.
+/// the session over from the old one, and a reload can end the sessions whose
+/// credentials changed.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    by_client_id: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    by_client_id: std::sync::Mutex<std::collections::HashMap<String, Tracked>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl Sessions {
-    /// Register `client_id`, cancelling the token of a session that had it.
-    /// Returns this session's generation and its own token.
-    pub fn claim(&self, client_id: &str) -> (u64, CancellationToken) {
+    /// Register `client_id` (logged in as `login`: user and password entry id),
+    /// evicting a session that had it. Returns this session's generation and
+    /// its eviction handle.
+    pub fn claim(&self, client_id: &str, login: Option<(String, Option<u64>)>) -> (u64, Arc<Eviction>) {
         let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let token = CancellationToken::new();
+        let eviction = Arc::new(Eviction::default());
+        let tracked = Tracked {
+            generation,
+            eviction: eviction.clone(),
+            login,
+        };
         let mut map = self
             .by_client_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, old)) = map.insert(client_id.to_owned(), (generation, token.clone())) {
-            old.cancel();
+        if let Some(old) = map.insert(client_id.to_owned(), tracked) {
+            old.eviction.token.cancel();
         }
-        (generation, token)
+        (generation, eviction)
+    }
+
+    /// End the sessions whose user's password entry is not what it was at
+    /// login (changed or removed), as Mosquitto does on reload. Returns how many.
+    pub fn revoke_changed(&self, auth: &Auth) -> usize {
+        let Some(passwords) = &auth.passwords else { return 0 };
+        let map = self
+            .by_client_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut revoked = 0;
+        for tracked in map.values() {
+            let Some((user, entry)) = &tracked.login else { continue };
+            if passwords.entry_id(user) != *entry {
+                tracked
+                    .eviction
+                    .revoked
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracked.eviction.token.cancel();
+                revoked += 1;
+            }
+        }
+        revoked
     }
 
     /// Forget `client_id` if it is still this session's.
@@ -63,7 +112,7 @@ impl Sessions {
             .by_client_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.get(client_id).is_some_and(|(g, _)| *g == generation) {
+        if map.get(client_id).is_some_and(|t| t.generation == generation) {
             map.remove(client_id);
         }
     }
@@ -94,20 +143,16 @@ impl Retained {
 
 /// What every session shares.
 pub struct Shared {
+    /// Credentials and TLS material, swapped whole by a reload.
+    pub material: arc_swap::ArcSwap<Material>,
     pub retained: Retained,
     pub sessions: Sessions,
-    /// Fixed for the process's life until the reload work lands.
+    /// The settings the broker started with (the files they name are
+    /// reloaded; the settings themselves need a restart).
     pub settings: BrokerConfig,
     pub engine: Arc<Engine>,
     pub metrics: Metrics,
-    auth: Auth,
     pub stop: CancellationToken,
-}
-
-impl Shared {
-    pub fn auth(&self) -> &Auth {
-        &self.auth
-    }
 }
 
 /// Sockets the broker serves on.
@@ -146,7 +191,7 @@ pub async fn bind(config: &BrokerConfig) -> io::Result<Listeners> {
     Ok(Listeners { mqtt, tls, admin })
 }
 
-/// Files the broker reads at start: credentials and TLS material.
+/// Files the broker reads at start and on reload: credentials and TLS material.
 pub struct Material {
     pub auth: Auth,
     pub tls: Option<TlsAcceptor>,
@@ -174,9 +219,13 @@ fn warn_about_defaults(config: &BrokerConfig) {
 }
 
 /// Load the password file and the TLS certificate and key named in `config`.
-pub fn load_material(config: &BrokerConfig) -> anyhow::Result<Material> {
+///
+/// `strict` (reloads): a password file with a line that does not parse is
+/// refused whole, so a broken edit never locks users out. Otherwise (start) such
+/// lines drop only their user, with a warning, as Mosquitto does.
+pub fn load_material(config: &BrokerConfig, strict: bool) -> anyhow::Result<Material> {
     warn_about_defaults(config);
-    let auth = load_auth(config)?;
+    let auth = load_auth(config, strict)?;
     let tls = match &config.tls_files {
         Some((cert, key)) => Some(TlsAcceptor::from(snigate_shared::tls::server_config(cert, key)?)),
         None => None,
@@ -184,12 +233,24 @@ pub fn load_material(config: &BrokerConfig) -> anyhow::Result<Material> {
     Ok(Material { auth, tls })
 }
 
-fn load_auth(config: &BrokerConfig) -> anyhow::Result<Auth> {
+fn load_auth(config: &BrokerConfig, strict: bool) -> anyhow::Result<Auth> {
     let passwords = match &config.password_file {
-        Some(path) => Some(
-            PasswordFile::load(path)
-                .map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?,
-        ),
+        Some(path) => {
+            let (file, warnings) = PasswordFile::load(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the password file {}: {e}", path.display()))?;
+            if let (true, Some(first)) = (strict, warnings.first()) {
+                anyhow::bail!("{}:{}: {}", path.display(), first.line, first.message);
+            }
+            for warning in warnings {
+                tracing::warn!(
+                    file = %path.display(),
+                    line = warning.line,
+                    "password file: {}; that user cannot log in",
+                    warning.message
+                );
+            }
+            Some(file)
+        }
         None => None,
     };
     if config.allow_anonymous {
@@ -219,7 +280,6 @@ pub async fn run(
     listeners: Listeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let Material { auth, tls } = material;
     let registry = Registry::new();
     let metrics = Metrics::new(&registry)?;
     let engine = Engine::start(EngineLimits {
@@ -232,14 +292,15 @@ pub async fn run(
     let retained = Retained::default();
     let _ = retained.gauge.set(metrics.retained.clone());
     let shared = Arc::new(Shared {
+        material: arc_swap::ArcSwap::from_pointee(material),
         retained,
         sessions: Sessions::default(),
         settings: config,
         engine: Arc::new(engine),
         metrics,
-        auth,
         stop: shutdown.stop.clone(),
     });
+    let reload_task = tokio::spawn(reload::run(shared.clone(), shutdown.stop.clone()));
     let readiness = Readiness::default();
     let admin_stop = CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
@@ -251,11 +312,11 @@ pub async fn run(
     });
 
     let mut accept_loops = tokio::task::JoinSet::new();
-    let plain = listeners.mqtt.into_iter().map(|l| (l, None));
-    let secure = listeners.tls.into_iter().map(|l| (l, tls.clone()));
+    let plain = listeners.mqtt.into_iter().map(|l| (l, false));
+    let secure = listeners.tls.into_iter().map(|l| (l, true));
     for (listener, tls) in plain.chain(secure) {
         if let Ok(addr) = listener.local_addr() {
-            snigate_shared::logging::listening(if tls.is_some() { "mqtts" } else { "mqtt" }, addr);
+            snigate_shared::logging::listening(if tls { "mqtts" } else { "mqtt" }, addr);
         }
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -271,7 +332,10 @@ pub async fn run(
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         shared.metrics.connections.inc();
-                        sessions.spawn(session::serve(stream, peer, shared.clone(), tls.clone()));
+                        // The acceptor current now: a reload may have brought a
+                        // new certificate.
+                        let acceptor = if tls { shared.material.load().tls.clone() } else { None };
+                        sessions.spawn(session::serve(stream, peer, shared.clone(), acceptor));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");
@@ -288,6 +352,7 @@ pub async fn run(
     shutdown.stop.cancelled().await;
     readiness.set(false);
     while accept_loops.join_next().await.is_some() {}
+    let _ = reload_task.await;
     admin_stop.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         eprintln!("snigate-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let material = match snigate_broker::load_material(&config) {
+    let material = match snigate_broker::load_material(&config, false) {
         Ok(material) => material,
         Err(e) => {
             eprintln!("snigate-broker: configuration error: {e:#}");

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub bytes_sent: IntCounterVec,
     pub subscriptions: IntGauge,
     pub retained: IntGauge,
+    pub reloads: IntCounterVec,
 }
 
 fn by_qos(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
@@ -60,7 +61,18 @@ impl Metrics {
                 "snigate_broker_retained_messages",
                 "Topics holding a retained message (set since the broker started).",
             )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_reloads_total",
+                    "Reloads of the password file and TLS material, by result.",
+                ),
+                &["result"],
+            )?,
         };
+        registry.register(Box::new(metrics.reloads.clone()))?;
+        for result in ["success", "failure"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
         registry.register(Box::new(metrics.connections.clone()))?;
         registry.register(Box::new(metrics.connected.clone()))?;
         registry.register(Box::new(metrics.disconnections.clone()))?;

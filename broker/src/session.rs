@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
@@ -58,6 +57,8 @@ pub enum End {
     TlsError,
     /// Another connection with the same client id took the session over.
     TakenOver,
+    /// A reload removed the user or changed their password.
+    Revoked,
     /// rumqttd ended the link.
     RouterError,
 }
@@ -75,6 +76,7 @@ impl End {
             End::NetworkError => "network_error",
             End::TlsError => "tls_error",
             End::TakenOver => "taken_over",
+            End::Revoked => "credentials_revoked",
             End::RouterError => "router_error",
         }
     }
@@ -232,7 +234,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
         let user = login.map(|(user, _)| user.to_owned());
-        if let Err(refusal) = self.shared.auth().check(login) {
+        let material = self.shared.material.load_full();
+        if let Err(refusal) = material.auth.check(login) {
             self.shared
                 .metrics
                 .auth_failures
@@ -265,7 +268,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // session over; the first is closed (0x8E on MQTT 5). rumqttd drops the
         // old link itself when the new one attaches; the token tells the old
         // session that this, not a failure, is what happened.
-        let (generation, taken_over) = self.shared.sessions.claim(&client_id);
+        let tracked_login = user.clone().map(|user| {
+            let entry = material.auth.passwords.as_ref().and_then(|p| p.entry_id(&user));
+            (user, entry)
+        });
+        drop(material);
+        let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
 
         let engine = self.shared.engine.clone();
         let id = client_id.clone();
@@ -309,7 +317,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.shared.metrics.connected.inc();
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
 
-        let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &taken_over).await;
+        let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &eviction).await;
         self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
         self.shared.sessions.release(&client_id, generation);
         self.shared.metrics.connected.dec();
@@ -320,6 +328,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // connection id to the client that took over: nothing may be sent
             // on it now, not even the will.
             End::TakenOver | End::RouterError => {}
+            // The link is still ours; the will is not sent, as Mosquitto does not.
+            End::Revoked => detach(&mut tx, None).await,
             End::Shutdown => detach(&mut tx, None).await,
             _ => detach(&mut tx, will).await,
         }
@@ -332,8 +342,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         tx: &mut LinkTx,
         rx: &mut rumqttd::local::LinkRx,
         keep_alive: u16,
-        taken_over: &CancellationToken,
+        eviction: &crate::Eviction,
     ) -> End {
+        let evicted = &eviction.token;
         // MQTT §3.1.2.10: one and a half keepalives of silence end the connection;
         // keepalive 0 turns the check off.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
@@ -398,7 +409,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     let notification = match notification {
                         Ok(Some(notification)) => notification,
                         Ok(None) => continue,
-                        Err(_) if taken_over.is_cancelled() => return self.taken_over().await,
+                        Err(_) if evicted.is_cancelled() => return self.evicted(eviction).await,
                         Err(_) => return End::RouterError,
                     };
                     match Option::<Packet>::from(notification) {
@@ -409,8 +420,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         // refuses a client's publish or subscribe (a bad topic, a
                         // protocol error): that one is passed on as it is.
                         Some(disconnect @ Packet::Disconnect(..)) => {
-                            if taken_over.is_cancelled() {
-                                return self.taken_over().await;
+                            if evicted.is_cancelled() {
+                                return self.evicted(eviction).await;
                             }
                             if self.level == 5 {
                                 let _ = self.send(disconnect).await;
@@ -437,7 +448,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     }
                     return End::KeepaliveTimeout;
                 }
-                () = taken_over.cancelled() => return self.taken_over().await,
+                () = evicted.cancelled() => return self.evicted(eviction).await,
                 () = stop.cancelled() => {
                     if self.level == 5 {
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
@@ -482,14 +493,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    async fn taken_over(&mut self) -> End {
+    /// Ended from outside: a takeover (0x8E on MQTT 5) or credentials a reload
+    /// revoked (0x87, not authorized).
+    async fn evicted(&mut self, eviction: &crate::Eviction) -> End {
+        let revoked = eviction.revoked.load(std::sync::atomic::Ordering::Acquire);
         if self.level == 5 {
-            let reason = DisconnectReasonCode::SessionTakenOver;
+            let reason = if revoked {
+                DisconnectReasonCode::NotAuthorized
+            } else {
+                DisconnectReasonCode::SessionTakenOver
+            };
             let _ = self
                 .send(Packet::Disconnect(Disconnect { reason_code: reason }, None))
                 .await;
         }
-        End::TakenOver
+        if revoked { End::Revoked } else { End::TakenOver }
     }
 
     /// The next complete packet from the read buffer, if there is one.

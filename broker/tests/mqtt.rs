@@ -1014,3 +1014,86 @@ async fn environment_variables_configure_the_broker() {
     assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("SNIGATE_BROKER_PASWORD_FILE: unknown variable"));
 }
+
+/// An MQTT 3.1.1 CONNECT with a user name and password, keepalive 0.
+fn connect_with_login(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x80 | 0x40, 0, 0];
+    for field in [client_id, user, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+async fn logged_in(addr: std::net::SocketAddr, client_id: &str, user: &str, password: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&connect_with_login(client_id, user, password))
+        .await
+        .unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "{user} logged in");
+    stream
+}
+
+/// Reload by file watch, with the password file behind a Kubernetes-style
+/// `..data` symlink: a removed user is disconnected, the others stay; a broken
+/// file is refused and the old one keeps serving; SIGHUP reloads too.
+#[tokio::test]
+async fn the_password_file_reloads_without_a_restart() {
+    use std::os::unix::fs::symlink;
+    let dir = TempDir::new();
+    let Some(first) = mosquitto_passwd_file(&dir) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::create_dir(dir.path("..v1")).unwrap();
+    std::fs::write(dir.path("..v1/passwd"), &text).unwrap();
+    symlink("..v1", dir.path("..data")).unwrap();
+    symlink("..data/passwd", dir.path("mounted")).unwrap();
+    let mounted = dir.path("mounted");
+    let broker = Broker::start(&["--password-file", mounted.to_str().unwrap()]);
+    let mut admin = logged_in(broker.addr, "admin-client", "admin", "admin").await;
+    let mut foo = logged_in(broker.addr, "foo-client", "foo", "foo").await;
+
+    // The Secret is updated: foo is gone.
+    let without_foo: String = text
+        .lines()
+        .filter(|l| !l.starts_with("foo:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::create_dir(dir.path("..v2")).unwrap();
+    std::fs::write(dir.path("..v2/passwd"), &without_foo).unwrap();
+    symlink("..v2", dir.path("..tmp")).unwrap();
+    std::fs::rename(dir.path("..tmp"), dir.path("..data")).unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, foo.read_to_end(&mut rest)).await.unwrap();
+    broker.process.line_async("end=\"credentials_revoked\"").await;
+    assert_pings(&mut admin).await;
+    let mut refused = TcpStream::connect(broker.addr).await.unwrap();
+    refused
+        .write_all(&connect_with_login("again", "foo", "foo"))
+        .await
+        .unwrap();
+    let mut connack = [0; 4];
+    refused.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 5], "foo is refused now");
+
+    // A broken file is refused; admin still logs in.
+    std::fs::write(dir.path("..v2/passwd"), "admin:$7$101$not-base64$!\n").unwrap();
+    broker.process.line_async("reload refused").await;
+    let _second_admin = logged_in(broker.addr, "admin-2", "admin", "admin").await;
+    assert_pings(&mut admin).await;
+
+    // SIGHUP reloads whatever the file says now.
+    std::fs::write(dir.path("..v2/passwd"), &without_foo).unwrap();
+    broker.process.signal("HUP");
+    broker.process.line_async("trigger=\"SIGHUP\"").await;
+    assert_pings(&mut admin).await;
+}

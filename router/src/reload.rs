@@ -7,17 +7,14 @@
 //! addresses cannot change without a restart: a change there is reported, not
 //! applied.
 //!
-//! Files are watched by polling their identity (the resolved path, inode, size
-//! and modification time) every `[reload] interval`, not with inotify: polling
-//! sees Kubernetes' atomic swap of a mounted ConfigMap's `..data` symlink like
-//! any other change, works on every filesystem and sandbox (inotify on a symlink
-//! swap does not), and costs a few `stat` calls per interval.
+//! Files are watched by polling their identity every `[reload] interval` (see
+//! `snigate_shared::watch` for why polling).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use snigate_shared::config::ConfigError;
+use snigate_shared::watch::Fingerprint;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Loader, RouterConfig};
@@ -33,14 +30,14 @@ pub async fn run(shared: Arc<Shared>, loader: Loader, mut running: RouterConfig,
             None
         }
     };
-    let mut seen = fingerprint(&running.watched);
+    let mut seen = Fingerprint::of(&running.watched);
     loop {
         let interval = running.reload_interval.unwrap_or(Duration::from_secs(3600));
         let trigger = tokio::select! {
             () = stop.cancelled() => return,
             Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
             () = tokio::time::sleep(interval), if running.reload_interval.is_some() => {
-                let now = fingerprint(&running.watched);
+                let now = Fingerprint::of(&running.watched);
                 if now == seen {
                     continue;
                 }
@@ -54,7 +51,7 @@ pub async fn run(shared: Arc<Shared>, loader: Loader, mut running: RouterConfig,
                 shared.metrics.config_loaded.set(unix_now());
                 tracing::info!(trigger, routes = config.routes.len(), "configuration reloaded");
                 running = config;
-                seen = fingerprint(&running.watched);
+                seen = Fingerprint::of(&running.watched);
             }
             Err(e) => {
                 shared.metrics.reloads.with_label_values(&["failure"]).inc();
@@ -88,48 +85,6 @@ pub fn reload(shared: &Shared, loader: &Loader, running: &RouterConfig) -> Resul
     let config = settings.config.clone();
     shared.install(snapshot_of(settings));
     Ok(config)
-}
-
-/// What identifies the current content of a watched path: where it resolves
-/// to (a ConfigMap swap changes this), and the file's inode, size and
-/// modification time; for a directory, also its entry names.
-#[derive(Debug, PartialEq, Eq)]
-struct Identity {
-    resolved: PathBuf,
-    inode: u64,
-    len: u64,
-    modified: Option<SystemTime>,
-    entries: Vec<String>,
-}
-
-type Fingerprint = Vec<Option<Identity>>;
-
-fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
-    paths.iter().map(|path| identity(path)).collect()
-}
-
-fn identity(path: &Path) -> Option<Identity> {
-    use std::os::unix::fs::MetadataExt;
-    let resolved = std::fs::canonicalize(path).ok()?;
-    let meta = std::fs::metadata(&resolved).ok()?;
-    // Names as well as the directory's mtime: some filesystems keep mtimes coarse.
-    let mut entries = Vec::new();
-    if meta.is_dir()
-        && let Ok(dir) = std::fs::read_dir(&resolved)
-    {
-        entries = dir
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        entries.sort();
-    }
-    Some(Identity {
-        inode: meta.ino(),
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        resolved,
-        entries,
-    })
 }
 
 fn unix_now() -> i64 {

@@ -9,6 +9,7 @@
 //!   requests, and draining a set of connection tasks under a deadline.
 //! - [`metrics`]: rendering a component's own prometheus registry.
 //! - [`tls`]: PEM certificates and keys into rustls, errors naming the file.
+//! - [`watch`]: noticing changed files (ConfigMap symlink swaps included) by polling.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
@@ -22,3 +23,4 @@ pub mod shutdown;
 pub mod testing;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod watch;

@@ -88,18 +88,24 @@ impl PasswordFile {
     }
 
     /// Read and parse `path`, logging a warning per skipped line.
-    pub fn load(path: &Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        let (file, warnings) = Self::parse(&text);
-        for warning in warnings {
-            tracing::warn!(
-                file = %path.display(),
-                line = warning.line,
-                "password file: {}; that user cannot log in",
-                warning.message
-            );
+    /// Read and parse `path`. Lines that do not parse come back as warnings;
+    /// the caller decides: at start they are logged and those users left out
+    /// (as Mosquitto does), on reload they refuse the whole file.
+    pub fn load(path: &Path) -> std::io::Result<(Self, Vec<LineWarning>)> {
+        Ok(Self::parse(&std::fs::read_to_string(path)?))
+    }
+
+    /// A value that changes when `user`'s entry changes (a new password, or
+    /// the user removed: `None`), for finding sessions a reload must end.
+    pub fn entry_id(&self, user: &str) -> Option<u64> {
+        use std::hash::{Hash as _, Hasher};
+        let hash = self.users.get(user)?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match hash {
+            Hash::Sha512 { salt, hash } => (6u8, salt, hash, 0u32).hash(&mut hasher),
+            Hash::Pbkdf2Sha512 { iterations, salt, hash } => (7u8, salt, hash, *iterations).hash(&mut hasher),
         }
-        Ok(file)
+        Some(hasher.finish())
     }
 
     pub fn len(&self) -> usize {
