@@ -30,6 +30,16 @@ pub struct BrokerFile {
     pub cert_file: Option<PathBuf>,
     /// Its private key, PEM (Mosquitto's `keyfile`).
     pub key_file: Option<PathBuf>,
+    /// CA certificates, PEM, that client certificates are verified against
+    /// (Mosquitto's `cafile`). Without it no client certificate is asked for.
+    pub cafile: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (Mosquitto's name).
+    #[serde(default)]
+    pub require_certificate: bool,
+    /// The client certificate's subject CN is the user name; no password is
+    /// checked (Mosquitto's name). Needs `require_certificate`.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
     /// Admin HTTP server (/metrics, /healthz, /readyz). Off unless set.
     pub admin: Option<SocketAddr>,
     /// A mosquitto_passwd file.
@@ -69,6 +79,9 @@ pub struct Overrides {
     pub admin: Option<SocketAddr>,
     pub password_file: Option<PathBuf>,
     pub allow_anonymous: Option<bool>,
+    pub cafile: Option<PathBuf>,
+    pub require_certificate: Option<bool>,
+    pub use_identity_as_username: Option<bool>,
     pub max_packet_size: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
@@ -169,6 +182,9 @@ impl Overrides {
         set(&mut file.password_file, &self.password_file);
         file.admin = self.admin.or(file.admin);
         file.allow_anonymous = self.allow_anonymous.or(file.allow_anonymous);
+        set(&mut file.cafile, &self.cafile);
+        file.require_certificate = self.require_certificate.unwrap_or(file.require_certificate);
+        file.use_identity_as_username = self.use_identity_as_username.unwrap_or(file.use_identity_as_username);
         file.max_packet_size = self.max_packet_size.or(file.max_packet_size);
         file.log.format = self.log_format.unwrap_or(file.log.format);
         if let Some(level) = &self.log_level {
@@ -180,6 +196,9 @@ impl Overrides {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
+    /// Client certificates on TLS listeners: the CA and whether required.
+    pub client_auth: Option<snigate_shared::tls::ClientAuth>,
+    pub use_identity_as_username: bool,
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
     /// Certificate and key files, when there are TLS listeners.
@@ -224,6 +243,17 @@ impl BrokerConfig {
                 ));
             }
         };
+        let client_auth = file.cafile.map(|ca_file| snigate_shared::tls::ClientAuth {
+            ca_file,
+            required: file.require_certificate,
+        });
+        if file.use_identity_as_username && !client_auth.as_ref().is_some_and(|c| c.required) {
+            return Err(ConfigError::new(
+                origin(path),
+                Some("use_identity_as_username".into()),
+                "needs cafile and require_certificate = true: the user name comes from the client's certificate",
+            ));
+        }
         let local_only = listen.iter().chain(&tls_listen).all(|a| a.ip().is_loopback());
         for (field, value) in [
             ("connect_timeout", file.connect_timeout),
@@ -239,6 +269,8 @@ impl BrokerConfig {
         }
         let allow_anonymous = file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
         Ok(Self {
+            client_auth,
+            use_identity_as_username: file.use_identity_as_username,
             listen,
             tls_listen,
             tls_files,

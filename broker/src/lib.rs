@@ -227,7 +227,11 @@ pub fn load_material(config: &BrokerConfig, strict: bool) -> anyhow::Result<Mate
     warn_about_defaults(config);
     let auth = load_auth(config, strict)?;
     let tls = match &config.tls_files {
-        Some((cert, key)) => Some(TlsAcceptor::from(snigate_shared::tls::server_config(cert, key)?)),
+        Some((cert, key)) => Some(TlsAcceptor::from(snigate_shared::tls::server_config(
+            cert,
+            key,
+            config.client_auth.as_ref(),
+        )?)),
         None => None,
     };
     Ok(Material { auth, tls })

@@ -45,6 +45,15 @@ struct ServeArgs {
     /// A password file written by mosquitto_passwd.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// CA certificates (PEM) to verify client certificates against.
+    #[arg(long, value_name = "FILE")]
+    cafile: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate.
+    #[arg(long)]
+    require_certificate: bool,
+    /// The client certificate's CN is the user name (needs --require-certificate).
+    #[arg(long)]
+    use_identity_as_username: bool,
     /// Let clients without a user name in.
     #[arg(long)]
     allow_anonymous: bool,
@@ -68,6 +77,9 @@ impl ServeArgs {
             cert: self.cert.or(other.cert),
             key: self.key.or(other.key),
             password_file: self.password_file.or(other.password_file),
+            cafile: self.cafile.or(other.cafile),
+            require_certificate: self.require_certificate || other.require_certificate,
+            use_identity_as_username: self.use_identity_as_username || other.use_identity_as_username,
             allow_anonymous: self.allow_anonymous || other.allow_anonymous,
             admin: self.admin.or(other.admin),
             log_format: self.log_format.or(other.log_format),
@@ -106,6 +118,9 @@ fn main() -> ExitCode {
         admin: args.admin,
         password_file: args.password_file,
         allow_anonymous: args.allow_anonymous.then_some(true),
+        cafile: args.cafile,
+        require_certificate: args.require_certificate.then_some(true),
+        use_identity_as_username: args.use_identity_as_username.then_some(true),
         log_format: args.log_format,
         ..Overrides::default()
     };

@@ -90,9 +90,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     // One deadline for handshake, protocol level and CONNECT together.
     let deadline = started + shared.settings.connect_timeout;
     let (end, client_id) = match tls {
-        None => session(stream, peer, shared.clone(), deadline).await,
+        None => session(stream, peer, shared.clone(), deadline, None).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => session(stream, peer, shared.clone(), deadline).await,
+            Ok(Ok(stream)) => {
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(common_name);
+                session(stream, peer, shared.clone(), deadline, identity).await
+            }
             Ok(Err(error)) => {
                 tracing::info!(%peer, %error, "TLS handshake failed");
                 (End::TlsError, None)
@@ -115,14 +123,23 @@ async fn session<S: Stream>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     deadline: Instant,
+    identity: Option<String>,
 ) -> (End, Option<String>) {
     let mut read = BytesMut::with_capacity(1024);
     let level = tokio::time::timeout_at(deadline, protocol_level(&mut stream, &mut read)).await;
     match level {
         Err(_) => (End::ConnectTimeout, None),
         Ok(Err(end)) => (end, None),
-        Ok(Ok(5)) => Session::new(stream, read, V5, 5, peer, shared, deadline).run().await,
-        Ok(Ok(_)) => Session::new(stream, read, V4, 4, peer, shared, deadline).run().await,
+        Ok(Ok(5)) => {
+            Session::new(stream, read, V5, 5, peer, shared, deadline)
+                .run(identity)
+                .await
+        }
+        Ok(Ok(_)) => {
+            Session::new(stream, read, V4, 4, peer, shared, deadline)
+                .run(identity)
+                .await
+        }
     }
 }
 
@@ -222,7 +239,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    async fn run(mut self) -> (End, Option<String>) {
+    /// `identity`: the verified client certificate's subject CN, on TLS.
+    async fn run(mut self, identity: Option<String>) -> (End, Option<String>) {
         let deadline = self.deadline;
         let connect = match tokio::time::timeout_at(deadline, self.next_packet()).await {
             Err(_) => return (End::ConnectTimeout, None),
@@ -233,9 +251,23 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return (End::ProtocolError, None);
         };
         let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
-        let user = login.map(|(user, _)| user.to_owned());
         let material = self.shared.material.load_full();
-        if let Err(refusal) = material.auth.check(login) {
+        // use_identity_as_username: the certificate, verified in the handshake,
+        // is the credential; the CONNECT's user name and password are ignored.
+        let by_certificate = self
+            .shared
+            .settings
+            .use_identity_as_username
+            .then_some(identity)
+            .flatten();
+        let user = by_certificate
+            .clone()
+            .or_else(|| login.map(|(user, _)| user.to_owned()));
+        let checked = match &by_certificate {
+            Some(_) => Ok(()),
+            None => material.auth.check(login),
+        };
+        if let Err(refusal) = checked {
             self.shared
                 .metrics
                 .auth_failures
@@ -602,6 +634,14 @@ async fn detach(tx: &mut LinkTx, will: Option<LastWill>) {
         reason_code: DisconnectReasonCode::NormalDisconnection,
     };
     let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+}
+
+/// The subject's common name of a DER certificate, as Mosquitto's
+/// `use_identity_as_username` takes it.
+fn common_name(cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    Some(cn)
 }
 
 /// Mosquitto's way for an empty client id: `auto-` and a random suffix.

@@ -1097,3 +1097,80 @@ async fn the_password_file_reloads_without_a_restart() {
     broker.process.line_async("trigger=\"SIGHUP\"").await;
     assert_pings(&mut admin).await;
 }
+
+/// Client certificates: verified against a CA, required when configured so,
+/// and, with use_identity_as_username, the certificate's CN is the user.
+#[tokio::test]
+async fn client_certificates_are_verified_and_can_name_the_user() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_)) = (mosquitto_passwd_file(&dir), tool("mosquitto_pub", "mosquitto-clients")) else {
+        return;
+    };
+    let ca = Ca::new();
+    let write = |name: &str, text: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key) = ca.issue_pem(&["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = ca.issue_client_pem("foo");
+    let (ca_file, cert, key) = (
+        write("ca.crt", &ca.cert_pem),
+        write("server.crt", &cert),
+        write("server.key", &key),
+    );
+    let (client_cert, client_key) = (write("client.crt", &client_cert), write("client.key", &client_key));
+
+    for identity in [false, true] {
+        let mut command = Command::new(BIN);
+        command.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--password-file",
+            &passwd,
+            "--cafile",
+            &ca_file,
+            "--require-certificate",
+        ]);
+        if identity {
+            command.arg("--use-identity-as-username");
+        }
+        let process = Process::spawn("broker", command);
+        let port = process.address("mqtts").port().to_string();
+        let tls = [
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "--cafile",
+            &ca_file,
+            "-t",
+            "t",
+            "-m",
+            "x",
+        ];
+        let with_cert = ["--cert", &client_cert, "--key", &client_key];
+        // No client certificate: the handshake fails.
+        let out = run(&pub_, &[&tls[..], &["-u", "foo", "-P", "foo"]].concat()).await;
+        assert!(!out.status.success(), "identity={identity}: {out:?}");
+        if identity {
+            // The certificate says who: no user name or password needed.
+            let out = run(&pub_, &[&tls[..], &with_cert[..]].concat()).await;
+            assert!(out.status.success(), "{out:?}");
+            process.line_async("user=\"foo\"").await;
+        } else {
+            // A certificate and the password: in.
+            let out = run(&pub_, &[&tls[..], &with_cert[..], &["-u", "foo", "-P", "foo"]].concat()).await;
+            assert!(out.status.success(), "{out:?}");
+            // A certificate but a wrong password: refused, CONNACK 5.
+            let out = run(&pub_, &[&tls[..], &with_cert[..], &["-u", "foo", "-P", "no"]].concat()).await;
+            assert_eq!(out.status.code(), Some(5), "{out:?}");
+        }
+    }
+}

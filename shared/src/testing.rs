@@ -259,6 +259,17 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client certificate (PEM) and key (PEM) with subject CN `name`, for
+    /// TLS client authentication, signed by this CA.
+    pub fn issue_client_pem(&self, name: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     pub fn write_pem(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("ca.crt");
         std::fs::write(&path, &self.cert_pem).unwrap();

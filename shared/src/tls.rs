@@ -43,12 +43,42 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::new(path, format!("no usable private key: {e}")))
 }
 
-/// A server configuration from a certificate chain and its key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Client certificates a server asks for: the CAs that sign them, and whether a
+/// client must present one.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub ca_file: PathBuf,
+    pub required: bool,
+}
+
+/// A server configuration from a certificate chain and its key, optionally
+/// verifying client certificates against a CA.
+pub fn server_config(cert: &Path, key: &Path, clients: Option<&ClientAuth>) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
-    let config = ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = ServerConfig::builder();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in load_certs(&clients.ca_file)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| TlsError::new(&clients.ca_file, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = if clients.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::new(&clients.ca_file, format!("cannot verify clients with it: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::new(cert, format!("certificate and key do not fit together: {e}")))?;
     Ok(Arc::new(config))
