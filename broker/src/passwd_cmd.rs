@@ -2,7 +2,7 @@
 //! does, writing entries Debian's Mosquitto 2.0 reads too.
 //!
 //! ```text
-//! snigate-broker passwd [-H sha512-pbkdf2|sha512] [-c | -D] FILE USER    (prompts for the password)
+//! snigate-broker passwd [-H sha512-pbkdf2|sha512|argon2id] [-c | -D] FILE USER    (prompts)
 //! snigate-broker passwd [-H ...] [-c] -b FILE USER PASSWORD
 //! snigate-broker passwd -U FILE                                            (hash plain-text lines)
 //! ```
@@ -13,7 +13,9 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 
-use crate::auth::passwd::{PBKDF2_ITERATIONS, hash_pbkdf2, hash_sha512, is_hashed, new_salt};
+use crate::auth::passwd::{
+    PBKDF2_ITERATIONS, hash_argon2id, hash_pbkdf2, hash_sha512, is_hashed, new_salt, random_bytes,
+};
 
 /// Hash formats `-H` takes (mosquitto_passwd's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +26,10 @@ pub enum HashKind {
     /// `$6$`: salted SHA-512, for old readers only.
     #[value(name = "sha512")]
     Sha512,
+    /// `$argon2id$`: Mosquitto 2.1's default (m=47104 KiB, t=1, p=1). Debian's
+    /// Mosquitto 2.0 cannot read it.
+    #[value(name = "argon2id")]
+    Argon2id,
 }
 
 /// The subcommand's arguments, as mosquitto_passwd takes them.
@@ -94,10 +100,10 @@ fn check_user(user: &str) -> Result<(), String> {
 }
 
 fn entry(password: &[u8], kind: HashKind) -> Result<String, String> {
-    let salt = new_salt()?;
     Ok(match kind {
-        HashKind::Sha512Pbkdf2 => hash_pbkdf2(password, &salt, PBKDF2_ITERATIONS),
-        HashKind::Sha512 => hash_sha512(password, &salt),
+        HashKind::Sha512Pbkdf2 => hash_pbkdf2(password, &new_salt()?, PBKDF2_ITERATIONS),
+        HashKind::Sha512 => hash_sha512(password, &new_salt()?),
+        HashKind::Argon2id => hash_argon2id(password, &random_bytes(64)?)?,
     })
 }
 

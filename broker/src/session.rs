@@ -265,7 +265,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .or_else(|| login.map(|(user, _)| user.to_owned()));
         let checked = match &by_certificate {
             Some(_) => Ok(()),
-            None => material.auth.check(login),
+            None => {
+                let owned = login.map(|(user, password)| (user.to_owned(), password.to_vec()));
+                self.shared.check_login(material.clone(), owned).await
+            }
         };
         if let Err(refusal) = checked {
             self.shared

@@ -1174,3 +1174,47 @@ async fn client_certificates_are_verified_and_can_name_the_user() {
         }
     }
 }
+
+/// `-H argon2id` writes Mosquitto 2.1's format, and the broker reads it.
+#[tokio::test]
+async fn argon2id_entries_log_in() {
+    let dir = TempDir::new();
+    let Some(pub_) = tool("mosquitto_pub", "mosquitto-clients") else {
+        return;
+    };
+    let passwd = dir.path("passwd");
+    let passwd = passwd.to_str().unwrap();
+    let status = Command::new(BIN)
+        .args(["passwd", "-c", "-H", "argon2id", "-b", passwd, "dana", "pw"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        std::fs::read_to_string(passwd)
+            .unwrap()
+            .starts_with("dana:$argon2id$v=19$m=47104,t=1,p=1$")
+    );
+    let broker = Broker::start(&["--password-file", passwd]);
+    let port = broker.port();
+    for (password, code) in [("pw", 0), ("nope", 5)] {
+        let out = run(
+            &pub_,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "dana",
+                "-P",
+                password,
+                "-t",
+                "t",
+                "-m",
+                "x",
+            ],
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
+    }
+}
