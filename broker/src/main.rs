@@ -147,11 +147,8 @@ fn main() -> ExitCode {
         }
     };
     if check {
-        let users = material.auth.passwords.as_ref().map_or(0, |p| p.len());
-        let report = format!(
-            "configuration OK\nlisten: {:?}\ntls listen: {:?}\nadmin: {:?}\nusers: {users}\nanonymous: {}\n",
-            config.listen, config.tls_listen, config.admin, config.allow_anonymous
-        );
+        let report = effective_settings(&config, &material);
+        // Written, not println!'d: `check | head` closes the pipe early.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), report.as_bytes());
         return ExitCode::SUCCESS;
     }
@@ -162,6 +159,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `check` prints: every effective setting. Nothing secret is in it: a
+/// password file is shown by its path and user count, never its hashes.
+fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material) -> String {
+    let addrs = |list: &[SocketAddr]| {
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let path = |p: Option<&PathBuf>| p.map_or("none".to_owned(), |p| p.display().to_string());
+    let users = material.auth.passwords.as_ref().map_or(0, |p| p.len());
+    let (cert, key) = match &config.tls_files {
+        Some((cert, key)) => (Some(cert), Some(key)),
+        None => (None, None),
+    };
+    let lines = [
+        "configuration OK".to_owned(),
+        format!("listen: {}", addrs(&config.listen)),
+        format!("tls listen: {}", addrs(&config.tls_listen)),
+        format!("cert file: {}", path(cert)),
+        format!("key file: {}", path(key)),
+        format!("cafile: {}", path(config.client_auth.as_ref().map(|c| &c.ca_file))),
+        format!(
+            "require certificate: {}",
+            config.client_auth.as_ref().is_some_and(|c| c.required)
+        ),
+        format!("use identity as username: {}", config.use_identity_as_username),
+        format!("password file: {} ({users} users)", path(config.password_file.as_ref())),
+        format!("anonymous: {}", config.allow_anonymous),
+        format!("admin: {}", config.admin.map_or("off".to_owned(), |a| a.to_string())),
+        format!("max packet size: {}", config.max_packet_size),
+        format!("connect timeout: {:?}", config.connect_timeout),
+        format!("drain timeout: {:?}", config.drain_timeout),
+        format!("log: {:?} {}", config.log_format, config.log_level),
+    ];
+    lines.join("\n") + "\n"
 }
 
 fn serve(config: BrokerConfig, material: snigate_broker::Material) -> anyhow::Result<()> {
