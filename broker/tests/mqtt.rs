@@ -1218,3 +1218,35 @@ async fn argon2id_entries_log_in() {
         assert_eq!(out.status.code(), Some(code), "{out:?}");
     }
 }
+
+/// An empty client id, as Mosquitto 2.0 answers it (side by side): accepted
+/// with an assigned id under a clean session, CONNACK 2 (identifier rejected)
+/// for MQTT 3.1.1 with clean session off.
+#[tokio::test]
+async fn empty_client_ids_are_answered_as_mosquitto_answers_them() {
+    let dir = TempDir::new();
+    let Some((_mosquitto, mosquitto_port)) = start_mosquitto(&dir, "allow_anonymous true\n") else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    // CONNECT, MQTT 3.1.1, empty client id, keepalive 30; clean session on, then off.
+    let connect = |flags: u8| vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 30, 0, 0];
+    for flags in [0x02, 0x00] {
+        let mut answers = Vec::new();
+        for addr in [format!("127.0.0.1:{mosquitto_port}"), broker.addr.to_string()] {
+            let mut stream = TcpStream::connect(&addr).await.unwrap();
+            stream.write_all(&connect(flags)).await.unwrap();
+            let mut connack = [0; 4];
+            tokio::time::timeout(STEP, stream.read_exact(&mut connack))
+                .await
+                .unwrap()
+                .unwrap();
+            answers.push(connack);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "clean session flags {flags:#x}: Mosquitto, then snigate-broker"
+        );
+    }
+    broker.process.line_async("client_id=\"auto-").await;
+}
