@@ -22,7 +22,7 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
-    Protocol, Publish,
+    Protocol, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -204,6 +204,10 @@ fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
 
 struct Session<P, S> {
     stream: S,
+    /// SUBACK answers for `$` filters kept from rumqttd, by packet id.
+    held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
+    /// Replies the session owes the client for packets it answered itself.
+    answer_now: Vec<Packet>,
     /// This connection's subscription filters, for the subscriptions gauge.
     subscriptions: std::collections::HashSet<String>,
     read: BytesMut,
@@ -228,6 +232,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     ) -> Self {
         Self {
             deadline,
+            held_back: std::collections::HashMap::new(),
+            answer_now: Vec::new(),
             stream,
             subscriptions: std::collections::HashSet::new(),
             read,
@@ -424,10 +430,23 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
                                 return End::ProtocolError;
                             }
+                            Packet::Subscribe(subscribe, props) => {
+                                let Some(subscribe) = self.hold_back_reserved(subscribe) else {
+                                    continue;
+                                };
+                                let packet = Packet::Subscribe(subscribe, props);
+                                self.observe(&packet);
+                                batch.push(packet);
+                            }
                             packet => {
                                 self.observe(&packet);
                                 batch.push(packet);
                             }
+                        }
+                    }
+                    for reply in std::mem::take(&mut self.answer_now) {
+                        if self.send(reply).await.is_err() {
+                            return End::NetworkError;
                         }
                     }
                     if let Some(last) = batch.pop() {
@@ -463,6 +482,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             }
                             return End::RouterError;
                         }
+                        Some(Packet::SubAck(mut suback, props)) => {
+                            // Put back the answers for `$` filters held back.
+                            if let Some(held) = self.held_back.remove(&suback.pkid) {
+                                for (position, code) in held {
+                                    let at = position.min(suback.return_codes.len());
+                                    suback.return_codes.insert(at, code);
+                                }
+                            }
+                            if self.send(Packet::SubAck(suback, props)).await.is_err() {
+                                return End::NetworkError;
+                            }
+                        }
                         Some(packet) => {
                             if self.send(packet).await.is_err() {
                                 return End::NetworkError;
@@ -492,6 +523,39 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
             }
         }
+    }
+
+    /// rumqttd disconnects a client that subscribes to a filter starting with
+    /// `$` (other than `$share/`), and `mosquitto_sub -t '$SYS/#'` is common.
+    /// Such filters are kept from rumqttd and granted at QoS 0, as Mosquitto
+    /// grants them (nothing is published there yet). Returns the SUBSCRIBE to
+    /// pass on, or `None` when every filter was one of these and the SUBACK is
+    /// answered here (queued in `answer_now`, sent after this read's packets).
+    fn hold_back_reserved(&mut self, mut subscribe: Subscribe) -> Option<Subscribe> {
+        let reserved = |path: &str| path.starts_with('$') && !path.starts_with("$share/");
+        if !subscribe.filters.iter().any(|f| reserved(&f.path)) {
+            return Some(subscribe);
+        }
+        let granted = SubscribeReasonCode::Success(QoS::AtMostOnce);
+        let held: Vec<(usize, SubscribeReasonCode)> = subscribe
+            .filters
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| reserved(&f.path))
+            .map(|(i, _)| (i, granted))
+            .collect();
+        subscribe.filters.retain(|f| !reserved(&f.path));
+        if subscribe.filters.is_empty() {
+            let return_codes = held.into_iter().map(|(_, code)| code).collect();
+            let suback = SubAck {
+                pkid: subscribe.pkid,
+                return_codes,
+            };
+            self.answer_now.push(Packet::SubAck(suback, None));
+            return None;
+        }
+        self.held_back.insert(subscribe.pkid, held);
+        Some(subscribe)
     }
 
     /// Keep the subscription and retained-message counts as packets pass.

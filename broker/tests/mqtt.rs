@@ -1250,3 +1250,66 @@ async fn empty_client_ids_are_answered_as_mosquitto_answers_them() {
     }
     broker.process.line_async("client_id=\"auto-").await;
 }
+
+/// `mosquitto_sub -t '$SYS/#'` is common; rumqttd alone disconnects a client
+/// for a `$` filter. The broker grants it (nothing is published there yet) and
+/// the client's other filters work as usual.
+#[tokio::test]
+async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
+    let (Some(pub_), Some(sub)) = (
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let port = broker.port();
+    let subscriber = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "$SYS/#",
+                "-t",
+                "x/#",
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "8",
+            ])
+            .output(),
+    );
+    broker.process.line_async("client connected").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = run(
+        &pub_,
+        &["-h", "127.0.0.1", "-p", &port, "-t", "x/1", "-m", "still here"],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout),
+        "x/1 still here\n",
+        "{received:?}"
+    );
+
+    // Only `$` filters: answered by the broker itself, the connection stays.
+    let mut client = connected(broker.addr, "sys-only", 0).await;
+    // SUBSCRIBE pkid 7, "$SYS/#" QoS 0.
+    client
+        .write_all(&[0x82, 11, 0, 7, 0, 6, b'$', b'S', b'Y', b'S', b'/', b'#', 0])
+        .await
+        .unwrap();
+    let mut suback = [0; 5];
+    tokio::time::timeout(STEP, client.read_exact(&mut suback))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 7, 0], "granted at QoS 0");
+    assert_pings(&mut client).await;
+}
