@@ -44,6 +44,8 @@ pub struct BrokerFile {
     pub admin: Option<SocketAddr>,
     /// A mosquitto_passwd file.
     pub password_file: Option<PathBuf>,
+    /// A Mosquitto `acl_file`: who may read and write which topics.
+    pub acl_file: Option<PathBuf>,
     /// Let clients without a user name in. Default: true only with no password
     /// file and no listener beyond loopback (Mosquitto 2.0's local-only mode).
     pub allow_anonymous: Option<bool>,
@@ -78,6 +80,7 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
     pub password_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
     pub allow_anonymous: Option<bool>,
     pub cafile: Option<PathBuf>,
     pub require_certificate: Option<bool>,
@@ -100,6 +103,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SNIGATE_BROKER_CERT_FILE", "server certificate chain, PEM"),
     ("SNIGATE_BROKER_KEY_FILE", "server private key, PEM"),
     ("SNIGATE_BROKER_PASSWORD_FILE", "a mosquitto_passwd file"),
+    ("SNIGATE_BROKER_ACL_FILE", "a Mosquitto acl_file"),
     ("SNIGATE_BROKER_ALLOW_ANONYMOUS", "true or false"),
     ("SNIGATE_BROKER_ADMIN", "admin server address"),
     ("SNIGATE_BROKER_MAX_PACKET_SIZE", "largest packet, bytes (0: no limit)"),
@@ -137,6 +141,7 @@ impl Overrides {
                 "SNIGATE_BROKER_CERT_FILE" => layer.cert_file = Some(value.into()),
                 "SNIGATE_BROKER_KEY_FILE" => layer.key_file = Some(value.into()),
                 "SNIGATE_BROKER_PASSWORD_FILE" => layer.password_file = Some(value.into()),
+                "SNIGATE_BROKER_ACL_FILE" => layer.acl_file = Some(value.into()),
                 "SNIGATE_BROKER_ALLOW_ANONYMOUS" => {
                     layer.allow_anonymous = Some(match value.to_ascii_lowercase().as_str() {
                         "true" | "1" | "yes" => true,
@@ -180,6 +185,7 @@ impl Overrides {
         set(&mut file.cert_file, &self.cert_file);
         set(&mut file.key_file, &self.key_file);
         set(&mut file.password_file, &self.password_file);
+        set(&mut file.acl_file, &self.acl_file);
         file.admin = self.admin.or(file.admin);
         file.allow_anonymous = self.allow_anonymous.or(file.allow_anonymous);
         set(&mut file.cafile, &self.cafile);
@@ -196,6 +202,7 @@ impl Overrides {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
+    pub acl_file: Option<PathBuf>,
     /// Client certificates on TLS listeners: the CA and whether required.
     pub client_auth: Option<snigate_shared::tls::ClientAuth>,
     pub use_identity_as_username: bool,
@@ -269,6 +276,7 @@ impl BrokerConfig {
         }
         let allow_anonymous = file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
         Ok(Self {
+            acl_file: file.acl_file,
             client_auth,
             use_identity_as_username: file.use_identity_as_username,
             listen,

@@ -300,9 +300,23 @@ fn load_auth(config: &BrokerConfig, strict: bool) -> anyhow::Result<Auth> {
             tracing::warn!("anonymous clients are allowed");
         }
     }
+    // An ACL is all or nothing, at start as on reload: a half-understood one
+    // would grant or deny what nobody meant.
+    let acl = match &config.acl_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the ACL file {}: {e}", path.display()))?;
+            Some(
+                auth::acl::Acl::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.line, e.message))?,
+            )
+        }
+        None => None,
+    };
     Ok(Auth {
         passwords,
         allow_anonymous: config.allow_anonymous,
+        acl,
     })
 }
 

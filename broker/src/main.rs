@@ -45,6 +45,9 @@ struct ServeArgs {
     /// A password file written by mosquitto_passwd.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// A Mosquitto acl_file.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
     /// CA certificates (PEM) to verify client certificates against.
     #[arg(long, value_name = "FILE")]
     cafile: Option<PathBuf>,
@@ -78,6 +81,7 @@ impl ServeArgs {
             key: self.key.or(other.key),
             password_file: self.password_file.or(other.password_file),
             cafile: self.cafile.or(other.cafile),
+            acl_file: self.acl_file.or(other.acl_file),
             require_certificate: self.require_certificate || other.require_certificate,
             use_identity_as_username: self.use_identity_as_username || other.use_identity_as_username,
             allow_anonymous: self.allow_anonymous || other.allow_anonymous,
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
         password_file: args.password_file,
         allow_anonymous: args.allow_anonymous.then_some(true),
         cafile: args.cafile,
+        acl_file: args.acl_file,
         require_certificate: args.require_certificate.then_some(true),
         use_identity_as_username: args.use_identity_as_username.then_some(true),
         log_format: args.log_format,
@@ -191,6 +196,7 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         format!("use identity as username: {}", config.use_identity_as_username),
         format!("password file: {} ({users} users)", path(config.password_file.as_ref())),
         format!("anonymous: {}", config.allow_anonymous),
+        format!("acl file: {}", path(config.acl_file.as_ref())),
         format!("admin: {}", config.admin.map_or("off".to_owned(), |a| a.to_string())),
         format!("max packet size: {}", config.max_packet_size),
         format!("connect timeout: {:?}", config.connect_timeout),

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub retained: IntGauge,
     pub reloads: IntCounterVec,
+    pub acl_denials: IntCounterVec,
 }
 
 fn by_qos(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
@@ -61,6 +62,13 @@ impl Metrics {
                 "snigate_broker_retained_messages",
                 "Topics holding a retained message (set since the broker started).",
             )?,
+            acl_denials: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_acl_denials_total",
+                    "Operations the ACL refused, by kind (publish, subscribe, deliver).",
+                ),
+                &["kind"],
+            )?,
             reloads: IntCounterVec::new(
                 Opts::new(
                     "snigate_broker_reloads_total",
@@ -70,6 +78,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(metrics.reloads.clone()))?;
+        registry.register(Box::new(metrics.acl_denials.clone()))?;
         for result in ["success", "failure"] {
             metrics.reloads.with_label_values(&[result]);
         }

@@ -32,6 +32,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let watched: Vec<_> = settings
         .password_file
         .iter()
+        .chain(settings.acl_file.iter())
         .chain(settings.tls_files.iter().flat_map(|(cert, key)| [cert, key]))
         .cloned()
         .collect();

@@ -22,7 +22,8 @@ use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
-    Protocol, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode,
+    Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe,
+    SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
+use crate::auth::acl::Access;
 
 const CONNECT_PACKET: u8 = 1;
 const PUBLISH_PACKET: u8 = 3;
@@ -208,6 +210,15 @@ struct Session<P, S> {
     held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
     /// Replies the session owes the client for packets it answered itself.
     answer_now: Vec<Packet>,
+    /// Who the client is, for ACL checks (set once CONNECT is accepted).
+    user: Option<String>,
+    client_id: String,
+    /// QoS and packet id of the PUBLISH just decoded (rumqttd keeps them private).
+    last_publish: Option<(u8, u16)>,
+    /// QoS 2 publishes the ACL refused: their PUBREL is answered here.
+    refused_qos2: std::collections::HashSet<u16>,
+    /// QoS 2 deliveries the ACL withheld: their PUBREL from rumqttd is answered here.
+    withheld_qos2: std::collections::HashSet<u16>,
     /// This connection's subscription filters, for the subscriptions gauge.
     subscriptions: std::collections::HashSet<String>,
     read: BytesMut,
@@ -234,6 +245,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             deadline,
             held_back: std::collections::HashMap::new(),
             answer_now: Vec::new(),
+            user: None,
+            client_id: String::new(),
+            last_publish: None,
+            refused_qos2: std::collections::HashSet::new(),
+            withheld_qos2: std::collections::HashSet::new(),
             stream,
             subscriptions: std::collections::HashSet::new(),
             read,
@@ -314,6 +330,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             (user, entry)
         });
         drop(material);
+        self.user.clone_from(&user);
+        self.client_id.clone_from(&client_id);
         let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
 
         let engine = self.shared.engine.clone();
@@ -430,8 +448,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
                                 return End::ProtocolError;
                             }
+                            Packet::Publish(publish, props) => {
+                                if !self.allowed(&publish.topic, Access::Write) {
+                                    self.refuse_publish();
+                                    continue;
+                                }
+                                let packet = Packet::Publish(publish, props);
+                                self.observe(&packet);
+                                batch.push(packet);
+                            }
+                            Packet::PubRel(pubrel, _) if self.refused_qos2.remove(&pubrel.pkid) => {
+                                let pubcomp = PubComp { pkid: pubrel.pkid, reason: PubCompReason::Success };
+                                self.answer_now.push(Packet::PubComp(pubcomp, None));
+                            }
                             Packet::Subscribe(subscribe, props) => {
-                                let Some(subscribe) = self.hold_back_reserved(subscribe) else {
+                                let Some(subscribe) = self.hold_back(subscribe) else {
                                     continue;
                                 };
                                 let packet = Packet::Subscribe(subscribe, props);
@@ -482,6 +513,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             }
                             return End::RouterError;
                         }
+                        Some(Packet::Publish(publish, props)) if !self.allowed(&publish.topic, Access::Read) => {
+                            let _ = props;
+                            if self.withhold(publish, tx).await.is_err() {
+                                return End::RouterError;
+                            }
+                        }
+                        Some(Packet::PubRel(pubrel, _)) if self.withheld_qos2.remove(&pubrel.pkid) => {
+                            let pubcomp = PubComp { pkid: pubrel.pkid, reason: PubCompReason::Success };
+                            if tx.send(Packet::PubComp(pubcomp, None)).await.is_err() {
+                                return End::RouterError;
+                            }
+                        }
                         Some(Packet::SubAck(mut suback, props)) => {
                             // Put back the answers for `$` filters held back.
                             if let Some(held) = self.held_back.remove(&suback.pkid) {
@@ -531,20 +574,51 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// grants them (nothing is published there yet). Returns the SUBSCRIBE to
     /// pass on, or `None` when every filter was one of these and the SUBACK is
     /// answered here (queued in `answer_now`, sent after this read's packets).
-    fn hold_back_reserved(&mut self, mut subscribe: Subscribe) -> Option<Subscribe> {
+    ///
+    /// With an ACL, a filter none of whose topics the client may read is held
+    /// back too, and answered with a failure (0x80 on MQTT 3.1.1, 0x87 on 5).
+    fn hold_back(&mut self, mut subscribe: Subscribe) -> Option<Subscribe> {
         let reserved = |path: &str| path.starts_with('$') && !path.starts_with("$share/");
-        if !subscribe.filters.iter().any(|f| reserved(&f.path)) {
-            return Some(subscribe);
-        }
-        let granted = SubscribeReasonCode::Success(QoS::AtMostOnce);
+        let material = self.shared.material.load();
+        let refused = |path: &str| {
+            material
+                .auth
+                .acl
+                .as_ref()
+                .is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, path))
+        };
+        let failure = if self.level == 5 {
+            SubscribeReasonCode::NotAuthorized
+        } else {
+            SubscribeReasonCode::Failure
+        };
         let held: Vec<(usize, SubscribeReasonCode)> = subscribe
             .filters
             .iter()
             .enumerate()
-            .filter(|(_, f)| reserved(&f.path))
-            .map(|(i, _)| (i, granted))
+            .filter_map(|(i, f)| {
+                if refused(&f.path) {
+                    Some((i, failure))
+                } else if reserved(&f.path) {
+                    Some((i, SubscribeReasonCode::Success(QoS::AtMostOnce)))
+                } else {
+                    None
+                }
+            })
             .collect();
-        subscribe.filters.retain(|f| !reserved(&f.path));
+        drop(material);
+        if held.is_empty() {
+            return Some(subscribe);
+        }
+        if held.iter().any(|(_, code)| *code == failure) {
+            self.shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
+        }
+        let mut position = 0;
+        subscribe.filters.retain(|_| {
+            let keep = !held.iter().any(|(i, _)| *i == position);
+            position += 1;
+            keep
+        });
         if subscribe.filters.is_empty() {
             let return_codes = held.into_iter().map(|(_, code)| code).collect();
             let suback = SubAck {
@@ -556,6 +630,79 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.held_back.insert(subscribe.pkid, held);
         Some(subscribe)
+    }
+
+    /// Whether this client may `access` `topic`; always, without an ACL.
+    fn allowed(&self, topic: &[u8], access: Access) -> bool {
+        let material = self.shared.material.load();
+        let Some(acl) = &material.auth.acl else { return true };
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
+        acl.allows(self.user.as_deref(), &self.client_id, topic, access)
+    }
+
+    /// Drop a PUBLISH the ACL refuses, acknowledging it as Mosquitto does
+    /// (QoS 1 and 2 are still acknowledged; MQTT 5 carries reason 0x87).
+    fn refuse_publish(&mut self) {
+        self.shared.metrics.acl_denials.with_label_values(&["publish"]).inc();
+        match self.last_publish.take() {
+            Some((1, pkid)) => {
+                let puback = PubAck {
+                    pkid,
+                    reason: PubAckReason::NotAuthorized,
+                };
+                self.answer_now.push(Packet::PubAck(puback, None));
+            }
+            Some((2, pkid)) => {
+                let pubrec = PubRec {
+                    pkid,
+                    reason: PubRecReason::NotAuthorized,
+                };
+                self.answer_now.push(Packet::PubRec(pubrec, None));
+                // An MQTT 5 client ends the flow at a failed PUBREC; a 3.1.1
+                // client sends PUBREL, answered here.
+                if self.level == 4 {
+                    self.refused_qos2.insert(pkid);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Keep a delivery the client may not read from it, acknowledging it to
+    /// rumqttd so that its in-flight window moves on.
+    async fn withhold(&mut self, publish: Publish, tx: &mut LinkTx) -> Result<(), ()> {
+        self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
+        let mut encoded = BytesMut::new();
+        if self
+            .protocol
+            .write(Packet::Publish(publish, None), &mut encoded)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let ack = match publish_header(&encoded) {
+            Some((1, pkid)) => Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ),
+            Some((2, pkid)) => {
+                self.withheld_qos2.insert(pkid);
+                Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                )
+            }
+            _ => return Ok(()),
+        };
+        tx.send(ack).await.map(drop).map_err(drop)
     }
 
     /// Keep the subscription and retained-message counts as packets pass.
@@ -613,11 +760,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     fn decode(&mut self) -> Result<Option<Packet>, End> {
         let first = self.read.first().copied();
         let before = self.read.len();
+        let header = publish_header(&self.read);
         match self
             .protocol
             .read_mut(&mut self.read, self.shared.settings.max_packet_size)
         {
             Ok(packet) => {
+                self.last_publish = header;
                 // rumqttd keeps a publish's QoS private; the fixed header has it.
                 if let Some(first) = first.filter(|b| b >> 4 == PUBLISH_PACKET) {
                     let qos = qos_label((first >> 1) & 3);
@@ -709,6 +858,33 @@ fn common_name(cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -> Op
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
     Some(cn)
+}
+
+/// QoS and packet id of the PUBLISH at the start of `buf` (0 for QoS 0), read
+/// from its header: rumqttd keeps both private in its `Publish`.
+fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
+    let first = *buf.first()?;
+    if first >> 4 != PUBLISH_PACKET {
+        return None;
+    }
+    let qos = (first >> 1) & 3;
+    let mut at = 1;
+    loop {
+        let byte = *buf.get(at)?;
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return None;
+        }
+    }
+    let topic_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+    at += 2 + topic_len;
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
 }
 
 /// Mosquitto's way for an empty client id: `auto-` and a random suffix.

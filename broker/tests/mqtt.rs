@@ -1313,3 +1313,198 @@ async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
     assert_eq!(suback, [0x90, 3, 0, 7, 0], "granted at QoS 0");
     assert_pings(&mut client).await;
 }
+
+/// Mosquitto's acl_file: writes refused (and still acknowledged), subscriptions
+/// that could never deliver refused, wildcards filtered at delivery.
+#[tokio::test]
+async fn the_acl_file_governs_publish_subscribe_and_delivery() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_), Some(sub)) = (
+        mosquitto_passwd_file(&dir),
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let acl = dir.path("acl");
+    std::fs::write(
+        &acl,
+        "topic read public/#\n\
+         user admin\n\
+         topic readwrite #\n\
+         user foo\n\
+         topic write sensors/foo/#\n\
+         topic read commands/foo/#\n\
+         pattern read clients/%c/#\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&[
+        "--password-file",
+        &passwd,
+        "--acl-file",
+        acl.to_str().unwrap(),
+        "--allow-anonymous",
+    ]);
+    let port = broker.port();
+    let host = ["-h", "127.0.0.1", "-p", port.as_str()];
+    let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
+    let as_foo = [&host[..], &["-u", "foo", "-P", "foo", "-i", "foo-1"]].concat();
+
+    // admin watches sensors/#; foo may write only its own sensors.
+    let watcher = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args(&as_admin)
+            .args(["-t", "sensors/#", "-v", "-C", "1", "-W", "8"])
+            .output(),
+    );
+    broker.process.line_async("client connected").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = run(
+        &pub_,
+        &[&as_foo[..], &["-t", "sensors/bar/t", "-q", "1", "-m", "not mine"]].concat(),
+    )
+    .await;
+    assert!(
+        refused.status.success(),
+        "a refused QoS 1 publish is still acknowledged: {refused:?}"
+    );
+    let allowed = run(
+        &pub_,
+        &[&as_foo[..], &["-t", "sensors/foo/t", "-q", "1", "-m", "mine"]].concat(),
+    )
+    .await;
+    assert!(allowed.status.success(), "{allowed:?}");
+    let seen = tokio::time::timeout(STEP, watcher).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "sensors/foo/t mine\n",
+        "{seen:?}"
+    );
+
+    // foo subscribes to everything: granted (some of it is readable) and
+    // filtered at delivery; its own clients/<id>/ topics come through the pattern.
+    let reader = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args(&as_foo)
+            .args(["-t", "#", "-v", "-C", "2", "-W", "8"])
+            .output(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for topic in [
+        "secret/x",
+        "commands/foo/reboot",
+        "clients/foo-2/x",
+        "clients/foo-1/hello",
+    ] {
+        let out = run(&pub_, &[&as_admin[..], &["-t", topic, "-m", "m"]].concat()).await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let got = tokio::time::timeout(STEP, reader).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "commands/foo/reboot m\nclients/foo-1/hello m\n",
+        "{got:?}"
+    );
+
+    // A subscription that could never deliver is refused (SUBACK 0x80).
+    let mut anonymous = connected(broker.addr, "anon", 0).await;
+    // SUBSCRIBE pkid 9: "private/#" QoS 0, then "public/#" QoS 0.
+    let mut subscribe = vec![0x82, 0, 0, 9];
+    for filter in ["private/#", "public/#"] {
+        subscribe.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        subscribe.extend_from_slice(filter.as_bytes());
+        subscribe.push(0);
+    }
+    subscribe[1] = (subscribe.len() - 2) as u8;
+    anonymous.write_all(&subscribe).await.unwrap();
+    let mut suback = [0; 6];
+    tokio::time::timeout(STEP, anonymous.read_exact(&mut suback))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(suback, [0x90, 4, 0, 9, 0x80, 0], "private refused, public granted");
+    broker.process.line_async("client connected").await;
+}
+
+/// QoS 2 through the ACL: a refused publish still completes its handshake; a
+/// withheld delivery is completed with rumqttd, and later ones flow.
+#[tokio::test]
+async fn the_acl_keeps_qos_2_flows_whole() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_), Some(sub)) = (
+        mosquitto_passwd_file(&dir),
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let acl = dir.path("acl");
+    std::fs::write(&acl, "user admin\ntopic readwrite #\nuser foo\ntopic read allowed/#\n").unwrap();
+    let broker = Broker::start(&["--password-file", &passwd, "--acl-file", acl.to_str().unwrap()]);
+    let port = broker.port();
+    let host = ["-h", "127.0.0.1", "-p", port.as_str()];
+    let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
+    let as_foo = [&host[..], &["-u", "foo", "-P", "foo"]].concat();
+
+    let refused = run(
+        &pub_,
+        &[&as_foo[..], &["-t", "allowed/x", "-q", "2", "-m", "no write"]].concat(),
+    )
+    .await;
+    assert!(refused.status.success(), "the QoS 2 handshake completes: {refused:?}");
+
+    let reader = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args(&as_foo)
+            .args(["-t", "#", "-q", "2", "-v", "-C", "1", "-W", "8"])
+            .output(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (topic, message) in [("hidden/1", "a"), ("hidden/2", "b"), ("allowed/1", "c")] {
+        let out = run(
+            &pub_,
+            &[&as_admin[..], &["-t", topic, "-q", "2", "-m", message]].concat(),
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let got = tokio::time::timeout(STEP, reader).await.unwrap().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "allowed/1 c\n", "{got:?}");
+}
+
+/// A reloaded ACL applies to clients already connected.
+#[tokio::test]
+async fn a_reloaded_acl_applies_to_connected_clients() {
+    let dir = TempDir::new();
+    let (Some(passwd), Some(pub_), Some(sub)) = (
+        mosquitto_passwd_file(&dir),
+        tool("mosquitto_pub", "mosquitto-clients"),
+        tool("mosquitto_sub", "mosquitto-clients"),
+    ) else {
+        return;
+    };
+    let acl = dir.path("acl");
+    std::fs::write(&acl, "user admin\ntopic readwrite #\nuser foo\ntopic read before/#\n").unwrap();
+    let broker = Broker::start(&["--password-file", &passwd, "--acl-file", acl.to_str().unwrap()]);
+    let port = broker.port();
+    let host = ["-h", "127.0.0.1", "-p", port.as_str()];
+    let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
+    let reader = tokio::spawn(
+        tokio::process::Command::new(&sub)
+            .args(host)
+            .args(["-u", "foo", "-P", "foo", "-t", "#", "-v", "-C", "1", "-W", "10"])
+            .output(),
+    );
+    broker.process.line_async("client connected").await;
+    std::fs::write(&acl, "user admin\ntopic readwrite #\nuser foo\ntopic read after/#\n").unwrap();
+    broker
+        .process
+        .line_async("password file and TLS material reloaded")
+        .await;
+    for topic in ["before/x", "after/x"] {
+        let out = run(&pub_, &[&as_admin[..], &["-t", topic, "-m", "m"]].concat()).await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let got = tokio::time::timeout(STEP, reader).await.unwrap().unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "after/x m\n", "{got:?}");
+}

@@ -1,5 +1,6 @@
 //! Who may connect: the password file and the anonymous policy.
 
+pub mod acl;
 pub mod passwd;
 
 use passwd::PasswordFile;
@@ -9,6 +10,8 @@ use passwd::PasswordFile;
 pub struct Auth {
     pub passwords: Option<PasswordFile>,
     pub allow_anonymous: bool,
+    /// Access control; `None` lets every client read and write everything.
+    pub acl: Option<acl::Acl>,
 }
 
 /// Why a CONNECT was refused.
