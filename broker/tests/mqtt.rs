@@ -1314,37 +1314,41 @@ async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
     assert_pings(&mut client).await;
 }
 
+/// Debian's mosquitto_pub and mosquitto_sub, and a broker with a
+/// mosquitto_passwd file (admin/admin, foo/foo), the ACL `acl` and `extra`
+/// arguments.
+fn acl_broker(dir: &TempDir, acl: &str, extra: &[&str]) -> Option<(Broker, std::path::PathBuf, std::path::PathBuf)> {
+    let passwd = mosquitto_passwd_file(dir)?;
+    let pub_ = tool("mosquitto_pub", "mosquitto-clients")?;
+    let sub = tool("mosquitto_sub", "mosquitto-clients")?;
+    let path = dir.path("acl");
+    std::fs::write(&path, acl).unwrap();
+    let args = [
+        &["--password-file", passwd.as_str(), "--acl-file", path.to_str().unwrap()][..],
+        extra,
+    ]
+    .concat();
+    Some((Broker::start(&args), pub_, sub))
+}
+
 /// Mosquitto's acl_file: writes refused (and still acknowledged), subscriptions
 /// that could never deliver refused, wildcards filtered at delivery.
 #[tokio::test]
 async fn the_acl_file_governs_publish_subscribe_and_delivery() {
     let dir = TempDir::new();
-    let (Some(passwd), Some(pub_), Some(sub)) = (
-        mosquitto_passwd_file(&dir),
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
+    let Some((broker, pub_, sub)) = acl_broker(
+        &dir,
+        "topic read public/#\n\
+        user admin\n\
+        topic readwrite #\n\
+        user foo\n\
+        topic write sensors/foo/#\n\
+        topic read commands/foo/#\n\
+        pattern read clients/%c/#\n",
+        &["--allow-anonymous"],
     ) else {
         return;
     };
-    let acl = dir.path("acl");
-    std::fs::write(
-        &acl,
-        "topic read public/#\n\
-         user admin\n\
-         topic readwrite #\n\
-         user foo\n\
-         topic write sensors/foo/#\n\
-         topic read commands/foo/#\n\
-         pattern read clients/%c/#\n",
-    )
-    .unwrap();
-    let broker = Broker::start(&[
-        "--password-file",
-        &passwd,
-        "--acl-file",
-        acl.to_str().unwrap(),
-        "--allow-anonymous",
-    ]);
     let port = broker.port();
     let host = ["-h", "127.0.0.1", "-p", port.as_str()];
     let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
@@ -1431,16 +1435,13 @@ async fn the_acl_file_governs_publish_subscribe_and_delivery() {
 #[tokio::test]
 async fn the_acl_keeps_qos_2_flows_whole() {
     let dir = TempDir::new();
-    let (Some(passwd), Some(pub_), Some(sub)) = (
-        mosquitto_passwd_file(&dir),
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
+    let Some((broker, pub_, sub)) = acl_broker(
+        &dir,
+        "user admin\ntopic readwrite #\nuser foo\ntopic read allowed/#\n",
+        &[],
     ) else {
         return;
     };
-    let acl = dir.path("acl");
-    std::fs::write(&acl, "user admin\ntopic readwrite #\nuser foo\ntopic read allowed/#\n").unwrap();
-    let broker = Broker::start(&["--password-file", &passwd, "--acl-file", acl.to_str().unwrap()]);
     let port = broker.port();
     let host = ["-h", "127.0.0.1", "-p", port.as_str()];
     let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
@@ -1476,16 +1477,14 @@ async fn the_acl_keeps_qos_2_flows_whole() {
 #[tokio::test]
 async fn a_reloaded_acl_applies_to_connected_clients() {
     let dir = TempDir::new();
-    let (Some(passwd), Some(pub_), Some(sub)) = (
-        mosquitto_passwd_file(&dir),
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
+    let Some((broker, pub_, sub)) = acl_broker(
+        &dir,
+        "user admin\ntopic readwrite #\nuser foo\ntopic read before/#\n",
+        &[],
     ) else {
         return;
     };
     let acl = dir.path("acl");
-    std::fs::write(&acl, "user admin\ntopic readwrite #\nuser foo\ntopic read before/#\n").unwrap();
-    let broker = Broker::start(&["--password-file", &passwd, "--acl-file", acl.to_str().unwrap()]);
     let port = broker.port();
     let host = ["-h", "127.0.0.1", "-p", port.as_str()];
     let as_admin = [&host[..], &["-u", "admin", "-P", "admin"]].concat();
