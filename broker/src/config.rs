@@ -54,6 +54,9 @@ pub struct BrokerFile {
     /// A client must send CONNECT within this.
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    /// How often `$SYS/broker/...` topics are refreshed; `"0s"` turns them off.
+    #[serde(default, with = "humantime_serde")]
+    pub sys_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
@@ -203,6 +206,8 @@ impl Overrides {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub acl_file: Option<PathBuf>,
+    /// Zero: no `$SYS` topics.
+    pub sys_interval: Duration,
     /// Client certificates on TLS listeners: the CA and whether required.
     pub client_auth: Option<snigate_shared::tls::ClientAuth>,
     pub use_identity_as_username: bool,
@@ -291,6 +296,8 @@ impl BrokerConfig {
                 n => n.min(MQTT_MAX_PACKET_SIZE),
             },
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            // Mosquitto's default.
+            sys_interval: file.sys_interval.unwrap_or(Duration::from_secs(10)),
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
             log_format: file.log.format,
             log_level: file.log.level,

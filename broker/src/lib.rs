@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod passwd_cmd;
 pub mod reload;
 pub mod session;
+pub mod sys;
 
 use std::io;
 use std::sync::Arc;
@@ -149,6 +150,8 @@ const CONCURRENT_PASSWORD_CHECKS: usize = 2;
 
 /// What every session shares.
 pub struct Shared {
+    /// The latest `$SYS` snapshot (empty when `$SYS` is off).
+    pub sys: tokio::sync::watch::Receiver<sys::Snapshot>,
     /// Permits for password checks.
     pub password_checks: tokio::sync::Semaphore,
     /// Credentials and TLS material, swapped whole by a reload.
@@ -338,7 +341,17 @@ pub async fn run(
     let drain_timeout = config.drain_timeout;
     let retained = Retained::default();
     let _ = retained.gauge.set(metrics.retained.clone());
+    let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
+    let sys_task = (!config.sys_interval.is_zero()).then(|| {
+        tokio::spawn(sys::run(
+            metrics.clone(),
+            config.sys_interval,
+            sys_tx.clone(),
+            shutdown.stop.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
+        sys: sys_rx,
         password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
         material: arc_swap::ArcSwap::from_pointee(material),
         retained,
@@ -401,6 +414,12 @@ pub async fn run(
     readiness.set(false);
     while accept_loops.join_next().await.is_some() {}
     let _ = reload_task.await;
+    if let Some(task) = sys_task {
+        let _ = task.await;
+    }
+    // Kept until here even with `$SYS` off, so sessions' receivers never see
+    // the channel closed while the broker runs.
+    drop(sys_tx);
     admin_stop.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -210,6 +210,11 @@ struct Session<P, S> {
     held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
     /// Replies the session owes the client for packets it answered itself.
     answer_now: Vec<Packet>,
+    /// This client's `$` filters, served from the `$SYS` snapshots.
+    sys_filters: Vec<String>,
+    sys: tokio::sync::watch::Receiver<crate::sys::Snapshot>,
+    /// A `$` subscription arrived: send the current values after its SUBACK.
+    sys_initial: bool,
     /// Who the client is, for ACL checks (set once CONNECT is accepted).
     user: Option<String>,
     client_id: String,
@@ -245,6 +250,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             deadline,
             held_back: std::collections::HashMap::new(),
             answer_now: Vec::new(),
+            sys_filters: Vec::new(),
+            sys: shared.sys.clone(),
+            sys_initial: false,
             user: None,
             client_id: String::new(),
             last_publish: None,
@@ -480,6 +488,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             return End::NetworkError;
                         }
                     }
+                    // A new `$SYS` subscription gets the current values right after
+                    // its SUBACK, as retained messages arrive; when the SUBACK is
+                    // rumqttd's, that happens when it is passed on.
+                    if self.sys_initial && self.held_back.is_empty() {
+                        self.sys_initial = false;
+                        if self.send_sys().await.is_err() {
+                            return End::NetworkError;
+                        }
+                    }
                     if let Some(last) = batch.pop() {
                         tx.buffer().extend(batch);
                         if tx.send(last).await.is_err() {
@@ -536,6 +553,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             if self.send(Packet::SubAck(suback, props)).await.is_err() {
                                 return End::NetworkError;
                             }
+                            if self.sys_initial && self.held_back.is_empty() {
+                                self.sys_initial = false;
+                                if self.send_sys().await.is_err() {
+                                    return End::NetworkError;
+                                }
+                            }
                         }
                         Some(packet) => {
                             if self.send(packet).await.is_err() {
@@ -558,6 +581,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     return End::KeepaliveTimeout;
                 }
                 () = evicted.cancelled() => return self.evicted(eviction).await,
+                changed = self.sys.changed(), if !self.sys_filters.is_empty() => {
+                    if changed.is_err() || self.send_sys().await.is_err() {
+                        return End::NetworkError;
+                    }
+                }
                 () = stop.cancelled() => {
                     if self.level == 5 {
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
@@ -600,6 +628,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 if refused(&f.path) {
                     Some((i, failure))
                 } else if reserved(&f.path) {
+                    if !self.sys_filters.contains(&f.path) {
+                        self.sys_filters.push(f.path.clone());
+                    }
+                    self.sys_initial = true;
                     Some((i, SubscribeReasonCode::Success(QoS::AtMostOnce)))
                 } else {
                     None
@@ -630,6 +662,20 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.held_back.insert(subscribe.pkid, held);
         Some(subscribe)
+    }
+
+    /// Deliver the current `$SYS` values this client's `$` filters match (and
+    /// its ACL lets it read), as retained QoS 0 messages.
+    async fn send_sys(&mut self) -> std::io::Result<()> {
+        let snapshot = self.sys.borrow_and_update().clone();
+        for (topic, value) in snapshot.iter() {
+            let wanted = self.sys_filters.iter().any(|f| crate::auth::acl::matches(f, topic));
+            if wanted && self.allowed(topic.as_bytes(), Access::Read) {
+                let publish = Publish::new(topic.clone(), value.clone(), true);
+                self.send(Packet::Publish(publish, None)).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether this client may `access` `topic`; always, without an ACL.
