@@ -122,11 +122,7 @@ impl Overrides {
         let mut layer = Self::default();
         let mut config = None;
         for (name, value) in vars {
-            if !name.starts_with("SNIGATE_BROKER_")
-                || name.contains("_SERVICE_")
-                || name.ends_with("_PORT")
-                || name.contains("_PORT_")
-            {
+            if !name.starts_with("SNIGATE_BROKER_") || snigate_shared::config::is_kubernetes_service_link(&name) {
                 continue;
             }
             let bad = |message: String| ConfigError::env(&name, message);

@@ -33,6 +33,14 @@ impl Broker {
     }
 }
 
+/// Debian's mosquitto_pub and mosquitto_sub.
+fn mosquitto_clients() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    Some((
+        tool("mosquitto_pub", "mosquitto-clients")?,
+        tool("mosquitto_sub", "mosquitto-clients")?,
+    ))
+}
+
 /// A password file written by Debian's mosquitto_passwd: admin/admin, foo/foo.
 fn mosquitto_passwd_file(dir: &TempDir) -> Option<String> {
     let passwd = tool("mosquitto_passwd", "mosquitto")?;
@@ -483,10 +491,7 @@ async fn a_silent_client_is_closed_after_one_and_a_half_keepalives() {
 
 #[tokio::test]
 async fn retained_messages_and_qos_2_with_mosquitto_clients() {
-    let (Some(pub_), Some(sub)) = (
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
-    ) else {
+    let Some((pub_, sub)) = mosquitto_clients() else {
         return;
     };
     let broker = Broker::start(&["--allow-anonymous"]);
@@ -789,10 +794,7 @@ async fn sigterm_tells_mqtt_5_clients_the_server_is_shutting_down() {
 /// memory: a broker restart loses them, as docs/broker.md says).
 #[tokio::test]
 async fn a_persistent_session_gets_what_was_published_while_away() {
-    let (Some(pub_), Some(sub)) = (
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
-    ) else {
+    let Some((pub_, sub)) = mosquitto_clients() else {
         return;
     };
     let broker = Broker::start(&["--allow-anonymous"]);
@@ -1243,14 +1245,11 @@ async fn empty_client_ids_are_answered_as_mosquitto_answers_them() {
 }
 
 /// `mosquitto_sub -t '$SYS/#'` is common; rumqttd alone disconnects a client
-/// for a `$` filter. The broker grants it (nothing is published there yet) and
-/// the client's other filters work as usual.
+/// for a `$` filter. The broker grants it itself and the client's other
+/// filters work as usual.
 #[tokio::test]
 async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
-    let (Some(pub_), Some(sub)) = (
-        tool("mosquitto_pub", "mosquitto-clients"),
-        tool("mosquitto_sub", "mosquitto-clients"),
-    ) else {
+    let Some((pub_, sub)) = mosquitto_clients() else {
         return;
     };
     let broker = Broker::start(&["--allow-anonymous"]);

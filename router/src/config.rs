@@ -259,7 +259,7 @@ impl Overrides {
         };
         let mut config = None;
         for (name, value) in vars {
-            if !name.starts_with("SNIGATE_ROUTER_") || is_service_link(&name) {
+            if !name.starts_with("SNIGATE_ROUTER_") || snigate_shared::config::is_kubernetes_service_link(&name) {
                 continue;
             }
             let bad = |message: String| ConfigError::env(&name, message);
@@ -324,13 +324,6 @@ impl Overrides {
             ),
         }
     }
-}
-
-/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_443_TCP` and the
-/// like for every Service in the namespace: a Service named `snigate-router`
-/// must not make the router refuse to start.
-fn is_service_link(name: &str) -> bool {
-    name.contains("_SERVICE_") || name.ends_with("_PORT") || name.contains("_PORT_")
 }
 
 /// `--route HOST=ADDR[,ADDR...]`.

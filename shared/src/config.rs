@@ -77,6 +77,13 @@ impl ConfigError {
     }
 }
 
+/// Whether an environment variable is one Kubernetes injects for a Service
+/// (`<NAME>_SERVICE_HOST`, `<NAME>_PORT_443_TCP_ADDR`, ...): a Service named like
+/// a component's prefix must not make the component refuse to start.
+pub fn is_kubernetes_service_link(name: &str) -> bool {
+    name.contains("_SERVICE_") || name.ends_with("_PORT") || name.contains("_PORT_")
+}
+
 /// The text of a configuration file, kept so that later validation steps can turn
 /// a byte span (from `toml::Spanned`) into a line and column.
 #[derive(Debug, Clone)]
