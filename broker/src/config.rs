@@ -1,6 +1,6 @@
-//! The broker's configuration: TOML schema, command-line overrides, validated
-//! settings. A leaf. (ACLs, environment variables and reload are the next
-//! slices of the broker work.)
+//! The broker's configuration: TOML schema, environment and command-line
+//! overrides, validated settings, and the memory budget derived from them. A
+//! leaf.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,16 +16,104 @@ const DEFAULT_MAX_PACKET_SIZE: usize = 2_000_000;
 /// The largest remaining length MQTT's variable-length encoding can express.
 const MQTT_MAX_PACKET_SIZE: usize = 268_435_455;
 
+/// One listener in the file: an address, or a table when it takes a PROXY
+/// protocol header (from snigate-router or HAProxy in front).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum ListenerEntry {
+    Address(SocketAddr),
+    Table(ListenerTable),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTable {
+    pub address: SocketAddr,
+    /// Every connection starts with a PROXY protocol v1 or v2 header, whose
+    /// client address is the one logged and used. Off by default: on a
+    /// listener clients reach directly, it would let them claim any address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl ListenerEntry {
+    fn split(self) -> (SocketAddr, bool) {
+        match self {
+            Self::Address(address) => (address, false),
+            Self::Table(table) => (table.address, table.proxy_protocol),
+        }
+    }
+}
+
+/// A byte count: a number, or a string with a unit (`"128MiB"`, `"64k"`,
+/// Kubernetes' `"128Mi"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeInput")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeInput {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeInput> for Size {
+    type Error = String;
+    fn try_from(input: SizeInput) -> Result<Self, String> {
+        match input {
+            SizeInput::Number(n) => Ok(Size(n)),
+            SizeInput::Text(text) => text.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}`: expected a byte count such as 1048576, \"512KiB\" or \"128MiB\""))?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" | "ki" => 1 << 10,
+            "m" | "mb" | "mib" | "mi" => 1 << 20,
+            "g" | "gb" | "gib" | "gi" => 1 << 30,
+            _ => return Err(format!("`{text}`: unknown unit `{unit}` (use KiB, MiB or GiB)")),
+        };
+        number
+            .checked_mul(scale)
+            .map(Size)
+            .ok_or_else(|| format!("`{text}`: too large"))
+    }
+}
+
+/// What happens to a QoS 1 or 2 message for a client whose outbound queue is
+/// full. QoS 0 messages are always dropped then, as Mosquitto drops them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFull {
+    /// Drop it (counted), as Mosquitto does beyond `max_queued_messages`.
+    #[default]
+    Drop,
+    /// Disconnect the client: it is not keeping up, and a persistent session
+    /// then keeps what follows in the router's log.
+    Disconnect,
+}
+
 /// The broker's TOML file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerFile {
     /// Plaintext MQTT listeners. Default `["127.0.0.1:1883"]` without a
     /// password file (Mosquitto 2.0 without configuration), else `0.0.0.0:1883`.
-    pub listen: Option<Vec<SocketAddr>>,
+    pub listen: Option<Vec<ListenerEntry>>,
     /// MQTT over TLS listeners (Mosquitto's usual port is 8883); need
     /// `cert_file` and `key_file`.
-    pub tls_listen: Option<Vec<SocketAddr>>,
+    pub tls_listen: Option<Vec<ListenerEntry>>,
     /// The server certificate chain, PEM, leaf first (Mosquitto's `certfile`).
     pub cert_file: Option<PathBuf>,
     /// Its private key, PEM (Mosquitto's `keyfile`).
@@ -59,6 +147,32 @@ pub struct BrokerFile {
     pub sys_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub drain_timeout: Option<Duration>,
+    /// The memory the broker must live within. Default: the cgroup's limit
+    /// (a container's `--memory`, a pod's limit), else 1 GiB.
+    pub memory_limit: Option<Size>,
+    /// Most clients connected at once. Default: what `memory_limit` allows.
+    pub max_connections: Option<usize>,
+    /// Messages queued per client beyond what its socket takes (Mosquitto's
+    /// name). 0: no count limit (bytes still bound the queue).
+    pub max_queued_messages: Option<usize>,
+    /// Bytes queued per client (Mosquitto's name; its 0, no limit, is not
+    /// offered: the budget needs a bound).
+    pub max_queued_bytes: Option<Size>,
+    /// QoS 1 and 2 messages sent to a client and not yet acknowledged
+    /// (Mosquitto's name).
+    pub max_inflight_messages: Option<usize>,
+    /// QoS 1 and 2 messages for a client whose queue is full: `"drop"` or
+    /// `"disconnect"`.
+    pub queue_full: Option<QueueFull>,
+    /// Bytes of retained messages held. Default: an eighth of the budget.
+    pub max_retained_bytes: Option<Size>,
+    /// Distinct subscription filters the message router keeps a log for.
+    /// Default: what a quarter of the budget allows.
+    pub max_filters: Option<usize>,
+    /// The router's log per subscription filter: bytes per segment and
+    /// segments kept (rumqttd's settings).
+    pub max_segment_size: Option<Size>,
+    pub max_segment_count: Option<usize>,
     #[serde(default)]
     pub log: LogSettings,
 }
@@ -89,6 +203,8 @@ pub struct Overrides {
     pub require_certificate: Option<bool>,
     pub use_identity_as_username: Option<bool>,
     pub max_packet_size: Option<usize>,
+    pub memory_limit: Option<Size>,
+    pub max_connections: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
 }
@@ -110,6 +226,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SNIGATE_BROKER_ALLOW_ANONYMOUS", "true or false"),
     ("SNIGATE_BROKER_ADMIN", "admin server address"),
     ("SNIGATE_BROKER_MAX_PACKET_SIZE", "largest packet, bytes (0: no limit)"),
+    ("SNIGATE_BROKER_MEMORY_LIMIT", "memory budget, e.g. 128MiB"),
+    ("SNIGATE_BROKER_MAX_CONNECTIONS", "most clients connected at once"),
     ("SNIGATE_BROKER_LOG_FORMAT", "text or json"),
     ("SNIGATE_BROKER_LOG_LEVEL", "log filter, when RUST_LOG is not set"),
 ];
@@ -154,6 +272,10 @@ impl Overrides {
                 "SNIGATE_BROKER_MAX_PACKET_SIZE" => {
                     layer.max_packet_size = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?);
                 }
+                "SNIGATE_BROKER_MEMORY_LIMIT" => layer.memory_limit = Some(value.parse().map_err(bad)?),
+                "SNIGATE_BROKER_MAX_CONNECTIONS" => {
+                    layer.max_connections = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?);
+                }
                 "SNIGATE_BROKER_LOG_FORMAT" => layer.log_format = Some(value.parse().map_err(bad)?),
                 "SNIGATE_BROKER_LOG_LEVEL" => {
                     snigate_shared::logging::check_filter(value).map_err(bad)?;
@@ -171,11 +293,13 @@ impl Overrides {
     /// Apply this layer over `file`'s values.
     fn apply(&self, file: &mut BrokerFile) {
         if !self.listen.is_empty() {
-            file.listen = Some(self.listen.clone());
+            file.listen = Some(self.listen.iter().copied().map(ListenerEntry::Address).collect());
         }
         if !self.tls_listen.is_empty() {
-            file.tls_listen = Some(self.tls_listen.clone());
+            file.tls_listen = Some(self.tls_listen.iter().copied().map(ListenerEntry::Address).collect());
         }
+        file.memory_limit = self.memory_limit.or(file.memory_limit);
+        file.max_connections = self.max_connections.or(file.max_connections);
         let set = |target: &mut Option<PathBuf>, value: &Option<PathBuf>| {
             if value.is_some() {
                 target.clone_from(value);
@@ -209,6 +333,10 @@ pub struct BrokerConfig {
     pub use_identity_as_username: bool,
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
+    /// Whether each of `listen`, then each of `tls_listen`, reads a PROXY
+    /// protocol header first.
+    pub proxy_protocol: Vec<bool>,
+    pub limits: Limits,
     /// Certificate and key files, when there are TLS listeners.
     pub tls_files: Option<(PathBuf, PathBuf)>,
     pub admin: Option<SocketAddr>,
@@ -231,15 +359,22 @@ impl BrokerConfig {
         for layer in layers {
             layer.apply(&mut file);
         }
-        let password_file = file.password_file;
-        let listen = match file.listen {
-            Some(listen) => listen,
-            None if password_file.is_none() => vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
-            None => vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+        let password_file = file.password_file.take();
+        let (listen, mut proxy_protocol): (Vec<_>, Vec<_>) = match file.listen.take() {
+            Some(listen) => listen.into_iter().map(ListenerEntry::split).unzip(),
+            None if password_file.is_none() => (vec![SocketAddr::from(([127, 0, 0, 1], 1883))], vec![false]),
+            None => (vec![SocketAddr::from(([0, 0, 0, 0], 1883))], vec![false]),
         };
-        let tls_listen = file.tls_listen.unwrap_or_default();
-        let cert_file = file.cert_file;
-        let key_file = file.key_file;
+        let (tls_listen, tls_proxy): (Vec<_>, Vec<_>) = file
+            .tls_listen
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(ListenerEntry::split)
+            .unzip();
+        proxy_protocol.extend(tls_proxy);
+        let cert_file = file.cert_file.take();
+        let key_file = file.key_file.take();
         let tls_files = match (tls_listen.is_empty(), cert_file, key_file) {
             (true, _, _) => None,
             (false, Some(cert), Some(key)) => Some((cert, key)),
@@ -251,7 +386,7 @@ impl BrokerConfig {
                 ));
             }
         };
-        let client_auth = file.cafile.map(|ca_file| snigate_shared::tls::ClientAuth {
+        let client_auth = file.cafile.take().map(|ca_file| snigate_shared::tls::ClientAuth {
             ca_file,
             required: file.require_certificate,
         });
@@ -276,7 +411,17 @@ impl BrokerConfig {
             }
         }
         let allow_anonymous = file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
+        // 0 means no limit, as in Mosquitto: MQTT's own maximum.
+        let max_packet_size = match file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
+            0 => MQTT_MAX_PACKET_SIZE,
+            n => n.min(MQTT_MAX_PACKET_SIZE),
+        };
+        let limits = Limits::derive(&file, max_packet_size, read_cgroup_memory_limit())
+            .map_err(|(field, message)| ConfigError::new(origin(path), Some(field.into()), message))?;
         Ok(Self {
+            proxy_protocol,
+            max_packet_size: max_packet_size.min(limits.max_packet_size),
+            limits,
             acl_file: file.acl_file,
             client_auth,
             use_identity_as_username: file.use_identity_as_username,
@@ -286,11 +431,6 @@ impl BrokerConfig {
             admin: file.admin,
             password_file,
             allow_anonymous,
-            // 0 means no limit, as in Mosquitto: MQTT's own maximum.
-            max_packet_size: match file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
-                0 => MQTT_MAX_PACKET_SIZE,
-                n => n.min(MQTT_MAX_PACKET_SIZE),
-            },
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
             // Mosquitto's default.
             sys_interval: file.sys_interval.unwrap_or(Duration::from_secs(10)),
@@ -301,9 +441,164 @@ impl BrokerConfig {
     }
 }
 
+/// The broker's memory budget, derived once at load from `memory_limit` and the
+/// settings that shape it. Everything that grows with what clients do is
+/// bounded by one of these; docs/broker.md ("Memory budget") explains the
+/// split and docs/performance.md the per-connection figure behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_limit: u64,
+    /// Where `memory_limit` came from: "configured", "cgroup" or "default".
+    pub memory_limit_source: &'static str,
+    pub max_connections: usize,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    /// All clients' outbound queues together.
+    pub queued_bytes_total: usize,
+    pub max_inflight_messages: usize,
+    pub queue_full: QueueFull,
+    pub max_retained_bytes: usize,
+    pub max_filters: usize,
+    pub max_segment_size: usize,
+    pub max_segment_count: usize,
+    /// The largest packet the budget allows (a sixteenth of the queues' share).
+    pub max_packet_size: usize,
+}
+
+/// Without a configured limit or a cgroup: a budget, not a reservation.
+const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+/// The process before any client: runtime, code, TLS configuration, allocator
+/// slack (an idle release build measures about 6 MiB; the rest is margin).
+const BASE_MEMORY: u64 = 16 << 20;
+/// One connected client, budgeted: rumqttd's link (about 40 KiB: its buffers
+/// are sized for 200 packets each way), the session, socket buffers in user
+/// space and TLS state. docs/performance.md holds the measured figure.
+pub const CONNECTION_MEMORY: u64 = 64 << 10;
+const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
+const DEFAULT_SEGMENT_COUNT: usize = 4;
+/// rumqttd refuses smaller segments.
+const MIN_SEGMENT_SIZE: u64 = 1 << 10;
+
+impl Limits {
+    /// The budget: an eighth for outbound queues, a sixteenth for retained
+    /// messages, a quarter for the router's per-filter logs, a fixed base for
+    /// the process, and what is left for connections.
+    fn derive(file: &BrokerFile, max_packet_size: usize, cgroup: Option<u64>) -> Result<Self, (&'static str, String)> {
+        let (memory_limit, memory_limit_source) = match (file.memory_limit, cgroup) {
+            (Some(Size(limit)), _) => (limit, "configured"),
+            (None, Some(limit)) => (limit, "cgroup"),
+            (None, None) => (DEFAULT_MEMORY_LIMIT, "default"),
+        };
+        let too_small = |field, what: &str| {
+            Err((
+                field,
+                format!("{what}: memory_limit ({} MiB) is too small for it", memory_limit >> 20),
+            ))
+        };
+        if memory_limit < 2 * BASE_MEMORY {
+            return Err((
+                "memory_limit",
+                format!(
+                    "{memory_limit} bytes is too small: at least {} MiB",
+                    (2 * BASE_MEMORY) >> 20
+                ),
+            ));
+        }
+        let queued_bytes_total = memory_limit / 8;
+        let max_retained_bytes = file.max_retained_bytes.map_or(memory_limit / 16, |s| s.0);
+        let log_share = memory_limit / 4;
+        let max_segment_size = file.max_segment_size.map_or(DEFAULT_SEGMENT_SIZE, |s| s.0);
+        if max_segment_size < MIN_SEGMENT_SIZE {
+            return Err(("max_segment_size", "must be at least 1KiB".to_owned()));
+        }
+        let max_segment_count = file.max_segment_count.unwrap_or(DEFAULT_SEGMENT_COUNT);
+        if max_segment_count == 0 {
+            return Err(("max_segment_count", "must be at least 1".to_owned()));
+        }
+        // rumqttd keeps the full segments plus the one being written.
+        let per_filter = (max_segment_count as u64 + 1).saturating_mul(max_segment_size);
+        let max_filters = match file.max_filters {
+            Some(n) => n,
+            None => usize::try_from(log_share / per_filter).unwrap_or(usize::MAX),
+        };
+        if max_filters == 0 {
+            return too_small(
+                "max_segment_size",
+                "a log of max_segment_count x max_segment_size per filter",
+            );
+        }
+        let for_connections = memory_limit
+            .saturating_sub(BASE_MEMORY)
+            .saturating_sub(queued_bytes_total)
+            .saturating_sub(max_retained_bytes)
+            .saturating_sub(log_share);
+        let affordable = usize::try_from(for_connections / CONNECTION_MEMORY).unwrap_or(usize::MAX);
+        let max_connections = match file.max_connections {
+            Some(0) => return Err(("max_connections", "must be at least 1".to_owned())),
+            Some(n) if n > affordable => {
+                return Err((
+                    "max_connections",
+                    format!(
+                        "{n} clients need about {} MiB at {} KiB each; memory_limit ({} MiB) allows {affordable}: raise memory_limit",
+                        (n as u64 * CONNECTION_MEMORY) >> 20,
+                        CONNECTION_MEMORY >> 10,
+                        memory_limit >> 20
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => affordable,
+        };
+        if max_connections == 0 {
+            return too_small("memory_limit", "one connection");
+        }
+        let max_queued_bytes = file.max_queued_bytes.map_or(1 << 20, |s| s.0);
+        if max_queued_bytes == 0 {
+            return Err((
+                "max_queued_bytes",
+                "must be more than 0: every queue needs a bound".to_owned(),
+            ));
+        }
+        let max_inflight_messages = file.max_inflight_messages.unwrap_or(20);
+        if max_inflight_messages == 0 {
+            return Err(("max_inflight_messages", "must be at least 1".to_owned()));
+        }
+        let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Self {
+            memory_limit,
+            memory_limit_source,
+            max_connections,
+            max_queued_messages: file.max_queued_messages.unwrap_or(1000),
+            max_queued_bytes: usize_of(max_queued_bytes),
+            queued_bytes_total: usize_of(queued_bytes_total),
+            max_inflight_messages,
+            queue_full: file.queue_full.unwrap_or_default(),
+            max_retained_bytes: usize_of(max_retained_bytes),
+            max_filters,
+            max_segment_size: usize_of(max_segment_size),
+            max_segment_count,
+            max_packet_size: max_packet_size.min(usize_of(queued_bytes_total / 16)),
+        })
+    }
+}
+
+/// The memory limit of the cgroup this process runs in (v2, then v1), if it
+/// has one: what a container's `--memory` or a pod's limit sets.
+fn read_cgroup_memory_limit() -> Option<u64> {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok();
+    let v1 = || std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes").ok();
+    let text = v2.or_else(v1)?;
+    // "max" (v2) or a page-rounded i64::MAX (v1) mean no limit.
+    text.trim().parse::<u64>().ok().filter(|&limit| limit < 1 << 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_file(text: &str) -> Result<BrokerFile, ConfigError> {
+        Source::from_text("broker.toml", text).parse()
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Result<(Overrides, Option<PathBuf>), ConfigError> {
         Overrides::from_env(
@@ -343,7 +638,56 @@ mod tests {
         assert_eq!(merged.listen, vec!["127.0.0.1:11883".parse().unwrap()], "flags win");
         assert_eq!(merged.password_file, Some("/etc/snigate/passwd".into()));
         assert!(!merged.allow_anonymous);
-        assert_eq!(merged.max_packet_size, MQTT_MAX_PACKET_SIZE, "0 is no limit");
+        // 0 is Mosquitto's "no limit": MQTT's own, within what the budget allows.
+        assert_eq!(merged.max_packet_size, merged.limits.max_packet_size);
+        assert!(merged.max_packet_size > DEFAULT_MAX_PACKET_SIZE);
+    }
+
+    #[test]
+    fn the_budget_bounds_connections_filters_and_packets() {
+        let file: BrokerFile = parse_file("memory_limit = \"128MiB\"").unwrap();
+        let limits = Limits::derive(&file, DEFAULT_MAX_PACKET_SIZE, Some(1 << 40)).unwrap();
+        assert_eq!(limits.memory_limit_source, "configured");
+        // 128 - 16 base - 16 queues - 8 retained - 32 logs = 56 MiB / 64 KiB.
+        assert_eq!(limits.max_connections, 896);
+        assert_eq!(limits.max_filters, (32 << 20) / (5 * (64 << 10)));
+        assert_eq!(limits.max_packet_size, 1 << 20);
+        let from_cgroup = Limits::derive(&BrokerFile::default(), 1000, Some(256 << 20)).unwrap();
+        assert_eq!(
+            (from_cgroup.memory_limit, from_cgroup.memory_limit_source),
+            (256 << 20, "cgroup")
+        );
+
+        let greedy: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_connections = 5000").unwrap();
+        let (field, message) = Limits::derive(&greedy, 1000, None).unwrap_err();
+        assert_eq!(field, "max_connections");
+        assert!(message.contains("allows 896"), "{message}");
+        let tiny: BrokerFile = parse_file("memory_limit = 1000").unwrap();
+        assert_eq!(Limits::derive(&tiny, 1000, None).unwrap_err().0, "memory_limit");
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!("128MiB".parse::<Size>(), Ok(Size(128 << 20)));
+        assert_eq!("64k".parse::<Size>(), Ok(Size(64 << 10)));
+        assert_eq!("128Mi".parse::<Size>(), Ok(Size(128 << 20)));
+        assert_eq!("1000".parse::<Size>(), Ok(Size(1000)));
+        assert!("12 parsecs".parse::<Size>().unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn listeners_may_take_a_proxy_protocol_header() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("snigate-broker-proxy-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:1883\", { address = \"127.0.0.1:1884\", proxy_protocol = true }]\n",
+        )
+        .unwrap();
+        let config = BrokerConfig::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(config.listen.len(), 2);
+        assert_eq!(config.proxy_protocol, vec![false, true]);
     }
 
     #[test]

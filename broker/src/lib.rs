@@ -11,10 +11,12 @@
 //! [`run`] takes bound listeners and a [`Shutdown`], like the router's.
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod passwd_cmd;
+pub mod proxy;
 pub mod reload;
 pub mod session;
 pub mod sys;
@@ -119,29 +121,6 @@ impl Sessions {
     }
 }
 
-/// The topics that hold a retained message, counted as publishes pass (rumqttd
-/// keeps the messages themselves and does not say how many).
-#[derive(Debug, Default)]
-pub struct Retained {
-    topics: std::sync::Mutex<std::collections::HashSet<bytes::Bytes>>,
-    gauge: std::sync::OnceLock<prometheus::IntGauge>,
-}
-
-impl Retained {
-    /// A retained publish to `topic`; an empty payload clears it (MQTT §3.3.1.3).
-    pub fn observe(&self, topic: &bytes::Bytes, cleared: bool) {
-        let mut topics = self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cleared {
-            topics.remove(topic);
-        } else {
-            topics.insert(topic.clone());
-        }
-        if let Some(gauge) = self.gauge.get() {
-            gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
-        }
-    }
-}
-
 /// Password checks running at once. A check is deliberately expensive (PBKDF2
 /// with Mosquitto 2.1's 210,000 iterations; Argon2id with 46 MiB of memory), so
 /// checks run off the async threads and only this many at a time: a burst of
@@ -156,7 +135,12 @@ pub struct Shared {
     pub password_checks: tokio::sync::Semaphore,
     /// Credentials and TLS material, swapped whole by a reload.
     pub material: arc_swap::ArcSwap<Material>,
-    pub retained: Retained,
+    pub retained: budget::Retained,
+    /// All outbound queues together.
+    pub queue_budget: budget::Budget,
+    pub filters: budget::Filters,
+    /// One permit per connected client, `max_connections` in all.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
     pub sessions: Sessions,
     /// The settings the broker started with (the files they name are
     /// reloaded; the settings themselves need a restart).
@@ -332,15 +316,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
     let metrics = Metrics::new(&registry)?;
+    let limits = config.limits;
     let engine = Engine::start(EngineLimits {
-        max_connections: 10_000,
-        max_segment_size: 1 << 20,
-        max_segment_count: 10,
+        // Room for a session being taken over while its successor attaches.
+        max_connections: limits.max_connections.saturating_mul(2),
+        max_segment_size: limits.max_segment_size,
+        max_segment_count: limits.max_segment_count,
         max_outgoing_packet_count: 200,
     });
+    tracing::info!(
+        memory_limit_mib = limits.memory_limit >> 20,
+        source = limits.memory_limit_source,
+        max_connections = limits.max_connections,
+        max_filters = limits.max_filters,
+        queued_mib = limits.queued_bytes_total >> 20,
+        retained_mib = limits.max_retained_bytes >> 20,
+        "memory budget"
+    );
     let drain_timeout = config.drain_timeout;
-    let retained = Retained::default();
-    let _ = retained.gauge.set(metrics.retained.clone());
     let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
     let sys_task = (!config.sys_interval.is_zero()).then(|| {
         tokio::spawn(sys::run(
@@ -354,7 +347,14 @@ pub async fn run(
         sys: sys_rx,
         password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
         material: arc_swap::ArcSwap::from_pointee(material),
-        retained,
+        retained: budget::Retained::new(
+            limits.max_retained_bytes,
+            metrics.retained.clone(),
+            metrics.retained_bytes.clone(),
+        ),
+        queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
+        filters: budget::Filters::new(limits.max_filters, metrics.filters.clone()),
+        connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
         sessions: Sessions::default(),
         settings: config,
         engine: Arc::new(engine),
@@ -375,7 +375,8 @@ pub async fn run(
     let mut accept_loops = tokio::task::JoinSet::new();
     let plain = listeners.mqtt.into_iter().map(|l| (l, false));
     let secure = listeners.tls.into_iter().map(|l| (l, true));
-    for (listener, tls) in plain.chain(secure) {
+    let proxied = shared.settings.proxy_protocol.clone();
+    for ((listener, tls), proxy_protocol) in plain.chain(secure).zip(proxied) {
         if let Ok(addr) = listener.local_addr() {
             snigate_shared::logging::listening(if tls { "mqtts" } else { "mqtt" }, addr);
         }
@@ -396,7 +397,7 @@ pub async fn run(
                         // The acceptor current now: a reload may have brought a
                         // new certificate.
                         let acceptor = if tls { shared.material.load().tls.clone() } else { None };
-                        sessions.spawn(session::serve(stream, peer, shared.clone(), acceptor));
+                        sessions.spawn(session::serve(stream, peer, shared.clone(), acceptor, proxy_protocol));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");

@@ -169,11 +169,18 @@ fn main() -> ExitCode {
 /// What `check` prints: every effective setting. Nothing secret is in it: a
 /// password file is shown by its path and user count, never its hashes.
 fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material) -> String {
-    let addrs = |list: &[SocketAddr]| {
+    let mut proxied = config.proxy_protocol.iter();
+    let mut addrs = |list: &[SocketAddr]| {
         if list.is_empty() {
             "none".to_owned()
         } else {
-            list.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            list.iter()
+                .map(|a| match proxied.next() {
+                    Some(true) => format!("{a} (PROXY protocol)"),
+                    _ => a.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     let path = |p: Option<&PathBuf>| p.map_or("none".to_owned(), |p| p.display().to_string());
@@ -182,6 +189,7 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         Some((cert, key)) => (Some(cert), Some(key)),
         None => (None, None),
     };
+    let limits = &config.limits;
     let lines = [
         "configuration OK".to_owned(),
         format!("listen: {}", addrs(&config.listen)),
@@ -199,6 +207,27 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         format!("acl file: {}", path(config.acl_file.as_ref())),
         format!("admin: {}", config.admin.map_or("off".to_owned(), |a| a.to_string())),
         format!("max packet size: {}", config.max_packet_size),
+        format!(
+            "memory limit: {} MiB ({})",
+            limits.memory_limit >> 20,
+            limits.memory_limit_source
+        ),
+        format!("max connections: {}", limits.max_connections),
+        format!(
+            "queues: {} messages, {} bytes per client; {} MiB in all; {} in flight; when full: {:?}",
+            limits.max_queued_messages,
+            limits.max_queued_bytes,
+            limits.queued_bytes_total >> 20,
+            limits.max_inflight_messages,
+            limits.queue_full
+        ),
+        format!("retained: {} MiB", limits.max_retained_bytes >> 20),
+        format!(
+            "router logs: {} filters x {} segments of {} bytes",
+            limits.max_filters,
+            limits.max_segment_count + 1,
+            limits.max_segment_size
+        ),
         format!("connect timeout: {:?}", config.connect_timeout),
         format!("drain timeout: {:?}", config.drain_timeout),
         format!("log: {:?} {}", config.log_format, config.log_level),

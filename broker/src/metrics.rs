@@ -16,6 +16,11 @@ pub struct Metrics {
     pub retained: IntGauge,
     pub reloads: IntCounterVec,
     pub acl_denials: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub refused: IntCounterVec,
+    pub queued_bytes: IntGauge,
+    pub retained_bytes: IntGauge,
+    pub filters: IntGauge,
 }
 
 fn by_qos(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
@@ -76,7 +81,45 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_messages_dropped_total",
+                    "Messages not delivered to a client, by reason (queue_full: its outbound queue; \
+                     memory_budget: all queues together) and QoS.",
+                ),
+                &["reason", "qos"],
+            )?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_limit_refusals_total",
+                    "What a memory limit refused, by limit: connections (CONNACK server unavailable/busy), \
+                     filters (a subscription), retained (a message kept, but not as retained).",
+                ),
+                &["limit"],
+            )?,
+            queued_bytes: IntGauge::new(
+                "snigate_broker_queued_bytes",
+                "Bytes in clients' outbound queues, all together.",
+            )?,
+            retained_bytes: IntGauge::new("snigate_broker_retained_bytes", "Bytes of retained messages held.")?,
+            filters: IntGauge::new(
+                "snigate_broker_router_filters",
+                "Subscription filters the message router keeps a log for (never shrinks: rumqttd keeps them).",
+            )?,
         };
+        for metric in [&metrics.queued_bytes, &metrics.retained_bytes, &metrics.filters] {
+            registry.register(Box::new(metric.clone()))?;
+        }
+        registry.register(Box::new(metrics.dropped.clone()))?;
+        registry.register(Box::new(metrics.refused.clone()))?;
+        for reason in ["queue_full", "memory_budget"] {
+            for qos in ["0", "1", "2"] {
+                metrics.dropped.with_label_values(&[reason, qos]);
+            }
+        }
+        for limit in ["connections", "filters", "retained"] {
+            metrics.refused.with_label_values(&[limit]);
+        }
         registry.register(Box::new(metrics.reloads.clone()))?;
         registry.register(Box::new(metrics.acl_denials.clone()))?;
         for result in ["success", "failure"] {

@@ -16,16 +16,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
-    Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe,
-    SubscribeReasonCode,
+    Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, QoS,
+    SubAck, Subscribe, SubscribeReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +37,31 @@ use crate::auth::acl::Access;
 
 const CONNECT_PACKET: u8 = 1;
 const PUBLISH_PACKET: u8 = 3;
+
+/// Bytes handed to the socket in one write: messages move from the queue into
+/// the write buffer up to this, so the queue's bounds stay meaningful.
+const WRITE_CHUNK: usize = 64 << 10;
+/// Past this many unwritten bytes (replies the session owes: acks, SUBACKs,
+/// PINGRESPs), the session stops reading from the client and the router until
+/// the client reads: a client that sends without reading cannot make it grow.
+const WRITE_BACKLOG_LIMIT: usize = 256 << 10;
+/// Most bytes taken from the client in one read: what reaches rumqttd in one
+/// of its turns stays small beside a filter's log (see `max_segment_size`).
+const READ_CHUNK: u64 = 16 << 10;
+/// Packets, and bytes of messages, waiting in rumqttd's incoming buffer for
+/// this link beyond which the session stops reading from the client:
+/// publishers are slowed by TCP instead of growing rumqttd's unbounded buffer.
+const INGRESS_BACKLOG_PACKETS: usize = 128;
+const INGRESS_BACKLOG_BYTES: usize = 64 << 10;
+/// How long final words (a DISCONNECT, a refused CONNACK) may take to write.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A message waiting for the client's socket, encoded.
+struct Queued {
+    /// With the router's packet id; the session's replaces it when written.
+    bytes: Bytes,
+    qos: u8,
+}
 
 /// How a session ended, for the log and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +90,12 @@ pub enum End {
     Revoked,
     /// rumqttd ended the link.
     RouterError,
+    /// The client's queue was full with `queue_full = "disconnect"`.
+    SlowConsumer,
+    /// `max_connections` clients were connected already.
+    ServerBusy,
+    /// A PROXY protocol header was expected and not received.
+    BadProxyHeader,
 }
 
 impl End {
@@ -80,6 +113,9 @@ impl End {
             End::TakenOver => "taken_over",
             End::Revoked => "credentials_revoked",
             End::RouterError => "router_error",
+            End::SlowConsumer => "slow_consumer",
+            End::ServerBusy => "server_busy",
+            End::BadProxyHeader => "bad_proxy_header",
         }
     }
 }
@@ -87,10 +123,44 @@ impl End {
 /// Serve one accepted connection to its end. With `tls`, the handshake runs
 /// here, in the connection's own task under the connect timeout, so a client
 /// that stalls its handshake delays nobody else.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+///
+/// With `proxy_protocol`, the connection starts with a PROXY header (v1 or v2)
+/// whose client address stands for the peer's from then on.
+pub async fn serve(
+    mut stream: TcpStream,
+    mut peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+) {
     let started = Instant::now();
-    // One deadline for handshake, protocol level and CONNECT together.
+    // One deadline for PROXY header, handshake, protocol level and CONNECT.
     let deadline = started + shared.settings.connect_timeout;
+    if proxy_protocol {
+        match tokio::time::timeout_at(deadline, crate::proxy::read_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => peer = client,
+            // A health check or LOCAL command: the proxy speaks for itself.
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::info!(%peer, %error, "bad PROXY protocol header; closing");
+                shared
+                    .metrics
+                    .disconnections
+                    .with_label_values(&[End::BadProxyHeader.label()])
+                    .inc();
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "no PROXY protocol header in time; closing");
+                shared
+                    .metrics
+                    .disconnections
+                    .with_label_values(&[End::ConnectTimeout.label()])
+                    .inc();
+                return;
+            }
+        }
+    }
     let (end, client_id) = match tls {
         None => session(stream, peer, shared.clone(), deadline, None).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
@@ -205,7 +275,23 @@ fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
 }
 
 struct Session<P, S> {
-    stream: S,
+    reader: ReadHalf<S>,
+    writer: WriteHalf<S>,
+    /// Messages for the client not yet in `write`, and their bytes.
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// Bytes of `write` taken from the shared queue budget, given back as
+    /// they are written.
+    budget_in_write: usize,
+    /// QoS 1 and 2 messages written to the client and not yet acknowledged,
+    /// by the packet id the session gave them: `true` once PUBREC came (QoS
+    /// 2, waiting for PUBCOMP).
+    inflight: std::collections::HashMap<u16, bool>,
+    /// The last packet id given to a message for the client.
+    last_pkid: u16,
+    /// `write` was written to since the last flush (TLS keeps records back
+    /// until flushed).
+    unflushed: bool,
     /// SUBACK answers for `$` filters kept from rumqttd, by packet id.
     held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
     /// Replies the session owes the client for packets it answered itself.
@@ -222,7 +308,8 @@ struct Session<P, S> {
     last_publish: Option<(u8, u16)>,
     /// QoS 2 publishes the ACL refused: their PUBREL is answered here.
     refused_qos2: std::collections::HashSet<u16>,
-    /// QoS 2 deliveries the ACL withheld: their PUBREL from rumqttd is answered here.
+    /// QoS 2 deliveries withheld (by the ACL) or dropped (a full queue):
+    /// their PUBREL from rumqttd is answered here.
     withheld_qos2: std::collections::HashSet<u16>,
     /// This connection's subscription filters, for the subscriptions gauge.
     subscriptions: std::collections::HashSet<String>,
@@ -246,7 +333,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         shared: Arc<Shared>,
         deadline: Instant,
     ) -> Self {
+        let (reader, writer) = tokio::io::split(stream);
         Self {
+            reader,
+            writer,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            budget_in_write: 0,
+            inflight: std::collections::HashMap::new(),
+            last_pkid: 0,
+            unflushed: false,
             deadline,
             held_back: std::collections::HashMap::new(),
             answer_now: Vec::new(),
@@ -258,7 +354,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             last_publish: None,
             refused_qos2: std::collections::HashSet::new(),
             withheld_qos2: std::collections::HashSet::new(),
-            stream,
             subscriptions: std::collections::HashSet::new(),
             read,
             write: BytesMut::with_capacity(1024),
@@ -279,6 +374,24 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
             return (End::ProtocolError, None);
+        };
+        // Held until the session ends. Checked before the (expensive) login:
+        // a full broker should not spend a password check on a refusal.
+        let Ok(_slot) = self.shared.connection_slots.clone().try_acquire_owned() else {
+            self.shared.metrics.refused.with_label_values(&["connections"]).inc();
+            tracing::warn!(
+                peer = %self.peer,
+                client_id = connect.client_id,
+                max_connections = self.shared.settings.limits.max_connections,
+                "connection refused: the memory budget's max_connections clients are connected"
+            );
+            let busy = if self.level == 5 {
+                ConnectReturnCode::ServerBusy
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let _ = self.send(Packet::ConnAck(refused(busy), None)).await;
+            return (End::ServerBusy, Some(connect.client_id));
         };
         let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
         let material = self.shared.material.load_full();
@@ -404,6 +517,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// Pass packets both ways until the connection ends.
+    ///
+    /// Nothing here waits on the client's socket: what goes to the client is
+    /// queued (bounded; see [`Self::push_message`]) and written as the socket
+    /// takes it, so a client that stops reading costs its queue's bound and
+    /// delays no one, and the router's log is drained at the pace of the
+    /// broker, not of the slowest client.
     async fn relay(
         &mut self,
         tx: &mut LinkTx,
@@ -424,8 +543,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     None => std::future::pending().await,
                 }
             };
+            let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
+            let ingress_full = ingress_backlogged(tx);
+            let writing = !self.write.is_empty() || self.unflushed;
             tokio::select! {
-                read = self.stream.read_buf(&mut self.read) => {
+                written = write_some(&mut self.writer, &self.write), if writing => {
+                    match written {
+                        Ok(0) if !self.write.is_empty() => return End::NetworkError,
+                        Ok(n) => self.wrote(n),
+                        Err(_) => return End::NetworkError,
+                    }
+                }
+                read = read_some(&mut self.reader, &mut self.read), if !backlogged && !ingress_full => {
                     match read {
                         Ok(0) => return End::Closed,
                         Ok(_) => last_heard = Instant::now(),
@@ -442,11 +571,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Err(end) => return end,
                         };
                         match packet {
-                            Packet::PingReq(_) => {
-                                if self.send(Packet::PingResp(PingResp)).await.is_err() {
-                                    return End::NetworkError;
-                                }
-                            }
+                            Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
                             // Passed on: it detaches the link and discards the will.
                             Packet::Disconnect(..) => {
                                 batch.push(packet);
@@ -456,10 +581,20 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
                                 return End::ProtocolError;
                             }
-                            Packet::Publish(publish, props) => {
+                            Packet::Publish(mut publish, props) => {
                                 if !self.allowed(&publish.topic, Access::Write) {
                                     self.refuse_publish();
                                     continue;
+                                }
+                                // Copies: the router may keep a message long after
+                                // this read, and a slice would pin the whole read
+                                // buffer it came in with.
+                                publish.topic = Bytes::copy_from_slice(&publish.topic);
+                                publish.payload = Bytes::copy_from_slice(&publish.payload);
+                                if publish.retain && !self.shared.retained.admit(&publish.topic, publish.payload.len()) {
+                                    self.shared.metrics.refused.with_label_values(&["retained"]).inc();
+                                    tracing::warn!(client_id = self.client_id, "retained messages are at max_retained_bytes; delivered, not retained");
+                                    publish.retain = false;
                                 }
                                 let packet = Packet::Publish(publish, props);
                                 self.observe(&packet);
@@ -478,25 +613,39 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                 batch.push(packet);
                             }
                             packet => {
-                                self.observe(&packet);
-                                batch.push(packet);
+                                // The client acknowledged a delivery: room in its
+                                // in-flight window.
+                                // Acknowledgements of the session's deliveries end
+                                // here: the router's were answered on receipt.
+                                match packet {
+                                    Packet::PubAck(ack, _) => { self.inflight.remove(&ack.pkid); }
+                                    Packet::PubRec(rec, _) => {
+                                        if let Some(released) = self.inflight.get_mut(&rec.pkid) {
+                                            *released = true;
+                                            let pubrel = PubRel { pkid: rec.pkid, reason: PubRelReason::Success };
+                                            self.push_control(Packet::PubRel(pubrel, None));
+                                        }
+                                    }
+                                    Packet::PubComp(comp, _) => { self.inflight.remove(&comp.pkid); }
+                                    packet => {
+                                        self.observe(&packet);
+                                        batch.push(packet);
+                                    }
+                                }
                             }
                         }
                     }
                     for reply in std::mem::take(&mut self.answer_now) {
-                        if self.send(reply).await.is_err() {
-                            return End::NetworkError;
-                        }
+                        self.push_control(reply);
                     }
                     // A new `$SYS` subscription gets the current values right after
                     // its SUBACK, as retained messages arrive; when the SUBACK is
                     // rumqttd's, that happens when it is passed on.
                     if self.sys_initial && self.held_back.is_empty() {
                         self.sys_initial = false;
-                        if self.send_sys().await.is_err() {
-                            return End::NetworkError;
-                        }
+                        self.queue_sys();
                     }
+                    self.refill();
                     if let Some(last) = batch.pop() {
                         tx.buffer().extend(batch);
                         if tx.send(last).await.is_err() {
@@ -507,7 +656,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         return end;
                     }
                 }
-                notification = rx.next() => {
+                // rumqttd's buffer for this link is full: look again shortly.
+                () = tokio::time::sleep(Duration::from_millis(1)), if ingress_full && !backlogged => {}
+                notification = rx.next(), if !backlogged => {
                     let notification = match notification {
                         Ok(Some(notification)) => notification,
                         Ok(None) => continue,
@@ -515,8 +666,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         Err(_) => return End::RouterError,
                     };
                     match Option::<Packet>::from(notification) {
-                        // rumqttd ends a link when another connection takes its
-                        // client id over, as MQTT requires (§3.1.4-3).
                         // rumqttd drops a link when another connection takes its
                         // client id over (MQTT §3.1.4-3), and sends DISCONNECT when it
                         // refuses a client's publish or subscribe (a bad topic, a
@@ -530,13 +679,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             }
                             return End::RouterError;
                         }
-                        Some(Packet::Publish(publish, props)) if !self.allowed(&publish.topic, Access::Read) => {
-                            let _ = props;
+                        Some(Packet::Publish(publish, _)) if !self.allowed(&publish.topic, Access::Read) => {
+                            self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
                             if self.withhold(publish, tx).await.is_err() {
                                 return End::RouterError;
                             }
                         }
-                        Some(Packet::PubRel(pubrel, _)) if self.withheld_qos2.remove(&pubrel.pkid) => {
+                        Some(Packet::PubRel(pubrel, _)) => {
+                            // The second half of a QoS 2 delivery the session
+                            // took over (or withheld).
+                            self.withheld_qos2.remove(&pubrel.pkid);
                             let pubcomp = PubComp { pkid: pubrel.pkid, reason: PubCompReason::Success };
                             if tx.send(Packet::PubComp(pubcomp, None)).await.is_err() {
                                 return End::RouterError;
@@ -550,21 +702,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                     suback.return_codes.insert(at, code);
                                 }
                             }
-                            if self.send(Packet::SubAck(suback, props)).await.is_err() {
-                                return End::NetworkError;
-                            }
+                            self.push_control(Packet::SubAck(suback, props));
                             if self.sys_initial && self.held_back.is_empty() {
                                 self.sys_initial = false;
-                                if self.send_sys().await.is_err() {
-                                    return End::NetworkError;
-                                }
+                                self.queue_sys();
                             }
                         }
-                        Some(packet) => {
-                            if self.send(packet).await.is_err() {
-                                return End::NetworkError;
+                        Some(publish @ Packet::Publish(..)) => {
+                            if let Err(end) = self.push_message(publish, tx).await {
+                                return end;
                             }
                         }
+                        Some(packet) => self.push_control(packet),
                         // The router paused this link; ask for more.
                         None => {
                             if rx.wake().await.is_err() {
@@ -572,6 +721,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             }
                         }
                     }
+                    self.refill();
                 }
                 () = silence => {
                     if self.level == 5 {
@@ -582,15 +732,164 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
                 () = evicted.cancelled() => return self.evicted(eviction).await,
                 changed = self.sys.changed(), if !self.sys_filters.is_empty() => {
-                    if changed.is_err() || self.send_sys().await.is_err() {
+                    if changed.is_err() {
                         return End::NetworkError;
                     }
+                    self.queue_sys();
+                    self.refill();
                 }
                 () = stop.cancelled() => {
                     if self.level == 5 {
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
                     }
                     return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Queue a packet the client is owed (an ack, a SUBACK, a PINGRESP): never
+    /// dropped, and small; [`WRITE_BACKLOG_LIMIT`] bounds them together.
+    fn push_control(&mut self, packet: Packet) {
+        if let Err(error) = self.protocol.write(packet, &mut self.write) {
+            tracing::warn!(client_id = self.client_id, %error, "cannot encode a reply; skipped");
+        }
+    }
+
+    /// Queue a message for the client, within its bounds: `max_queued_messages`
+    /// and `max_queued_bytes` for this client, the shared queue budget for all.
+    /// Beyond them a QoS 0 message is dropped; a QoS 1 or 2 message is dropped
+    /// (and acknowledged to the router, so its window moves on) or ends the
+    /// session, as `queue_full` says. Every drop is counted.
+    async fn push_message(&mut self, publish: Packet, tx: &mut LinkTx) -> Result<(), End> {
+        let mut encoded = BytesMut::new();
+        if let Err(error) = self.protocol.write(publish, &mut encoded) {
+            tracing::warn!(client_id = self.client_id, %error, "cannot encode a message; skipped");
+            return Ok(());
+        }
+        let (qos, pkid) = publish_header(&encoded).unwrap_or((0, 0));
+        let limits = &self.shared.settings.limits;
+        let size = encoded.len();
+        let full = (limits.max_queued_messages > 0 && self.queue.len() >= limits.max_queued_messages)
+            || self.queued_bytes + size > limits.max_queued_bytes;
+        let reason = if full {
+            "queue_full"
+        } else if !self.shared.queue_budget.try_take(size) {
+            "memory_budget"
+        } else {
+            self.queue.push_back(Queued {
+                bytes: encoded.freeze(),
+                qos,
+            });
+            self.queued_bytes += size;
+            return if qos > 0 {
+                self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)
+            } else {
+                Ok(())
+            };
+        };
+        self.shared
+            .metrics
+            .dropped
+            .with_label_values(&[reason, qos_label(qos)])
+            .inc();
+        if qos == 0 {
+            return Ok(());
+        }
+        if limits.queue_full == crate::config::QueueFull::Disconnect {
+            tracing::warn!(
+                client_id = self.client_id,
+                reason,
+                "slow consumer: its queue is full; disconnecting"
+            );
+            return Err(End::SlowConsumer);
+        }
+        self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)
+    }
+
+    /// Move queued messages into the write buffer, up to [`WRITE_CHUNK`] and
+    /// while the client's in-flight window has room, giving each QoS 1 and 2
+    /// message a packet id of the session's.
+    fn refill(&mut self) {
+        let max_inflight = self.shared.settings.limits.max_inflight_messages;
+        while self.write.len() < WRITE_CHUNK {
+            let Some(front) = self.queue.front() else { break };
+            if front.qos > 0 && self.inflight.len() >= max_inflight {
+                break;
+            }
+            let Some(message) = self.queue.pop_front() else { break };
+            let at = self.write.len();
+            self.write.extend_from_slice(&message.bytes);
+            if message.qos > 0 {
+                let pkid = self.next_pkid();
+                self.inflight.insert(pkid, false);
+                if let Some(offset) = publish_pkid_offset(&self.write[at..]) {
+                    self.write[at + offset..at + offset + 2].copy_from_slice(&pkid.to_be_bytes());
+                }
+            }
+            let size = message.bytes.len();
+            self.queued_bytes -= size;
+            self.budget_in_write += size;
+            let metrics = &self.shared.metrics;
+            metrics.messages_sent.with_label_values(&[qos_label(message.qos)]).inc();
+            metrics
+                .bytes_sent
+                .with_label_values(&[qos_label(message.qos)])
+                .inc_by(size as u64);
+        }
+    }
+
+    /// A packet id no in-flight message has (the window is far smaller than
+    /// the 65,535 ids).
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    /// `n` bytes of `write` reached the socket (0 with an empty buffer: a flush).
+    fn wrote(&mut self, n: usize) {
+        if n == 0 {
+            self.unflushed = false;
+            return;
+        }
+        self.write.advance(n);
+        self.unflushed = true;
+        let released = n.min(self.budget_in_write);
+        self.budget_in_write -= released;
+        self.shared.queue_budget.give_back(released);
+        if self.write.is_empty() && self.write.capacity() > 4 * WRITE_CHUNK {
+            // A burst grew it; an idle connection should not keep that.
+            self.write = BytesMut::new();
+        }
+        self.refill();
+    }
+
+    /// Queue the current `$SYS` values this client's `$` filters match (and its
+    /// ACL lets it read), as retained QoS 0 messages.
+    fn queue_sys(&mut self) {
+        let snapshot = self.sys.borrow_and_update().clone();
+        for (topic, value) in snapshot.iter() {
+            let wanted = self.sys_filters.iter().any(|f| crate::auth::acl::matches(f, topic));
+            if wanted && self.allowed(topic.as_bytes(), Access::Read) {
+                let publish = Publish::new(topic.clone(), value.clone(), true);
+                // A few hundred bytes every sys_interval: written with the
+                // replies, outside the queue's budget, never dropped.
+                let before = self.write.len();
+                if self
+                    .protocol
+                    .write(Packet::Publish(publish, None), &mut self.write)
+                    .is_ok()
+                {
+                    let metrics = &self.shared.metrics;
+                    metrics.messages_sent.with_label_values(&["0"]).inc();
+                    metrics
+                        .bytes_sent
+                        .with_label_values(&["0"])
+                        .inc_by((self.write.len() - before) as u64);
                 }
             }
         }
@@ -615,17 +914,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .as_ref()
                 .is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, path))
         };
-        let failure = if self.level == 5 {
-            SubscribeReasonCode::NotAuthorized
+        let (failure, quota_exceeded) = if self.level == 5 {
+            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
         } else {
-            SubscribeReasonCode::Failure
+            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
         };
+        let mut acl_refused = false;
         let held: Vec<(usize, SubscribeReasonCode)> = subscribe
             .filters
             .iter()
             .enumerate()
             .filter_map(|(i, f)| {
                 if refused(&f.path) {
+                    acl_refused = true;
                     Some((i, failure))
                 } else if reserved(&f.path) {
                     if !self.sys_filters.contains(&f.path) {
@@ -633,6 +934,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     }
                     self.sys_initial = true;
                     Some((i, SubscribeReasonCode::Success(QoS::AtMostOnce)))
+                } else if !self.shared.filters.admit(&f.path) {
+                    // rumqttd would keep a log for it forever: at max_filters,
+                    // only filters it already has are taken.
+                    self.shared.metrics.refused.with_label_values(&["filters"]).inc();
+                    tracing::warn!(
+                        client_id = self.client_id,
+                        filter = f.path,
+                        "subscription refused: max_filters distinct filters in use"
+                    );
+                    Some((i, quota_exceeded))
                 } else {
                     None
                 }
@@ -642,7 +953,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if held.is_empty() {
             return Some(subscribe);
         }
-        if held.iter().any(|(_, code)| *code == failure) {
+        if acl_refused {
             self.shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
         }
         let mut position = 0;
@@ -662,20 +973,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.held_back.insert(subscribe.pkid, held);
         Some(subscribe)
-    }
-
-    /// Deliver the current `$SYS` values this client's `$` filters match (and
-    /// its ACL lets it read), as retained QoS 0 messages.
-    async fn send_sys(&mut self) -> std::io::Result<()> {
-        let snapshot = self.sys.borrow_and_update().clone();
-        for (topic, value) in snapshot.iter() {
-            let wanted = self.sys_filters.iter().any(|f| crate::auth::acl::matches(f, topic));
-            if wanted && self.allowed(topic.as_bytes(), Access::Read) {
-                let publish = Publish::new(topic.clone(), value.clone(), true);
-                self.send(Packet::Publish(publish, None)).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Whether this client may `access` `topic`; always, without an ACL.
@@ -719,7 +1016,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Keep a delivery the client may not read from it, acknowledging it to
     /// rumqttd so that its in-flight window moves on.
     async fn withhold(&mut self, publish: Publish, tx: &mut LinkTx) -> Result<(), ()> {
-        self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
         let mut encoded = BytesMut::new();
         if self
             .protocol
@@ -728,30 +1024,41 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         {
             return Ok(());
         }
-        let ack = match publish_header(&encoded) {
-            Some((1, pkid)) => Packet::PubAck(
+        match publish_header(&encoded) {
+            Some((qos, pkid)) if qos > 0 => self.ack_to_router(qos, pkid, tx).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Acknowledge a QoS 1 or 2 delivery to rumqttd on receipt: a PUBACK, or
+    /// a PUBREC whose PUBREL is answered here. From then on the message is
+    /// the session's to deliver (or drop, counted), so rumqttd never holds a
+    /// window open for a slow client and never skips ahead in its log for it.
+    /// rumqttd takes acknowledgements in the order it sent the messages (as
+    /// MQTT §4.6 has clients send them): answering each on receipt keeps it.
+    async fn ack_to_router(&mut self, qos: u8, pkid: u16, tx: &mut LinkTx) -> Result<(), ()> {
+        let ack = if qos == 1 {
+            Packet::PubAck(
                 PubAck {
                     pkid,
                     reason: PubAckReason::Success,
                 },
                 None,
-            ),
-            Some((2, pkid)) => {
-                self.withheld_qos2.insert(pkid);
-                Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::Success,
-                    },
-                    None,
-                )
-            }
-            _ => return Ok(()),
+            )
+        } else {
+            self.withheld_qos2.insert(pkid);
+            Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )
         };
         tx.send(ack).await.map(drop).map_err(drop)
     }
 
-    /// Keep the subscription and retained-message counts as packets pass.
+    /// Keep the subscription count as packets pass.
     fn observe(&mut self, packet: &Packet) {
         match packet {
             Packet::Subscribe(subscribe, _) => {
@@ -767,9 +1074,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         self.shared.metrics.subscriptions.dec();
                     }
                 }
-            }
-            Packet::Publish(publish, _) if publish.retain => {
-                self.shared.retained.observe(&publish.topic, publish.payload.is_empty())
             }
             _ => {}
         }
@@ -839,7 +1143,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             if let Some(packet) = self.decode()? {
                 return Ok(packet);
             }
-            match self.stream.read_buf(&mut self.read).await {
+            match self.reader.read_buf(&mut self.read).await {
                 Ok(0) => return Err(End::Closed),
                 Ok(_) => {}
                 Err(_) => return Err(End::NetworkError),
@@ -847,21 +1151,52 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
+    /// Write `packet` after whatever is owed before it, and wait until it is
+    /// written (at most [`FINAL_WRITE_TIMEOUT`]): for the CONNACK and for last
+    /// words, where nothing else is going on.
     async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
-        self.write.clear();
         self.protocol
             .write(packet, &mut self.write)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        if let Some(&first) = self.write.first().filter(|b| *b >> 4 == PUBLISH_PACKET) {
-            let qos = qos_label((first >> 1) & 3);
-            let metrics = &self.shared.metrics;
-            metrics.messages_sent.with_label_values(&[qos]).inc();
-            metrics
-                .bytes_sent
-                .with_label_values(&[qos])
-                .inc_by(self.write.len() as u64);
-        }
-        self.stream.write_all(&self.write).await
+        let write = async {
+            self.writer.write_all(&self.write).await?;
+            self.writer.flush().await
+        };
+        let written = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        let n = self.write.len();
+        self.wrote(n);
+        written
+    }
+}
+
+/// Whether rumqttd has yet to take in a link's worth of this client's packets.
+fn ingress_backlogged(tx: &LinkTx) -> bool {
+    let buffer = tx.buffer();
+    buffer.len() >= INGRESS_BACKLOG_PACKETS
+        || buffer
+            .iter()
+            .map(|packet| match packet {
+                Packet::Publish(publish, _) => publish.payload.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+            >= INGRESS_BACKLOG_BYTES
+}
+
+/// Read what the client sent, at most [`READ_CHUNK`] bytes.
+async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
+    reader.take(READ_CHUNK).read_buf(buf).await
+}
+
+/// Write what the socket takes of `pending`, or flush when nothing is pending
+/// (Ok(0)): TLS holds records back until flushed.
+async fn write_some<W: AsyncWrite + Unpin>(writer: &mut W, pending: &[u8]) -> std::io::Result<usize> {
+    if pending.is_empty() {
+        writer.flush().await.map(|()| 0)
+    } else {
+        writer.write(pending).await
     }
 }
 
@@ -914,6 +1249,15 @@ fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
         return None;
     }
     let qos = (first >> 1) & 3;
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    let at = publish_pkid_offset(buf)?;
+    Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
+}
+
+/// Where the packet id of the QoS 1 or 2 PUBLISH at the start of `buf` is.
+fn publish_pkid_offset(buf: &[u8]) -> Option<usize> {
     let mut at = 1;
     loop {
         let byte = *buf.get(at)?;
@@ -927,10 +1271,7 @@ fn publish_header(buf: &[u8]) -> Option<(u8, u16)> {
     }
     let topic_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
     at += 2 + topic_len;
-    if qos == 0 {
-        return Some((0, 0));
-    }
-    Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
+    (buf.len() >= at + 2).then_some(at)
 }
 
 /// Mosquitto's way for an empty client id: `auto-` and a random suffix.

@@ -3,68 +3,15 @@
 //! where a test needs exact bytes.
 #![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
 
-use std::net::SocketAddr;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use snigate_shared::testing::{Ca, Process, STEP, TempDir, check_metrics_with_promtool, tool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_snigate-broker");
-
-/// The broker, running, with its MQTT address.
-struct Broker {
-    process: Process,
-    addr: SocketAddr,
-}
-
-impl Broker {
-    fn start(args: &[&str]) -> Self {
-        let mut command = Command::new(BIN);
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
-        let process = Process::spawn("broker", command);
-        let addr = process.address("mqtt");
-        Self { process, addr }
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-}
-
-/// Debian's mosquitto_pub and mosquitto_sub.
-fn mosquitto_clients() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    Some((
-        tool("mosquitto_pub", "mosquitto-clients")?,
-        tool("mosquitto_sub", "mosquitto-clients")?,
-    ))
-}
-
-/// A password file written by Debian's mosquitto_passwd: admin/admin, foo/foo.
-fn mosquitto_passwd_file(dir: &TempDir) -> Option<String> {
-    let passwd = tool("mosquitto_passwd", "mosquitto")?;
-    let path = dir.path("passwd");
-    std::fs::write(&path, "").unwrap();
-    for (user, password) in [("admin", "admin"), ("foo", "foo")] {
-        let status = Command::new(&passwd)
-            .arg("-b")
-            .arg(&path)
-            .args([user, password])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    Some(path.to_str().unwrap().to_owned())
-}
-
-async fn run(program: &std::path::Path, args: &[&str]) -> Output {
-    let output = tokio::process::Command::new(program).args(args).output();
-    tokio::time::timeout(STEP, output)
-        .await
-        .expect("the client finished")
-        .unwrap()
-}
+mod support;
+use support::*;
 
 #[tokio::test]
 async fn mosquitto_clients_publish_and_subscribe_through_a_mosquitto_passwd_file() {
@@ -165,39 +112,6 @@ async fn refused_logins_get_mosquittos_connack_codes() {
 }
 
 /// PINGREQ gets PINGRESP: the connection is alive and served.
-async fn assert_pings(stream: &mut TcpStream) {
-    stream.write_all(&[0xc0, 0]).await.unwrap();
-    let mut pingresp = [0; 2];
-    tokio::time::timeout(STEP, stream.read_exact(&mut pingresp))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(pingresp, [0xd0, 0]);
-}
-
-/// An MQTT 3.1.1 CONNECT with the given keepalive and client id.
-fn connect_packet(client_id: &str, keep_alive: u16) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend_from_slice(&body);
-    packet
-}
-
-async fn connected(addr: SocketAddr, client_id: &str, keep_alive: u16) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&connect_packet(client_id, keep_alive)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
-    stream
-}
-
 #[tokio::test]
 async fn keepalive_zero_is_accepted_and_pings_are_answered() {
     let broker = Broker::start(&["--allow-anonymous"]);

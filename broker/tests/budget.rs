@@ -1,0 +1,398 @@
+//! The memory budget, on the real binary: floods at subscribers that stop
+//! reading, the connection cap, and PROXY protocol headers on a listener.
+#![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use snigate_shared::testing::{Process, STEP, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+mod support;
+use support::*;
+
+/// The budget the flood tests give the broker. Its peak RSS must stay below.
+const MEMORY_LIMIT_MIB: u64 = 64;
+/// What each flood sends: 640 messages of 64 KiB, 40 MiB in all (bounded in
+/// count; the publisher is also bounded in time by the test's timeouts).
+const FLOOD_MESSAGES: usize = 640;
+const FLOOD_PAYLOAD: usize = 64 << 10;
+
+fn budget_broker(dir: &TempDir, extra: &str) -> (Process, SocketAddr, SocketAddr) {
+    let config = dir.path("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"{MEMORY_LIMIT_MIB}MiB\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let process = Process::spawn("broker", command);
+    let mqtt = process.address("mqtt");
+    let admin = process.address("http");
+    (process, mqtt, admin)
+}
+
+/// Peak resident memory of `pid` so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// A subscriber that stops reading after its SUBACK, with a small receive
+/// buffer so that the kernel does not absorb the flood for it.
+async fn stalled_subscriber(addr: SocketAddr, filter: &str, qos: u8) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(&connect_packet("stalled", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(subscribe(&mut stream, filter, qos).await, qos);
+    stream
+}
+
+/// A subscriber that reads everything, acknowledging QoS 1, and counts the
+/// messages whose topic is `flood/data` until one on `flood/done` arrives.
+async fn reading_subscriber(addr: SocketAddr, qos: u8) -> tokio::task::JoinHandle<usize> {
+    let mut stream = connected(addr, "reader", 0).await;
+    assert_eq!(subscribe(&mut stream, "flood/#", qos).await, qos);
+    tokio::spawn(async move {
+        let mut received = 0;
+        loop {
+            let (first, body) = tokio::time::timeout(Duration::from_secs(60), read_packet(&mut stream))
+                .await
+                .expect("the reader kept receiving")
+                .unwrap();
+            if first >> 4 != 3 {
+                continue;
+            }
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let topic = &body[2..2 + topic_len];
+            if (first >> 1) & 3 == 1 {
+                let pkid = &body[2 + topic_len..4 + topic_len];
+                stream.write_all(&packet(0x40, pkid)).await.unwrap();
+            }
+            match topic {
+                b"flood/data" => received += 1,
+                b"flood/done" => return received,
+                _ => {}
+            }
+        }
+    })
+}
+
+/// Publish the flood at `qos` as fast as the broker takes it (reading its
+/// PUBACKs on the side), then `flood/done` until the reader has seen it.
+async fn flood(addr: SocketAddr, qos: u8, reader: tokio::task::JoinHandle<usize>) -> usize {
+    let stream = connected(addr, "flooder", 0).await;
+    let (mut acks, mut writer) = stream.into_split();
+    let drain = tokio::spawn(async move { while read_packet(&mut acks).await.is_ok() {} });
+    let payload = vec![b'x'; FLOOD_PAYLOAD];
+    for i in 0..FLOOD_MESSAGES {
+        let pkid = (i % 60_000 + 1) as u16;
+        let publish = publish_packet("flood/data", &payload, qos, pkid);
+        tokio::time::timeout(Duration::from_secs(30), writer.write_all(&publish))
+            .await
+            .expect("the broker kept taking the flood")
+            .unwrap();
+    }
+    let mut reader = reader;
+    for _ in 0..100 {
+        writer
+            .write_all(&publish_packet("flood/done", b"", 0, 0))
+            .await
+            .unwrap();
+        if let Ok(received) = tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
+            drain.abort();
+            return received.unwrap();
+        }
+    }
+    panic!("the reading subscriber never saw the end of the flood");
+}
+
+async fn a_stalled_subscriber_costs_its_queue_not_the_brokers_memory(qos: u8) {
+    let dir = TempDir::new();
+    let (process, mqtt, admin) = budget_broker(&dir, "");
+    let _stalled = stalled_subscriber(mqtt, "flood/#", qos).await;
+    let reader = reading_subscriber(mqtt, qos).await;
+    let received = flood(mqtt, qos, reader).await;
+
+    let peak = peak_rss(process.child.id());
+    assert!(
+        peak < MEMORY_LIMIT_MIB << 20,
+        "peak RSS {} MiB over the {MEMORY_LIMIT_MIB} MiB budget",
+        peak >> 20
+    );
+    assert!(
+        received >= FLOOD_MESSAGES / 2,
+        "the reading subscriber kept receiving: {received} of {FLOOD_MESSAGES}"
+    );
+    let metrics = http_get(admin, "/metrics").await;
+    let qos_label = format!("qos=\"{qos}\"");
+    let dropped = metric_sum(&metrics, "snigate_broker_messages_dropped_total", &qos_label);
+    assert!(
+        dropped >= (FLOOD_MESSAGES / 2) as f64,
+        "the stalled subscriber's messages were dropped and counted: {dropped}"
+    );
+    eprintln!(
+        "QoS {qos}: peak RSS {} MiB, reader got {received}/{FLOOD_MESSAGES}, {dropped} dropped",
+        peak >> 20
+    );
+}
+
+#[tokio::test]
+async fn a_qos_0_flood_at_a_subscriber_that_never_reads_stays_within_the_budget() {
+    a_stalled_subscriber_costs_its_queue_not_the_brokers_memory(0).await;
+}
+
+#[tokio::test]
+async fn a_qos_1_flood_at_a_subscriber_that_never_reads_stays_within_the_budget() {
+    a_stalled_subscriber_costs_its_queue_not_the_brokers_memory(1).await;
+}
+
+#[tokio::test]
+async fn queue_full_disconnect_ends_a_stalled_qos_1_subscriber() {
+    let dir = TempDir::new();
+    let (process, mqtt, _admin) = budget_broker(
+        &dir,
+        "queue_full = \"disconnect\"\nmax_queued_bytes = \"2MiB\"\nmax_inflight_messages = 100\n",
+    );
+    let mut stalled = stalled_subscriber(mqtt, "flood/#", 1).await;
+    let reader = reading_subscriber(mqtt, 1).await;
+    flood(mqtt, 1, reader).await;
+    process.line_async("end=\"slow_consumer\"").await;
+    // The stalled client finds its connection closed once it reads again.
+    let mut sink = vec![0; 1 << 20];
+    let closed = tokio::time::timeout(STEP, async {
+        loop {
+            match stalled.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow consumer was disconnected");
+}
+
+/// CONNECT at MQTT 5 with the given client id.
+fn connect_v5(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn clients_beyond_the_connection_cap_are_told_the_server_is_busy() {
+    let dir = TempDir::new();
+    let (process, mqtt, admin) = budget_broker(&dir, "max_connections = 2\n");
+    let _first = connected(mqtt, "one", 0).await;
+    let second = connected(mqtt, "two", 0).await;
+
+    // MQTT 3.1.1: CONNACK 3, server unavailable.
+    let mut third = TcpStream::connect(mqtt).await.unwrap();
+    third.write_all(&connect_packet("three", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, third.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3]);
+
+    // MQTT 5: 0x89, server busy.
+    let mut fourth = TcpStream::connect(mqtt).await.unwrap();
+    fourth.write_all(&connect_v5("four")).await.unwrap();
+    let (first, body) = tokio::time::timeout(STEP, read_packet(&mut fourth))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first, body[1]), (0x20, 0x89), "{body:?}");
+    process
+        .line_async("connection refused: the memory budget's max_connections")
+        .await;
+
+    // A slot frees when a client leaves.
+    drop(second);
+    let mut freed = false;
+    for _ in 0..50 {
+        let mut again = TcpStream::connect(mqtt).await.unwrap();
+        again.write_all(&connect_packet("five", 0)).await.unwrap();
+        let mut connack = [0; 4];
+        tokio::time::timeout(STEP, again.read_exact(&mut connack))
+            .await
+            .unwrap()
+            .unwrap();
+        if connack == [0x20, 2, 0, 0] {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a client got the slot a leaving one freed");
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"connections\"") >= 2.0);
+}
+
+#[test]
+fn the_connection_cap_follows_the_memory_limit() {
+    let dir = TempDir::new();
+    let config = dir.path("broker.toml");
+    std::fs::write(&config, "memory_limit = \"128MiB\"\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory limit: 128 MiB (configured)"), "{text}");
+    assert!(text.contains("max connections: 896"), "{text}");
+
+    std::fs::write(&config, "memory_limit = \"128MiB\"\nmax_connections = 5000\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("broker.toml") && text.contains("max_connections") && text.contains("allows 896"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn new_filters_beyond_max_filters_are_refused_known_ones_still_taken() {
+    let dir = TempDir::new();
+    let (_process, mqtt, _admin) = budget_broker(&dir, "max_filters = 2\n");
+    let mut client = connected(mqtt, "filters", 0).await;
+    assert_eq!(subscribe(&mut client, "a/#", 0).await, 0);
+    assert_eq!(subscribe(&mut client, "b/+", 1).await, 1);
+    assert_eq!(subscribe(&mut client, "c", 0).await, 0x80, "a third filter is refused");
+    let mut other = connected(mqtt, "other", 0).await;
+    assert_eq!(subscribe(&mut other, "a/#", 0).await, 0, "a known filter is taken");
+    assert_eq!(
+        subscribe(&mut other, "$SYS/#", 0).await,
+        0,
+        "$SYS is served outside the router"
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_beyond_their_budget_are_delivered_not_retained() {
+    let dir = TempDir::new();
+    let (_process, mqtt, admin) = budget_broker(&dir, "max_retained_bytes = 1000\n");
+    let mut publisher = connected(mqtt, "publisher", 0).await;
+    let retained = |topic: &str, payload: &[u8]| {
+        let mut p = publish_packet(topic, payload, 0, 0);
+        p[0] |= 1;
+        p
+    };
+    publisher
+        .write_all(&retained("keep/small", &[b's'; 500]))
+        .await
+        .unwrap();
+    publisher
+        .write_all(&retained("keep/large", &[b'l'; 800]))
+        .await
+        .unwrap();
+    assert_pings(&mut publisher).await;
+
+    let mut late = connected(mqtt, "late", 0).await;
+    assert_eq!(subscribe(&mut late, "keep/#", 0).await, 0);
+    let (first, body) = tokio::time::timeout(STEP, read_packet(&mut late))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, 0x31, "a retained message");
+    assert_eq!(&body[2..12], b"keep/small");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), read_packet(&mut late))
+            .await
+            .is_err(),
+        "the one over the budget was not retained"
+    );
+    let metrics = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"retained\""),
+        1.0
+    );
+    assert_eq!(metric_sum(&metrics, "snigate_broker_retained_bytes", ""), 510.0);
+}
+
+/// A broker whose plaintext and TLS-less second listener take PROXY headers.
+fn proxied_broker(dir: &TempDir) -> (Process, SocketAddr) {
+    let config = dir.path("broker.toml");
+    std::fs::write(
+        &config,
+        "listen = [{ address = \"127.0.0.1:0\", proxy_protocol = true }]\nallow_anonymous = true\n",
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let process = Process::spawn("broker", command);
+    let addr = process.address("mqtt");
+    (process, addr)
+}
+
+async fn connect_behind(addr: SocketAddr, header: &[u8], client_id: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(&connect_packet(client_id, 0));
+    stream.write_all(&bytes).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    stream
+}
+
+#[tokio::test]
+async fn a_proxy_protocol_listener_logs_the_client_address_it_carries() {
+    let dir = TempDir::new();
+    let (process, addr) = proxied_broker(&dir);
+
+    let _v1 = connect_behind(addr, b"PROXY TCP4 192.0.2.7 10.0.0.1 50000 1883\r\n", "via-v1").await;
+    let line = process.line_async("peer=192.0.2.7:50000").await;
+    assert!(line.contains("client connected") && line.contains("via-v1"), "{line}");
+
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "[2001:db8::7]:50001".parse::<SocketAddr>().unwrap(),
+            "[2001:db8::1]:1883".parse::<SocketAddr>().unwrap(),
+        ),
+    )
+    .write_tlv(ppp::v2::Type::Authority, b"broker-a.apps.snigate.test")
+    .unwrap()
+    .build()
+    .unwrap();
+    let _v2 = connect_behind(addr, &v2, "via-v2").await;
+    let line = process.line_async("peer=[2001:db8::7]:50001").await;
+    assert!(line.contains("client connected") && line.contains("via-v2"), "{line}");
+
+    // Without a header the connection is closed, and others are unaffected.
+    let mut bare = TcpStream::connect(addr).await.unwrap();
+    bare.write_all(&connect_packet("bare", 0)).await.unwrap();
+    let mut sink = [0; 16];
+    let n = tokio::time::timeout(STEP, bare.read(&mut sink))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a CONNACK");
+    process.line_async("bad PROXY protocol header").await;
+}
