@@ -416,8 +416,18 @@ impl BrokerConfig {
             0 => MQTT_MAX_PACKET_SIZE,
             n => n.min(MQTT_MAX_PACKET_SIZE),
         };
-        let limits = Limits::derive(&file, max_packet_size, read_cgroup_memory_limit())
-            .map_err(|(field, message)| ConfigError::new(origin(path), Some(field.into()), message))?;
+        let limits =
+            Limits::derive(&file, max_packet_size, read_cgroup_memory_limit()).map_err(|(field, message)| {
+                // Without a file, the two budget settings that are not file-only
+                // come from the environment.
+                let origin = match path {
+                    Some(_) => origin(path),
+                    None => {
+                        snigate_shared::config::Origin::Env(format!("SNIGATE_BROKER_{}", field.to_ascii_uppercase()))
+                    }
+                };
+                ConfigError::new(origin, Some(field.into()), message)
+            })?;
         Ok(Self {
             proxy_protocol,
             max_packet_size: max_packet_size.min(limits.max_packet_size),
@@ -518,13 +528,14 @@ impl Limits {
         // rumqttd keeps the full segments plus the one being written.
         let per_filter = (max_segment_count as u64 + 1).saturating_mul(max_segment_size);
         let max_filters = match file.max_filters {
+            Some(0) => return Err(("max_filters", "must be at least 1".to_owned())),
             Some(n) => n,
             None => usize::try_from(log_share / per_filter).unwrap_or(usize::MAX),
         };
         if max_filters == 0 {
             return too_small(
-                "max_segment_size",
-                "a log of max_segment_count x max_segment_size per filter",
+                "memory_limit",
+                "one filter's log, (max_segment_count + 1) x max_segment_size",
             );
         }
         let for_connections = memory_limit

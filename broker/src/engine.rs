@@ -59,9 +59,11 @@ impl Engine {
         let attach: Attach = Box::new(move |client_id, clean_session| {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean_session)
-                // Off, rumqttd disconnects a client that publishes to a topic no
-                // subscription matches; on, each distinct topic gets a commit
-                // log. The bound on that is the broker-budget work.
+                // Off (LinkBuilder's default), rumqttd 0.20 would refuse a
+                // publish no filter matches with `NoMatchingFilters`; its
+                // `matches` never says "none" in fact, so either way such a
+                // publish goes to no log. On, to be safe with later versions:
+                // the filters that exist are the budget's (see budget.rs).
                 .dynamic_filters(true)
                 .build()
                 .map_err(|e: LinkError| e.to_string())

@@ -6,12 +6,14 @@
 //! - [`engine`]: the only module that knows rumqttd's router (local links).
 //! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
 //! - [`passwd_cmd`]: the `passwd` subcommand, mosquitto_passwd's twin.
+//! - [`certs_cmd`]: the `certs` subcommand: a CA and server certificates.
 //! - [`config`], [`metrics`]: leaves.
 //!
 //! [`run`] takes bound listeners and a [`Shutdown`], like the router's.
 
 pub mod auth;
 pub mod budget;
+pub mod certs_cmd;
 pub mod config;
 pub mod engine;
 pub mod metrics;

@@ -97,6 +97,8 @@ enum Command {
     Check(ServeArgs),
     /// Manage a password file, as mosquitto_passwd does.
     Passwd(snigate_broker::passwd_cmd::PasswdArgs),
+    /// Write a CA and server certificates for given host names.
+    Certs(snigate_broker::certs_cmd::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +106,15 @@ fn main() -> ExitCode {
     let (args, check) = match cli.command {
         Some(Command::Passwd(args)) => {
             return match snigate_broker::passwd_cmd::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Certs(args)) => {
+            return match snigate_broker::certs_cmd::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("Error: {e}");

@@ -280,9 +280,12 @@ struct Session<P, S> {
     /// Messages for the client not yet in `write`, and their bytes.
     queue: VecDeque<Queued>,
     queued_bytes: usize,
-    /// Bytes of `write` taken from the shared queue budget, given back as
-    /// they are written.
-    budget_in_write: usize,
+    /// Messages in `write` holding shared queue budget: where each ends in
+    /// the stream of bytes written to the client, and its size. Given back as
+    /// the socket takes them.
+    budget_marks: VecDeque<(u64, usize)>,
+    /// Bytes the socket has taken so far.
+    written_total: u64,
     /// QoS 1 and 2 messages written to the client and not yet acknowledged,
     /// by the packet id the session gave them: `true` once PUBREC came (QoS
     /// 2, waiting for PUBCOMP).
@@ -339,7 +342,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             writer,
             queue: VecDeque::new(),
             queued_bytes: 0,
-            budget_in_write: 0,
+            budget_marks: VecDeque::new(),
+            written_total: 0,
             inflight: std::collections::HashMap::new(),
             last_pkid: 0,
             unflushed: false,
@@ -511,7 +515,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // The link is still ours; the will is not sent, as Mosquitto does not.
             End::Revoked => detach(&mut tx, None).await,
             End::Shutdown => detach(&mut tx, None).await,
-            _ => detach(&mut tx, will).await,
+            _ => {
+                let will = will.map(|mut will| {
+                    if will.retain && !self.shared.retained.admit(&will.topic, will.message.len()) {
+                        self.shared.metrics.refused.with_label_values(&["retained"]).inc();
+                        will.retain = false;
+                    }
+                    will
+                });
+                detach(&mut tx, will).await
+            }
         }
         (end, Some(client_id))
     }
@@ -591,7 +604,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                 // buffer it came in with.
                                 publish.topic = Bytes::copy_from_slice(&publish.topic);
                                 publish.payload = Bytes::copy_from_slice(&publish.payload);
-                                if publish.retain && !self.shared.retained.admit(&publish.topic, publish.payload.len()) {
+                                // rumqttd clears a topic's retained message on any
+                                // empty publish, retained or not: so does the count.
+                                if publish.payload.is_empty() {
+                                    self.shared.retained.admit(&publish.topic, 0);
+                                } else if publish.retain && !self.shared.retained.admit(&publish.topic, publish.payload.len()) {
                                     self.shared.metrics.refused.with_label_values(&["retained"]).inc();
                                     tracing::warn!(client_id = self.client_id, "retained messages are at max_retained_bytes; delivered, not retained");
                                     publish.retain = false;
@@ -731,7 +748,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     return End::KeepaliveTimeout;
                 }
                 () = evicted.cancelled() => return self.evicted(eviction).await,
-                changed = self.sys.changed(), if !self.sys_filters.is_empty() => {
+                changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
                     if changed.is_err() {
                         return End::NetworkError;
                     }
@@ -829,7 +846,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             }
             let size = message.bytes.len();
             self.queued_bytes -= size;
-            self.budget_in_write += size;
+            self.budget_marks
+                .push_back((self.written_total + self.write.len() as u64, size));
             let metrics = &self.shared.metrics;
             metrics.messages_sent.with_label_values(&[qos_label(message.qos)]).inc();
             metrics
@@ -858,9 +876,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.write.advance(n);
         self.unflushed = true;
-        let released = n.min(self.budget_in_write);
-        self.budget_in_write -= released;
-        self.shared.queue_budget.give_back(released);
+        self.written_total += n as u64;
+        while let Some(&(end, size)) = self.budget_marks.front() {
+            if end > self.written_total {
+                break;
+            }
+            self.budget_marks.pop_front();
+            self.shared.queue_budget.give_back(size);
+        }
         if self.write.is_empty() && self.write.capacity() > 4 * WRITE_CHUNK {
             // A burst grew it; an idle connection should not keep that.
             self.write = BytesMut::new();
@@ -1168,6 +1191,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let n = self.write.len();
         self.wrote(n);
         written
+    }
+}
+
+impl<P, S> Drop for Session<P, S> {
+    /// What the session still holds of the shared queue budget goes back with
+    /// it, however it ended.
+    fn drop(&mut self) {
+        let held = self.queued_bytes + self.budget_marks.iter().map(|(_, size)| size).sum::<usize>();
+        self.shared.queue_budget.give_back(held);
     }
 }
 

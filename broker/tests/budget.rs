@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use snigate_shared::testing::mqtt::{packet, publish_packet, read_packet, subscribe};
 use snigate_shared::testing::{Process, STEP, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -161,7 +162,7 @@ async fn a_qos_1_flood_at_a_subscriber_that_never_reads_stays_within_the_budget(
 #[tokio::test]
 async fn queue_full_disconnect_ends_a_stalled_qos_1_subscriber() {
     let dir = TempDir::new();
-    let (process, mqtt, _admin) = budget_broker(
+    let (process, mqtt, admin) = budget_broker(
         &dir,
         "queue_full = \"disconnect\"\nmax_queued_bytes = \"2MiB\"\nmax_inflight_messages = 100\n",
     );
@@ -181,6 +182,17 @@ async fn queue_full_disconnect_ends_a_stalled_qos_1_subscriber() {
     })
     .await;
     assert!(closed.is_ok(), "the slow consumer was disconnected");
+    // What its queue held went back to the shared budget with it.
+    let mut queued = f64::NAN;
+    for _ in 0..50 {
+        let metrics = http_get(admin, "/metrics").await;
+        queued = metric_sum(&metrics, "snigate_broker_queued_bytes", "");
+        if queued == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queued, 0.0, "queued bytes once every queue is gone");
 }
 
 /// CONNECT at MQTT 5 with the given client id.

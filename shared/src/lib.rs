@@ -9,12 +9,15 @@
 //!   requests, and draining a set of connection tasks under a deadline.
 //! - [`metrics`]: rendering a component's own prometheus registry.
 //! - [`tls`]: PEM certificates and keys into rustls, errors naming the file.
+//! - [`certs`]: a CA and server certificates for given host names (rcgen).
 //! - [`watch`]: noticing changed files (ConfigMap symlink swaps included) by polling.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
 
 pub mod admin;
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -8,6 +8,8 @@
 //! <proto> <addr>` (see [`crate::logging::listening`]); this is its reader.
 #![allow(clippy::unwrap_used)] // test support: a failed step is a failed assertion
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
