@@ -1484,4 +1484,97 @@ async fn sys_topics_are_published() {
         "{lines:?}"
     );
     assert!(lines[1].ends_with(" 1"), "this subscriber is connected: {lines:?}");
+
+    // The dashboard's subscription: everything under $SYS.
+    let out = run(
+        &sub,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "$SYS/#",
+            "-v",
+            "-C",
+            "14",
+            "-W",
+            "5",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for topic in [
+        "version",
+        "uptime",
+        "clients/connected",
+        "clients/maximum",
+        "clients/total",
+        "messages/received",
+        "messages/sent",
+        "bytes/received",
+        "bytes/sent",
+        "subscriptions/count",
+        "retained messages/count",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("$SYS/broker/{topic} "))),
+            "{topic} in {text}"
+        );
+    }
+}
+
+#[test]
+fn certs_writes_a_ca_and_certificates_that_verify_for_their_host_names() {
+    let Some(openssl) = tool("openssl", "openssl") else {
+        return;
+    };
+    let dir = TempDir::new();
+    let out = dir.path("certs");
+    let certs = |hosts: &[&str]| {
+        let status = Command::new(BIN)
+            .arg("certs")
+            .arg("--out")
+            .arg(&out)
+            .args(["--also", "snigate-broker.mqtt.svc"])
+            .args(hosts)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{status:?}");
+        String::from_utf8_lossy(&status.stdout).into_owned()
+    };
+    assert!(certs(&["mqtt.example.test"]).contains("(new;"));
+    let ca = std::fs::read_to_string(out.join("ca.crt")).unwrap();
+    // A second host later: the same CA signs it.
+    assert!(certs(&["other.example.test"]).contains("(reused)"));
+    assert_eq!(std::fs::read_to_string(out.join("ca.crt")).unwrap(), ca);
+    for (cert, name) in [
+        ("mqtt.example.test.crt", "mqtt.example.test"),
+        ("other.example.test.crt", "other.example.test"),
+        ("mqtt.example.test.crt", "snigate-broker.mqtt.svc"),
+    ] {
+        let verify = Command::new(&openssl)
+            .args(["verify", "-CAfile"])
+            .arg(out.join("ca.crt"))
+            .args(["-purpose", "sslserver", "-verify_hostname", name])
+            .arg(out.join(cert))
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "{name}: {verify:?}");
+    }
+    let wrong = Command::new(&openssl)
+        .args(["verify", "-CAfile"])
+        .arg(out.join("ca.crt"))
+        .args(["-verify_hostname", "acme.com"])
+        .arg(out.join("mqtt.example.test.crt"))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "a certificate names its hosts only");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "keys are the owner's alone");
+    }
 }
