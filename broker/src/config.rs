@@ -252,7 +252,8 @@ impl Overrides {
                     .collect()
             };
             match name.as_str() {
-                "SNIGATE_BROKER_CONFIG" => config = Some(value.into()),
+                // Empty: no file, as an image's default can be unset.
+                "SNIGATE_BROKER_CONFIG" => config = (!value.is_empty()).then(|| value.into()),
                 "SNIGATE_BROKER_LISTEN" => layer.listen = addresses(value)?,
                 "SNIGATE_BROKER_TLS_LISTEN" => layer.tls_listen = addresses(value)?,
                 "SNIGATE_BROKER_CERT_FILE" => layer.cert_file = Some(value.into()),

@@ -265,7 +265,8 @@ impl Overrides {
             let bad = |message: String| ConfigError::env(&name, message);
             let value = value.trim();
             match name.as_str() {
-                "SNIGATE_ROUTER_CONFIG" => config = Some(value.into()),
+                // Empty: no file, as an image's default can be unset.
+                "SNIGATE_ROUTER_CONFIG" => config = (!value.is_empty()).then(|| value.into()),
                 "SNIGATE_ROUTER_LISTEN" => {
                     layer.listen = value
                         .split(',')
