@@ -465,6 +465,10 @@ fn broker_scenarios(
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     };
+    // Every broker row has Mosquitto as its baseline.
+    let row = |results: &mut Results, scenario: &str, unit: &'static str, target: Broker, value: f64| {
+        results.record(SECTION, scenario, unit, "mosquitto", target.name(), value);
+    };
     let steps = format!("{:?}", plan.broker_idle_steps);
     let budget_kib = 128.0 * 1024.0;
     for repeat in 0..plan.repeats {
@@ -477,22 +481,20 @@ fn broker_scenarios(
                     broker::idle(&running, tls.then_some(&tls_client), &plan.broker_idle_steps).await
                 })?;
                 let kind = if tls { "TLS" } else { "plaintext" };
-                results.record(
-                    SECTION,
+                row(
+                    results,
                     &format!("idle {kind} clients {steps}: RSS per client"),
                     "KiB",
-                    "mosquitto",
-                    target.name(),
+                    target,
                     slope,
                 );
                 let base = first - slope * plan.broker_idle_steps[0] as f64;
                 let fits = if slope > 0.0 { (budget_kib - base) / slope } else { 0.0 };
-                results.record(
-                    SECTION,
+                row(
+                    results,
                     &format!("idle {kind} clients in 128 MiB (extrapolated from the slope)"),
                     "clients",
-                    "mosquitto",
-                    target.name(),
+                    target,
                     fits,
                 );
             }
@@ -505,20 +507,18 @@ fn broker_scenarios(
                 all_cpus,
                 broker::fan_in(running.plain, plan.fan_in_publishers, plan.window),
             )?;
-            results.record(
-                SECTION,
+            row(
+                results,
                 &format!("QoS 0 fan-in, {} publishers to 1 subscriber", plan.fan_in_publishers),
                 "msg/s",
-                "mosquitto",
-                target.name(),
+                target,
                 rate,
             );
-            results.record(
-                SECTION,
+            row(
+                results,
                 "QoS 0 fan-in: peak RSS",
                 "MiB",
-                "mosquitto",
-                target.name(),
+                target,
                 broker::peak_mib(&running.process),
             );
         }
@@ -530,20 +530,12 @@ fn broker_scenarios(
                 all_cpus,
                 broker::qos1(running.plain, None, plan.qos1_window, plan.window),
             )?;
-            results.record(
-                SECTION,
-                "QoS 1, 1 publisher to 1 subscriber",
-                "msg/s",
-                "mosquitto",
-                target.name(),
-                rate,
-            );
-            results.record(
-                SECTION,
+            row(results, "QoS 1, 1 publisher to 1 subscriber", "msg/s", target, rate);
+            row(
+                results,
                 "QoS 1: peak RSS",
                 "MiB",
-                "mosquitto",
-                target.name(),
+                target,
                 broker::peak_mib(&running.process),
             );
         }
@@ -559,28 +551,13 @@ fn broker_scenarios(
                 "fan-out, 1 publisher at {} msg/s to {} subscribers: delivery latency",
                 plan.fan_out_rate, plan.fan_out_subscribers
             );
-            results.record(
-                SECTION,
-                &format!("{scenario} p50"),
-                "us",
-                "mosquitto",
-                target.name(),
-                p50,
-            );
-            results.record(
-                SECTION,
-                &format!("{scenario} p99"),
-                "us",
-                "mosquitto",
-                target.name(),
-                p99,
-            );
-            results.record(
-                SECTION,
+            row(results, &format!("{scenario} p50"), "us", target, p50);
+            row(results, &format!("{scenario} p99"), "us", target, p99);
+            row(
+                results,
                 "fan-out: peak RSS",
                 "MiB",
-                "mosquitto",
-                target.name(),
+                target,
                 broker::peak_mib(&running.process),
             );
         }
@@ -598,28 +575,19 @@ fn broker_scenarios(
                 all_cpus,
                 broker::qos1(front, Some(&tls_client), plan.qos1_window, plan.window),
             )?;
-            results.record(
-                SECTION,
-                "QoS 1 over TLS, direct",
-                "msg/s",
-                "mosquitto",
-                target.name(),
-                direct,
-            );
-            results.record(
-                SECTION,
+            row(results, "QoS 1 over TLS, direct", "msg/s", target, direct);
+            row(
+                results,
                 "QoS 1 over TLS, through snigate-router",
                 "msg/s",
-                "mosquitto",
-                target.name(),
+                target,
                 routed,
             );
-            results.record(
-                SECTION,
+            row(
+                results,
                 "QoS 1 over TLS: through the router / direct",
                 "ratio",
-                "mosquitto",
-                target.name(),
+                target,
                 routed / direct,
             );
         }

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use snigate_shared::certs::DevCa;
-use snigate_shared::testing::{STEP, TempDir, tool};
+use snigate_shared::testing::{STEP, TempDir, tool, with_hosts_file};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// OpenShift gives a pod a UID from its namespace's range and GID 0.
@@ -372,19 +372,7 @@ fn environment_variables_configure_without_a_file_and_over_one() {
 /// `mosquitto_pub`/`mosquitto_sub` with `hosts` over /etc/hosts, in a mount
 /// namespace of their own (docs/testbed.md).
 fn with_hosts(hosts: &Path, program: &Path, args: &[&str]) -> Output {
-    Command::new(tool("unshare", "util-linux").unwrap())
-        .args([
-            "--mount",
-            "--map-root-user",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(hosts)
-        .arg(program)
-        .args(args)
-        .output()
-        .unwrap()
+    with_hosts_file(hosts, program).unwrap().args(args).output().unwrap()
 }
 
 #[test]
@@ -454,16 +442,8 @@ fn the_router_routes_by_sni_to_brokers_by_container_name_and_drains_on_stop() {
         "-P",
         "pass",
     ];
-    let stays = Command::new(tool("unshare", "util-linux").unwrap())
-        .args([
-            "--mount",
-            "--map-root-user",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(&hosts)
-        .arg(&sub)
+    let stays = with_hosts_file(&hosts, &sub)
+        .unwrap()
         .args(login_a)
         .args(["-t", "later", "-C", "1", "-W", "30", "-i", "stays"])
         .stdout(Stdio::piped())

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use snigate_shared::testing::mqtt::{self, Login, Message};
-use snigate_shared::testing::{STEP, TempDir, check_metrics_with_promtool, tool};
+use snigate_shared::testing::{STEP, TempDir, check_metrics_with_promtool, tool, with_hosts_file};
 use snigate_testbed::{Testbed, Topology, http_get};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -198,17 +198,7 @@ async fn retained_messages_and_wills_through_the_router() {
 /// mount namespace of its own: the brokers' names resolve to the router for it
 /// alone, as docs/testbed.md tells users to do.
 async fn with_private_hosts(bed: &Testbed, program: &std::path::Path, args: &[&str]) -> Output {
-    let unshare = tool("unshare", "util-linux").unwrap();
-    let command = tokio::process::Command::new(unshare)
-        .args([
-            "--mount",
-            "--map-root-user",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(&bed.hosts_file)
-        .arg(program)
+    let command = tokio::process::Command::from(with_hosts_file(&bed.hosts_file, program).unwrap())
         .args(args)
         .output();
     tokio::time::timeout(STEP * 2, command).await.unwrap().unwrap()

@@ -288,3 +288,22 @@ impl Ca {
         )
     }
 }
+
+/// `program`, to be run with `hosts` mounted over /etc/hosts in a mount
+/// namespace of its own (`unshare`): host names resolve as the file says for
+/// that process alone, the machine's /etc/hosts untouched (docs/testbed.md).
+/// `None` when unshare is missing (a failure under CI=true).
+pub fn with_hosts_file(hosts: &std::path::Path, program: &std::path::Path) -> Option<Command> {
+    let mut command = Command::new(tool("unshare", "util-linux")?);
+    command
+        .args([
+            "--mount",
+            "--map-root-user",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(hosts)
+        .arg(program);
+    Some(command)
+}
