@@ -6,11 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use snigate_broker::config::{BrokerConfig, Overrides};
+use snigate_shared::config::EXIT_CONFIG;
 use snigate_shared::logging::{self, LogFormat};
 use snigate_shared::shutdown::Shutdown;
-
-/// sysexits' EX_CONFIG: the configuration is wrong, restarting will not help.
-const EXIT_CONFIG: u8 = 78;
 
 /// MQTT broker on rumqttd, a drop-in for Mosquitto: mosquitto_passwd files,
 /// Mosquitto's answers to CONNECT. With no configuration it listens on

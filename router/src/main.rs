@@ -6,11 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use snigate_router::config::{Endpoint, FlagRoute, Layer, Loader, Overrides};
+use snigate_shared::config::EXIT_CONFIG;
 use snigate_shared::logging::{self, LogFormat};
 use snigate_shared::shutdown::Shutdown;
-
-/// sysexits' EX_CONFIG: the configuration is wrong, restarting will not help.
-const EXIT_CONFIG: u8 = 78;
 
 /// SNI passthrough router: routes TLS connections by the server name in their
 /// ClientHello, without terminating TLS. Settings come from defaults, then the

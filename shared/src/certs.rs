@@ -100,17 +100,6 @@ impl DevCa {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
-
-    /// A client certificate (PEM) and key (PEM) with subject CN `name`.
-    pub fn issue_client(&self, name: &str, years: i32) -> Result<(String, String), CertError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, years);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
 }
 
 /// Write `contents` to `path`; keys (`secret`) readable by the owner only.

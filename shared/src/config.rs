@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+/// The exit status for a configuration error: sysexits' `EX_CONFIG`, which
+/// tells a supervisor that restarting will not help.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// Where a configuration value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

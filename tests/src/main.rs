@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(topology) => topology,
         Err(e) => {
             eprintln!("snigate-testbed: {e}");
-            return ExitCode::from(78);
+            return ExitCode::from(snigate_shared::config::EXIT_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
