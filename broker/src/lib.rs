@@ -64,6 +64,12 @@ struct Tracked {
 pub struct Sessions {
     by_client_id: std::sync::Mutex<std::collections::HashMap<String, Tracked>>,
     next: std::sync::atomic::AtomicU64,
+    /// The subscription filters of persistent sessions, connected or not.
+    /// rumqttd 0.20 restores a persistent session's subscriptions without
+    /// registering them for UNSUBSCRIBE (its `subscription_map`), so a
+    /// resumed session could never unsubscribe: the session subscribes them
+    /// again on resume, and needs to know which they are.
+    persistent_filters: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
 }
 
 impl Sessions {
@@ -109,6 +115,15 @@ impl Sessions {
             }
         }
         revoked
+    }
+
+    /// The subscription filters of persistent sessions, by client id.
+    pub fn persistent_filters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::collections::HashSet<String>>> {
+        self.persistent_filters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Forget `client_id` if it is still this session's.

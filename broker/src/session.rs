@@ -23,9 +23,10 @@ use rumqttd::local::LinkTx;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, LastWill, Packet, PingResp,
-    Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, QoS,
-    SubAck, Subscribe, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, Filter, LastWill, Packet,
+    PingReq, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
+    PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -36,6 +37,9 @@ use crate::Shared;
 use crate::auth::acl::Access;
 
 const CONNECT_PACKET: u8 = 1;
+/// Clients never use packet id 0 (MQTT §2.3.1): the session's own SUBSCRIBEs
+/// to rumqttd carry it.
+const RESUBSCRIBE_PKID: u16 = 0;
 const PUBLISH_PACKET: u8 = 3;
 
 /// Bytes handed to the socket in one write: messages move from the queue into
@@ -299,6 +303,14 @@ struct Session<P, S> {
     held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
     /// Replies the session owes the client for packets it answered itself.
     answer_now: Vec<Packet>,
+    /// UNSUBSCRIBEs waiting on rumqttd: the UNSUBACK reasons so far and how
+    /// many filters rumqttd has still to answer, by packet id.
+    unsubscribing: std::collections::HashMap<u16, (Vec<UnsubAckReason>, usize)>,
+    /// One entry per filter passed to rumqttd, in order: which UNSUBSCRIBE
+    /// and which of its filters the next PINGRESP from rumqttd closes.
+    unsubscribe_marks: VecDeque<(u16, usize)>,
+    /// rumqttd sent an UNSUBACK since the last mark: the filter was there.
+    unsubscribe_acked: bool,
     /// This client's `$` filters, served from the `$SYS` snapshots.
     sys_filters: Vec<String>,
     sys: tokio::sync::watch::Receiver<crate::sys::Snapshot>,
@@ -314,8 +326,12 @@ struct Session<P, S> {
     /// QoS 2 deliveries withheld (by the ACL) or dropped (a full queue):
     /// their PUBREL from rumqttd is answered here.
     withheld_qos2: std::collections::HashSet<u16>,
-    /// This connection's subscription filters, for the subscriptions gauge.
+    /// This connection's subscription filters, for the subscriptions gauge
+    /// and UNSUBSCRIBE; a resumed persistent session starts with its own.
     subscriptions: std::collections::HashSet<String>,
+    /// The session outlives the connection (clean session off): its filters
+    /// are kept in [`crate::Sessions`].
+    persistent: bool,
     read: BytesMut,
     write: BytesMut,
     protocol: P,
@@ -350,6 +366,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             deadline,
             held_back: std::collections::HashMap::new(),
             answer_now: Vec::new(),
+            unsubscribing: std::collections::HashMap::new(),
+            unsubscribe_marks: VecDeque::new(),
+            unsubscribe_acked: false,
             sys_filters: Vec::new(),
             sys: shared.sys.clone(),
             sys_initial: false,
@@ -359,6 +378,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             refused_qos2: std::collections::HashSet::new(),
             withheld_qos2: std::collections::HashSet::new(),
             subscriptions: std::collections::HashSet::new(),
+            persistent: false,
             read,
             write: BytesMut::with_capacity(1024),
             protocol,
@@ -500,6 +520,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.shared.metrics.connected.inc();
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
+        if self
+            .resume_subscriptions(clean, session_present, &mut tx)
+            .await
+            .is_err()
+        {
+            self.shared.sessions.release(&client_id, generation);
+            self.shared.metrics.connected.dec();
+            return (End::RouterError, Some(client_id));
+        }
 
         let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &eviction).await;
         self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
@@ -629,6 +658,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                 self.observe(&packet);
                                 batch.push(packet);
                             }
+                            Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe(unsubscribe, &mut batch),
                             packet => {
                                 // The client acknowledged a delivery: room in its
                                 // in-flight window.
@@ -711,6 +741,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                 return End::RouterError;
                             }
                         }
+                        Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => {}
                         Some(Packet::SubAck(mut suback, props)) => {
                             // Put back the answers for `$` filters held back.
                             if let Some(held) = self.held_back.remove(&suback.pkid) {
@@ -730,6 +761,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                                 return end;
                             }
                         }
+                        Some(Packet::UnsubAck(..)) => self.unsubscribe_acked = true,
+                        Some(Packet::PingResp(_)) => self.unsubscribe_marked(),
                         Some(packet) => self.push_control(packet),
                         // The router paused this link; ask for more.
                         None => {
@@ -998,6 +1031,76 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         Some(subscribe)
     }
 
+    /// Answer an UNSUBSCRIBE for every filter in it, as MQTT requires
+    /// (§3.10.4), also for filters that were never subscribed. rumqttd
+    /// answers only filters it has, one UNSUBACK each, and never those the
+    /// session keeps (`$SYS`); a session resumed from an earlier connection
+    /// cannot tell which filters rumqttd has. So each filter goes to rumqttd
+    /// alone, followed by a PINGREQ: rumqttd answers both in order, and an
+    /// UNSUBACK before the PINGRESP means the filter was there.
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe, batch: &mut Vec<Packet>) {
+        let pkid = unsubscribe.pkid;
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        let mut waiting = 0;
+        if self.persistent
+            && let Some(kept) = self.shared.sessions.persistent_filters().get_mut(&self.client_id)
+        {
+            kept.retain(|f| !unsubscribe.filters.contains(f));
+        }
+        for (position, filter) in unsubscribe.filters.into_iter().enumerate() {
+            if self.subscriptions.remove(&filter) {
+                self.shared.metrics.subscriptions.dec();
+            }
+            if filter.starts_with('$') && !filter.starts_with("$share/") {
+                let before = self.sys_filters.len();
+                self.sys_filters.retain(|f| *f != filter);
+                reasons.push(if self.sys_filters.len() < before {
+                    UnsubAckReason::Success
+                } else {
+                    UnsubAckReason::NoSubscriptionExisted
+                });
+                continue;
+            }
+            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+            waiting += 1;
+            self.unsubscribe_marks.push_back((pkid, position));
+            batch.push(Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid,
+                    filters: vec![filter],
+                },
+                None,
+            ));
+            batch.push(Packet::PingReq(PingReq));
+        }
+        if waiting == 0 {
+            self.answer_now.push(Packet::UnsubAck(UnsubAck { pkid, reasons }, None));
+        } else {
+            self.unsubscribing.insert(pkid, (reasons, waiting));
+        }
+    }
+
+    /// rumqttd's PINGRESP after one filter of an UNSUBSCRIBE: that filter is
+    /// settled; the UNSUBACK goes out when all of them are.
+    fn unsubscribe_marked(&mut self) {
+        let acked = std::mem::take(&mut self.unsubscribe_acked);
+        let Some((pkid, position)) = self.unsubscribe_marks.pop_front() else {
+            return;
+        };
+        let Some((reasons, waiting)) = self.unsubscribing.get_mut(&pkid) else {
+            return;
+        };
+        if acked && let Some(reason) = reasons.get_mut(position) {
+            *reason = UnsubAckReason::Success;
+        }
+        *waiting -= 1;
+        if *waiting == 0
+            && let Some((reasons, _)) = self.unsubscribing.remove(&pkid)
+        {
+            self.push_control(Packet::UnsubAck(UnsubAck { pkid, reasons }, None));
+        }
+    }
+
     /// Whether this client may `access` `topic`; always, without an ACL.
     fn allowed(&self, topic: &[u8], access: Access) -> bool {
         let material = self.shared.material.load();
@@ -1083,23 +1186,58 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Keep the subscription count as packets pass.
     fn observe(&mut self, packet: &Packet) {
-        match packet {
-            Packet::Subscribe(subscribe, _) => {
-                for filter in &subscribe.filters {
-                    if self.subscriptions.insert(filter.path.clone()) {
-                        self.shared.metrics.subscriptions.inc();
-                    }
+        if let Packet::Subscribe(subscribe, _) = packet {
+            for filter in &subscribe.filters {
+                if self.subscriptions.insert(filter.path.clone()) {
+                    self.shared.metrics.subscriptions.inc();
                 }
             }
-            Packet::Unsubscribe(unsubscribe, _) => {
-                for filter in &unsubscribe.filters {
-                    if self.subscriptions.remove(filter) {
-                        self.shared.metrics.subscriptions.dec();
-                    }
-                }
+            if self.persistent {
+                let mut kept = self.shared.sessions.persistent_filters();
+                let filters = kept.entry(self.client_id.clone()).or_default();
+                filters.extend(subscribe.filters.iter().map(|f| f.path.clone()));
             }
-            _ => {}
         }
+    }
+
+    /// Take up a persistent session's subscriptions, or forget them when a
+    /// clean session starts. rumqttd restores a resumed session's
+    /// subscriptions without registering them for UNSUBSCRIBE: subscribing
+    /// them again does (it keeps their QoS and sends no retained messages,
+    /// for subscriptions it has), under packet id 0, whose SUBACK the
+    /// session drops.
+    async fn resume_subscriptions(&mut self, clean: bool, session_present: bool, tx: &mut LinkTx) -> Result<(), ()> {
+        self.persistent = !clean;
+        let filters = {
+            let mut kept = self.shared.sessions.persistent_filters();
+            if !session_present {
+                kept.remove(&self.client_id);
+                return Ok(());
+            }
+            match kept.get(&self.client_id) {
+                Some(filters) if !filters.is_empty() => filters.clone(),
+                _ => return Ok(()),
+            }
+        };
+        self.shared.metrics.subscriptions.add(filters.len() as i64);
+        let subscribe = Subscribe {
+            pkid: RESUBSCRIBE_PKID,
+            filters: filters
+                .iter()
+                .map(|path| Filter {
+                    path: path.clone(),
+                    qos: QoS::AtMostOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+                })
+                .collect(),
+        };
+        self.subscriptions = filters;
+        tx.send(Packet::Subscribe(subscribe, None))
+            .await
+            .map(drop)
+            .map_err(drop)
     }
 
     /// CONNACK "server unavailable" in this client's MQTT version (rumqttd's

@@ -573,6 +573,7 @@ async fn paho_mqtt_5_clients() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("refused login: 0x87"), "{stdout}");
+    assert!(stdout.contains("unsubscribed: [0, 17]"), "{stdout}");
     assert!(stdout.ends_with("ok\n"), "{stdout}");
 }
 
@@ -1224,6 +1225,80 @@ async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
         .unwrap();
     assert_eq!(suback, [0x90, 3, 0, 7, 0], "granted at QoS 0");
     assert_pings(&mut client).await;
+}
+
+/// Every UNSUBSCRIBE gets exactly one UNSUBACK (MQTT §3.10.4): for `$SYS`
+/// filters the session keeps, for filters never subscribed, and for a
+/// subscription a persistent session brought from an earlier connection,
+/// which must really end.
+#[tokio::test]
+async fn every_unsubscribe_is_answered_once_and_ends_the_subscription() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.path("broker.toml"),
+        "allow_anonymous = true\nsys_interval = \"0s\"\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let read = async |client: &mut TcpStream, expected: &[u8], what: &str| {
+        let mut got = vec![0; expected.len()];
+        tokio::time::timeout(STEP, client.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("no {what}"))
+            .unwrap();
+        assert_eq!(got, expected, "{what}");
+    };
+
+    let mut client = connected(broker.addr, "unsubscriber", 0).await;
+    // SUBSCRIBE pkid 7: "$SYS/#" and "a/b", QoS 0.
+    let mut subscribe = vec![0x82, 17, 0, 7];
+    subscribe.extend_from_slice(b"\0\x06$SYS/#\0\0\x03a/b\0");
+    client.write_all(&subscribe).await.unwrap();
+    read(&mut client, &[0x90, 4, 0, 7, 0, 0], "SUBACK").await;
+    // UNSUBSCRIBE pkid 8: "$SYS/#", "a/b" and "never", subscribed or not.
+    let mut unsubscribe = vec![0xa2, 22, 0, 8];
+    unsubscribe.extend_from_slice(b"\0\x06$SYS/#\0\x03a/b\0\x05never");
+    client.write_all(&unsubscribe).await.unwrap();
+    read(&mut client, &[0xb0, 2, 0, 8], "UNSUBACK").await;
+    // A second UNSUBACK would come before the PINGRESP.
+    assert_pings(&mut client).await;
+    // Only a filter never subscribed.
+    client
+        .write_all(&[0xa2, 9, 0, 9, 0, 5, b'n', b'e', b'v', b'e', b'r'])
+        .await
+        .unwrap();
+    read(&mut client, &[0xb0, 2, 0, 9], "UNSUBACK").await;
+    assert_pings(&mut client).await;
+
+    // A persistent session subscribes to "a/b" and leaves; back, it
+    // unsubscribes, and a message published to "a/b" no longer reaches it.
+    let login = snigate_shared::testing::mqtt::Login {
+        clean_session: false,
+        ..Default::default()
+    };
+    let connect = snigate_shared::testing::mqtt::connect_with("persistent", &login);
+    let mut away = TcpStream::connect(broker.addr).await.unwrap();
+    away.write_all(&connect).await.unwrap();
+    read(&mut away, &[0x20, 2, 0, 0], "CONNACK").await;
+    away.write_all(&[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0])
+        .await
+        .unwrap();
+    read(&mut away, &[0x90, 3, 0, 1, 0], "SUBACK").await;
+    away.write_all(&[0xe0, 0]).await.unwrap();
+    drop(away);
+    let mut back = TcpStream::connect(broker.addr).await.unwrap();
+    back.write_all(&connect).await.unwrap();
+    read(&mut back, &[0x20, 2, 1, 0], "CONNACK, session present").await;
+    back.write_all(&[0xa2, 7, 0, 2, 0, 3, b'a', b'/', b'b']).await.unwrap();
+    read(&mut back, &[0xb0, 2, 0, 2], "UNSUBACK").await;
+    // PUBLISH QoS 0 "a/b" "x", then a ping to flush it through the broker.
+    client
+        .write_all(&[0x30, 6, 0, 3, b'a', b'/', b'b', b'x'])
+        .await
+        .unwrap();
+    assert_pings(&mut client).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_pings(&mut back).await;
 }
 
 /// Debian's mosquitto_pub and mosquitto_sub, and a broker with a

@@ -59,6 +59,18 @@ if not received.wait(10):
 print(f"received: {got[0]}")
 if got[0] != ("paho/v5", b"hello v5", 1):
     sys.exit(f"unexpected message {got[0]}")
+
+# UNSUBSCRIBE: a reason code per filter, 0x11 for one never subscribed.
+unsubscribed = {}
+unsubacked = threading.Event()
+sub.on_unsubscribe = lambda c, u, mid, reasons, props: (unsubscribed.setdefault("reasons", reasons), unsubacked.set())
+sub.unsubscribe(["paho/#", "never/subscribed"])
+if not unsubacked.wait(10):
+    sys.exit("no UNSUBACK")
+codes = [r.value for r in unsubscribed["reasons"]]
+if codes != [0x00, 0x11]:
+    sys.exit(f"UNSUBACK reasons {codes}, expected [0, 0x11]")
+print(f"unsubscribed: {codes}")
 pub.disconnect()
 sub.disconnect()
 pub.loop_stop()
