@@ -23,6 +23,8 @@ const ARBITRARY_USER: &str = "1000170000:0";
 /// snigate-broker's is not yet (docs/deploy.md has the sizes and what costs
 /// what). This bound catches growth, not the target.
 const IMAGE_SIZE_LIMIT: u64 = 10_000_000;
+/// The router's drain timeout in the drain test.
+const DRAIN: Duration = Duration::from_secs(5);
 
 fn docker() -> Option<PathBuf> {
     tool("docker", "docker.io")
@@ -52,9 +54,40 @@ fn images() -> &'static str {
     })
 }
 
-/// A unique name per test and process, for containers and networks.
+/// A unique name per test and process, for containers and networks: the PID
+/// and the time, as a PID is reused by a later run.
 fn unique(name: &str) -> String {
-    format!("snigate-test-{}-{name}", std::process::id())
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("snigate-test-{}-{nanos:x}-{name}", std::process::id())
+}
+
+/// A client process of the test's, killed on drop, so that a failed assertion
+/// leaves no mosquitto_sub behind.
+struct Client(Option<Child>);
+
+impl Client {
+    fn spawn(command: &mut Command) -> Self {
+        Self(Some(command.spawn().unwrap()))
+    }
+
+    fn running(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    fn output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A Docker network of the test's, removed on drop.
@@ -305,22 +338,24 @@ fn a_mounted_password_file_replaces_the_default_user_and_reloads_on_sighup() {
     );
 
     // A connected client stays through a reload that adds a user.
-    let subscriber: Child = Command::new(&sub)
-        .args(pub_args(&port, "foo", "foo"))
-        .args(["-t", "reload/#", "-C", "1", "-W", "20", "-i", "stays"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let subscriber = Client::spawn(
+        Command::new(&sub)
+            .args(pub_args(&port, "foo", "foo"))
+            .args(["-t", "reload/#", "-C", "1", "-W", "20", "-i", "stays"])
+            .stdout(Stdio::piped()),
+    );
     broker.wait_for_log("client_id=\"stays\"");
     write_passwd(&auth.join("passwd"), &[("carol", "carol")]);
     docker_ok(&["kill", "-s", "HUP", &broker.name]);
-    broker.wait_for_log("reloaded");
+    // The broker also watches the file; the signal's own reload says so.
+    let reload = broker.wait_for_log("trigger=\"SIGHUP\"");
+    assert!(reload.contains("reloaded"), "{reload}");
     let out = run(
         &pub_,
         &[pub_args(&port, "carol", "carol"), vec!["-t", "reload/x", "-m", "after"]].concat(),
     );
     assert!(out.status.success(), "the added user logs in: {out:?}");
-    let got = subscriber.wait_with_output().unwrap();
+    let got = subscriber.output();
     assert_eq!(
         String::from_utf8_lossy(&got.stdout),
         "after\n",
@@ -423,7 +458,13 @@ fn the_router_routes_by_sni_to_brokers_by_container_name_and_drains_on_stop() {
         "router",
         "snigate-router:dev",
         &[8443, 9090],
-        &["-v", &format!("{}:/etc/snigate/routes.d:ro", routes.display())],
+        &[
+            "-v",
+            &format!("{}:/etc/snigate/routes.d:ro", routes.display()),
+            // Shorter than the image's 20 s, to keep the test short.
+            "-e",
+            &format!("SNIGATE_ROUTER_DRAIN_TIMEOUT={}s", DRAIN.as_secs()),
+        ],
     );
     let port = router.port(8443);
     let hosts = dir.path("hosts");
@@ -442,13 +483,13 @@ fn the_router_routes_by_sni_to_brokers_by_container_name_and_drains_on_stop() {
         "-P",
         "pass",
     ];
-    let stays = with_hosts_file(&hosts, &sub)
-        .unwrap()
-        .args(login_a)
-        .args(["-t", "later", "-C", "1", "-W", "30", "-i", "stays"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let stays = Client::spawn(
+        with_hosts_file(&hosts, &sub)
+            .unwrap()
+            .args(login_a)
+            .args(["-t", "later", "-C", "1", "-W", "30", "-i", "stays"])
+            .stdout(Stdio::piped()),
+    );
     brokers[0].1.wait_for_log("client_id=\"stays\"");
     // The routes directory changes, as a ConfigMap does: picked up by the
     // running router, without a restart.
@@ -478,20 +519,39 @@ fn the_router_routes_by_sni_to_brokers_by_container_name_and_drains_on_stop() {
         &[&login_a[..], &["-t", "later", "-m", "still connected"]].concat(),
     );
     assert!(out.status.success(), "{out:?}");
-    let got = stays.wait_with_output().unwrap();
+    let got = stays.output();
     assert_eq!(String::from_utf8_lossy(&got.stdout), "still connected\n");
 
-    // SIGTERM: the router drains (no connection is open) and exits 0, well
-    // within its 20 s drain timeout and docker's 30.
+    // SIGTERM with a client connected: the router stops accepting, keeps the
+    // client's connection for the drain timeout, then closes it and exits 0,
+    // before docker's 30 s would kill it.
+    let mut draining = Client::spawn(
+        with_hosts_file(&hosts, &sub)
+            .unwrap()
+            .args(login_a)
+            .args(["-t", "never", "-W", "60", "-i", "draining"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    brokers[0].1.wait_for_log("client_id=\"draining\"");
     let started = Instant::now();
-    docker_ok(&["stop", "-t", "30", &router.name]);
+    let name = router.name.clone();
+    let stop = std::thread::spawn(move || docker_ok(&["stop", "-t", "30", &name]));
+    let line = router.wait_for_log("stopped accepting; draining");
+    assert!(!line.contains("open=0"), "{line}");
+    std::thread::sleep(DRAIN / 2);
+    assert!(draining.running(), "the connection was kept while draining");
+    stop.join().unwrap();
+    let stopped = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "stopped in {:?}",
-        started.elapsed()
+        stopped >= DRAIN && stopped < Duration::from_secs(25),
+        "stopped in {stopped:?}, drain timeout {DRAIN:?}"
     );
     let code = docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", &router.name]);
     assert_eq!(code, "0", "{}", router.logs());
+    let drained = router.wait_for_log("drained");
+    assert!(!drained.contains("aborted=0"), "the client was cut at the deadline: {drained}");
+    drop(draining);
     let (_, broker) = &brokers[0];
     docker_ok(&["stop", "-t", "30", &broker.name]);
     let code = docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", &broker.name]);
