@@ -112,6 +112,22 @@ impl Topology {
             if broker.name.is_empty() || !broker.name.chars().all(plain) {
                 return Err((field("name"), "letters, digits, '-' and '_' only".into()));
             }
+            let label = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if broker.host.len() > 253 || !broker.host.split('.').all(label) {
+                return Err((
+                    field("host"),
+                    format!(
+                        "`{}`: not a DNS host name (labels of letters, digits and '-')",
+                        broker.host
+                    ),
+                ));
+            }
             if !seen.insert(broker.name.clone()) || !seen.insert(broker.host.to_ascii_lowercase()) {
                 return Err((field("name"), "each broker needs its own name and host".into()));
             }
@@ -194,8 +210,14 @@ impl Testbed {
         let (router, router_admin) = start_router(&topology.router, &brokers, &dir, &shutdown, &mut tasks)?;
 
         let mut hosts_text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
+        // A router on every address is reached on loopback.
+        let router_ip = if router.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            router.ip()
+        };
         for broker in &brokers {
-            let _ = writeln!(hosts_text, "{} {}", router.ip(), broker.host);
+            let _ = writeln!(hosts_text, "{router_ip} {}", broker.host);
         }
         let hosts_file = dir.join("hosts");
         std::fs::write(&hosts_file, hosts_text)?;

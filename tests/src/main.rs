@@ -1,7 +1,7 @@
 //! `snigate-testbed`: the README's first command. Brings up the topology of
 //! `config/testbed.toml` and prints how to reach it. See `lib.rs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,13 +14,21 @@ use snigate_testbed::{Testbed, Topology};
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
-    /// The topology.
-    #[arg(long, short, default_value = "config/testbed.toml")]
-    config: PathBuf,
+    /// The topology [default: the workspace's config/testbed.toml, from
+    /// whichever directory this runs].
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     /// Where the CA, certificates, password files and each component's
-    /// configuration are written (the CA is reused from here on later runs).
-    #[arg(long, default_value = "target/testbed")]
-    dir: PathBuf,
+    /// configuration are written (the CA is reused from here on later runs)
+    /// [default: the workspace's target/testbed].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The workspace this binary was built in: `cargo run` may start it from any
+/// directory below it.
+fn workspace() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn main() -> ExitCode {
@@ -31,7 +39,9 @@ fn main() -> ExitCode {
         eprintln!("snigate-testbed: {e}");
         return ExitCode::FAILURE;
     }
-    let topology = match Topology::load(&cli.config) {
+    let config = cli.config.unwrap_or_else(|| workspace().join("config/testbed.toml"));
+    let dir = cli.dir.unwrap_or_else(|| workspace().join("target/testbed"));
+    let topology = match Topology::load(&config) {
         Ok(topology) => topology,
         Err(e) => {
             eprintln!("snigate-testbed: {e}");
@@ -46,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let testbed = Testbed::start(&topology, &cli.dir).await?;
+        let testbed = Testbed::start(&topology, &dir).await?;
         println!("{}", instructions(&testbed));
         testbed.run_until_signalled().await
     });
@@ -63,10 +73,10 @@ fn main() -> ExitCode {
 }
 
 /// What a newcomer needs: where things are, how names resolve, and commands to
-/// copy.
+/// copy, each on one line (tests/tests/testbed_cli.rs runs them as printed).
 fn instructions(testbed: &Testbed) -> String {
-    let ca = testbed.ca_file.display();
-    let hosts = testbed.hosts_file.display();
+    let ca = quoted(&testbed.ca_file);
+    let hosts = quoted(&testbed.hosts_file);
     let port = testbed.router.port();
     let mut out = String::new();
     let mut line = |s: String| {
@@ -93,15 +103,17 @@ fn instructions(testbed: &Testbed) -> String {
     line(String::new());
     line(format!("CA certificate (clients verify the brokers with it): {ca}"));
     line(String::new());
-    line("Host names: the .test names resolve nowhere until you say so. Either add".into());
-    line(format!(
-        "the lines of {hosts} to /etc/hosts, or (no change to the machine)"
-    ));
-    line("open a shell with a private /etc/hosts, and run the commands below in it:".into());
-    line(format!(
-        "  unshare --mount --map-root-user sh -c 'mount --bind {hosts} /etc/hosts && exec \"${{SHELL:-sh}}\"'"
-    ));
+    line("Try it in another terminal: this one runs the testbed until Ctrl-C. The clients".into());
+    line("are mosquitto-clients (Debian/Ubuntu: sudo apt install mosquitto-clients).".into());
     line(String::new());
+    line("1. The .test host names resolve nowhere until you say so. Open a shell with a".into());
+    line("   private /etc/hosts (the machine's stays as it is) and run the rest in it:".into());
+    line(format!(
+        "     unshare --mount --map-root-user sh -c 'mount --bind \"$0\" /etc/hosts && exec \"${{SHELL:-sh}}\"' {hosts}"
+    ));
+    line(format!(
+        "   (Or add the lines of {hosts} to /etc/hosts; docs/testbed.md.)"
+    ));
     if let Some(broker) = testbed.brokers.first() {
         let (user, password) = broker
             .users
@@ -109,20 +121,33 @@ fn instructions(testbed: &Testbed) -> String {
             .next()
             .map_or(("USER", "PASSWORD"), |(u, p)| (u.as_str(), p.as_str()));
         let host = &broker.host;
-        line(format!("Subscribe and publish through the router to {}:", broker.name));
+        let login = format!("--cafile {ca} -h {host} -p {port} -u {user} -P {password}");
         line(format!(
-            "  mosquitto_sub --cafile {ca} -h {host} -p {port} -u {user} -P {password} -t demo -v &"
+            "2. Subscribe and publish through the router to {} (the subscriber prints the",
+            broker.name
         ));
+        line("   message and exits):".into());
         line(format!(
-            "  mosquitto_pub --cafile {ca} -h {host} -p {port} -u {user} -P {password} -t demo -m hello"
+            "     mosquitto_sub {login} -t demo -v -C 1 & sleep 1; mosquitto_pub {login} -t demo -m hello; wait"
         ));
-        line("The TLS handshake, as the router passes it through:".into());
+        line("3. The TLS handshake, as the router passes it through (look for \"Verification: OK\"):".into());
         line(format!(
-            "  openssl s_client -connect {} -servername {host} -CAfile {ca} -verify_hostname {host} -brief </dev/null",
+            "     openssl s_client -connect {} -servername {host} -CAfile {ca} -verify_hostname {host} -brief </dev/null",
             testbed.router
         ));
-        line(String::new());
     }
+    line(String::new());
     line("Ctrl-C stops everything. docs/testbed.md has more.".into());
     out
+}
+
+/// `path` as one shell word.
+fn quoted(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }

@@ -550,7 +550,10 @@ fn the_router_routes_by_sni_to_brokers_by_container_name_and_drains_on_stop() {
     let code = docker_ok(&["inspect", "--format", "{{.State.ExitCode}}", &router.name]);
     assert_eq!(code, "0", "{}", router.logs());
     let drained = router.wait_for_log("drained");
-    assert!(!drained.contains("aborted=0"), "the client was cut at the deadline: {drained}");
+    assert!(
+        !drained.contains("aborted=0"),
+        "the client was cut at the deadline: {drained}"
+    );
     drop(draining);
     let (_, broker) = &brokers[0];
     docker_ok(&["stop", "-t", "30", &broker.name]);

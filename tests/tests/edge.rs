@@ -200,6 +200,7 @@ async fn retained_messages_and_wills_through_the_router() {
 async fn with_private_hosts(bed: &Testbed, program: &std::path::Path, args: &[&str]) -> Output {
     let command = tokio::process::Command::from(with_hosts_file(&bed.hosts_file, program).unwrap())
         .args(args)
+        .kill_on_drop(true)
         .output();
     tokio::time::timeout(STEP * 2, command).await.unwrap().unwrap()
 }
@@ -251,13 +252,108 @@ async fn mosquitto_clients_verify_the_host_name_through_the_router() {
         let out = with_private_hosts(&bed, &sub, &subscribe).await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{message}\n"), "{out:?}");
 
-        // The other broker never saw it.
+        // The other broker never saw it: a subscriber there (connected: its
+        // broker logs it) gets nothing.
         let other_args = login_args(&bed, other, None);
+        let client_id = format!("elsewhere-than-{broker}");
         let mut elsewhere: Vec<&str> = other_args.iter().map(String::as_str).collect();
-        elsewhere.extend(["-t", "e2e/mosquitto", "-C", "1", "-W", "2"]);
+        elsewhere.extend(["-t", "e2e/mosquitto", "-C", "1", "-W", "2", "-i", &client_id]);
         let out = with_private_hosts(&bed, &sub, &elsewhere).await;
         assert!(!String::from_utf8_lossy(&out.stdout).contains(&message), "{out:?}");
+        log_line(&["client connected", &client_id]).await;
     }
+    bed.stop().await.unwrap();
+}
+
+/// `mosquitto_sub` through the router, with the testbed's hosts file, spawned;
+/// killed if the test ends first.
+fn spawn_private_hosts(bed: &Testbed, program: &std::path::Path, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::from(with_hosts_file(&bed.hosts_file, program).unwrap())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mosquitto_clients_carry_every_qos_and_the_will_through_the_router() {
+    let Some((pub_, sub)) = real_clients() else { return };
+    let dir = TempDir::new();
+    let bed = testbed(&dir).await;
+    let args = login_args(&bed, "broker-a", None);
+    let login: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let subscriber = spawn_private_hosts(
+        &bed,
+        &sub,
+        &[
+            &login[..],
+            &["-t", "e2e/qos", "-q", "2", "-C", "3", "-W", "10", "-i", "every-qos"],
+        ]
+        .concat(),
+    );
+    log_line(&["client connected", "every-qos"]).await;
+    // Its SUBSCRIBE follows the CONNECT.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for qos in ["0", "1", "2"] {
+        let message = format!("at QoS {qos}");
+        let out = with_private_hosts(
+            &bed,
+            &pub_,
+            &[&login[..], &["-t", "e2e/qos", "-q", qos, "-m", &message]].concat(),
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = tokio::time::timeout(STEP, subscriber.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["at QoS 0", "at QoS 1", "at QoS 2"], "{out:?}");
+
+    // The will of a client that vanishes (SIGKILL: no DISCONNECT).
+    let watcher = spawn_private_hosts(
+        &bed,
+        &sub,
+        &[
+            &login[..],
+            &["-t", "e2e/will", "-C", "1", "-W", "10", "-i", "will-watcher"],
+        ]
+        .concat(),
+    );
+    log_line(&["client connected", "will-watcher"]).await;
+    let mut doomed = spawn_private_hosts(
+        &bed,
+        &sub,
+        &[
+            &login[..],
+            &[
+                "-t",
+                "e2e/none",
+                "-i",
+                "doomed-client",
+                "--will-topic",
+                "e2e/will",
+                "--will-payload",
+                "gone",
+            ],
+        ]
+        .concat(),
+    );
+    log_line(&["client connected", "doomed-client"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.kill().await.unwrap();
+    let out = tokio::time::timeout(STEP, watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "gone\n", "{out:?}");
     bed.stop().await.unwrap();
 }
 
@@ -298,6 +394,7 @@ async fn the_articles_test_through_the_router() {
             "nowhere.apps.snigate.test",
         ])
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(STEP, out).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
@@ -333,18 +430,27 @@ async fn metrics_show_the_traffic_and_pass_promtool() {
         assert!(mqtt::next_message(&mut subscriber).await.is_some());
     }
     // The connections above ended when their streams dropped; wait until the
-    // router has counted both routes' closes.
-    let mut router = String::new();
-    for _ in 0..100 {
-        router = body(&http_get(bed.router_admin, "/metrics").await.unwrap()).to_owned();
-        let closed = |route: &str| {
-            router.lines().any(|l| {
+    // router has counted both routes' two connections (any outcome).
+    let closed = |metrics: &str, route: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
                 l.starts_with("snigate_router_connections_closed_total{") && l.contains(&format!("route=\"{route}\""))
             })
-        };
-        if closed("broker-a") && closed("broker-b") {
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut router = String::new();
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        router = body(&http_get(bed.router_admin, "/metrics").await.unwrap()).to_owned();
+        if closed(&router, "broker-a") >= 2.0 && closed(&router, "broker-b") >= 2.0 {
             break;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the router did not count two connections per route: {router}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for route in ["broker-a", "broker-b"] {
