@@ -440,19 +440,18 @@ async fn metrics_show_the_traffic_and_pass_promtool() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let mut router = String::new();
     let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        router = body(&http_get(bed.router_admin, "/metrics").await.unwrap()).to_owned();
+    let router = loop {
+        let router = body(&http_get(bed.router_admin, "/metrics").await.unwrap()).to_owned();
         if closed(&router, "broker-a") >= 2.0 && closed(&router, "broker-b") >= 2.0 {
-            break;
+            break router;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the router did not count two connections per route: {router}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     for route in ["broker-a", "broker-b"] {
         for direction in ["in", "out"] {
             let bytes = sample(
