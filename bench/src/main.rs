@@ -5,7 +5,7 @@
 //! installed: missing peers are named and the run stops.
 //!
 //! usage: cargo run --release -p snigate-bench -- [all|router|broker] [--quick]
-//!        [--repeats N] [--seconds S] [--out FILE]
+//!        [--repeats N] [--seconds S] [--only TEXT] [--out FILE]
 //! Needs release builds of snigate-router and snigate-broker
 //! (`cargo build --release`), Debian's haproxy and mosquitto (scripts/test
 //! unpacks both under target/tools), and taskset and prlimit (util-linux).
@@ -43,6 +43,10 @@ struct Cli {
     /// Seconds per timed window (default 2; 0.3 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Only the scenarios whose name contains this text (e.g. "pinned",
+    /// "fan-out"): to repeat or profile one.
+    #[arg(long)]
+    only: Option<String>,
     /// Where the markdown table goes (also printed).
     #[arg(long, default_value = "target/bench/results.md")]
     out: PathBuf,
@@ -61,9 +65,15 @@ struct Plan {
     fan_out_subscribers: usize,
     fan_out_rate: u32,
     qos1_window: usize,
+    only: Option<String>,
 }
 
 impl Plan {
+    /// Whether the scenario named `name` is to run.
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| name.contains(only))
+    }
+
     fn new(cli: &Cli) -> Self {
         let quick = cli.quick;
         Self {
@@ -80,6 +90,7 @@ impl Plan {
             fan_out_subscribers: if quick { 10 } else { 100 },
             fan_out_rate: if quick { 100 } else { 200 },
             qos1_window: 20,
+            only: cli.only.clone(),
         }
     }
 
@@ -343,6 +354,9 @@ fn router_scenarios(
                             ", shared cores"
                         }
                     );
+                    if !plan.wants(&scenario) {
+                        continue;
+                    }
                     for proxy in PROXIES {
                         let dir = next_dir()?;
                         let value = measure(pinned, all_cpus, async {
@@ -352,12 +366,22 @@ fn router_scenarios(
                             let running = router::start(proxy, backend.addr, 3, pinned.then_some(1), &dir)?;
                             router::bulk(&running, &backend, classic.clone(), conns, upload, plan.window).await
                         })?;
-                        results.record(SECTION, &scenario, "MB/s", "direct", proxy.name(), value);
+                        results.record(SECTION, &scenario, "MB/s", "direct", proxy.name(), value.mb_per_s);
+                        if let Some(cost) = value.cpu_ms_per_gb {
+                            results.record(
+                                SECTION,
+                                &format!("{scenario}: proxy CPU per GB"),
+                                "ms",
+                                "haproxy",
+                                proxy.name(),
+                                cost,
+                            );
+                        }
                     }
                 }
             }
         }
-        for proxy in PROXIES {
+        for proxy in PROXIES.into_iter().filter(|_| plan.wants("round trip, 64 bytes")) {
             let dir = next_dir()?;
             let (p50, p99) = measure(false, all_cpus, async {
                 let backend = router::Backend::start(material, Mode::Echo).await?;
@@ -371,6 +395,9 @@ fn router_scenarios(
             (&hybrid, "post-quantum hybrid key share"),
             (&classic, "X25519 key share"),
         ] {
+            if !plan.wants(&format!("TLS handshakes, {label}")) {
+                continue;
+            }
             for proxy in PROXIES {
                 let dir = next_dir()?;
                 let rate = measure(false, all_cpus, async {
@@ -388,7 +415,10 @@ fn router_scenarios(
                 );
             }
         }
-        for proxy in [Proxy::Haproxy, Proxy::Snigate] {
+        for proxy in [Proxy::Haproxy, Proxy::Snigate]
+            .into_iter()
+            .filter(|_| plan.wants("idle TLS connections"))
+        {
             let dir = next_dir()?;
             let (per_conn, cpu) = measure(false, all_cpus, async {
                 let backend = router::Backend::start(material, Mode::Hold).await?;
@@ -414,6 +444,9 @@ fn router_scenarios(
             );
         }
         for routes in [3, plan.scale_routes] {
+            if !plan.wants(&format!("{routes} routes")) {
+                continue;
+            }
             for proxy in [Proxy::Haproxy, Proxy::Snigate] {
                 let dir = next_dir()?;
                 let (rate, rss) = measure(false, all_cpus, async {
@@ -475,6 +508,9 @@ fn broker_scenarios(
         eprintln!("broker, run {} of {}", repeat + 1, plan.repeats);
         for target in BROKERS {
             for tls in [false, true] {
+                if !plan.wants(&format!("idle {} clients", if tls { "TLS" } else { "plaintext" })) {
+                    continue;
+                }
                 let dir = next_dir()?;
                 let running = broker::start(target, material, &passwd, None, &dir)?;
                 let (slope, first) = measure(false, all_cpus, async {
@@ -499,7 +535,7 @@ fn broker_scenarios(
                 );
             }
         }
-        for target in BROKERS {
+        for target in BROKERS.into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, Some(1), &dir)?;
             let rate = measure(
@@ -522,7 +558,10 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS {
+        for target in BROKERS
+            .into_iter()
+            .filter(|_| plan.wants("QoS 1, 1 publisher to 1 subscriber"))
+        {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, Some(1), &dir)?;
             let rate = measure(
@@ -539,7 +578,7 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS {
+        for target in BROKERS.into_iter().filter(|_| plan.wants("fan-out")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, Some(1), &dir)?;
             let (p50, p99) = measure(
@@ -561,7 +600,7 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS {
+        for target in BROKERS.into_iter().filter(|_| plan.wants("QoS 1 over TLS")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, None, &dir)?;
             let direct = measure(

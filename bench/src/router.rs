@@ -250,8 +250,17 @@ pub async fn handshakes(
     Ok(done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64())
 }
 
+/// What a bulk window measured.
+pub struct Bulk {
+    pub mb_per_s: f64,
+    /// CPU time the proxy spent per GB relayed (user and system): what the
+    /// relay costs, whether or not the proxy was the bottleneck. `None`
+    /// without a proxy.
+    pub cpu_ms_per_gb: Option<f64>,
+}
+
 /// MB/s over `conns` connections for `duration`, uploading (the backend
-/// counts) or downloading (the clients count).
+/// counts) or downloading (the clients count), and the proxy's CPU per GB.
 pub async fn bulk(
     run: &Running,
     backend: &Backend,
@@ -259,7 +268,7 @@ pub async fn bulk(
     conns: usize,
     upload: bool,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Bulk> {
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -291,15 +300,23 @@ pub async fn bulk(
     } else {
         received.clone()
     };
-    let start = (counter.load(Ordering::Relaxed), Instant::now());
+    let cpu = || run.process.as_ref().map(|p| p.cpu());
+    let start = (counter.load(Ordering::Relaxed), Instant::now(), cpu());
     tokio::time::sleep(duration).await;
     let bytes = counter.load(Ordering::Relaxed) - start.0;
     let elapsed = start.1.elapsed();
+    let cpu_ms_per_gb = match (start.2, cpu()) {
+        (Some(before), Some(after)) if bytes > 0 => Some((after - before).as_secs_f64() * 1e3 / (bytes as f64 / 1e9)),
+        _ => None,
+    };
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.abort();
     }
-    Ok(bytes as f64 / elapsed.as_secs_f64() / 1e6)
+    Ok(Bulk {
+        mb_per_s: bytes as f64 / elapsed.as_secs_f64() / 1e6,
+        cpu_ms_per_gb,
+    })
 }
 
 /// Round trips of 64 bytes over one connection: (p50, p99) in microseconds.
