@@ -34,9 +34,11 @@ impl Material {
         let (cert_pem, key_pem) = ca.issue_server(&names, 1)?;
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-        let server = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+        let server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)?;
         let files = (dir.join("server.crt"), dir.join("server.key"), dir.join("ca.crt"));
         std::fs::write(&files.0, &cert_pem)?;
         std::fs::write(&files.1, &key_pem)?;

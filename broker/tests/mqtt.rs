@@ -287,6 +287,47 @@ async fn a_stalled_tls_handshake_does_not_delay_other_clients() {
     );
 }
 
+/// The broker's TLS runs on ring, which has no post-quantum key exchange
+/// (docs/deploy.md): a client that offers the hybrid first, as rustls, Chrome
+/// and OpenSSL 3.5 do, settles on X25519 and speaks MQTT as usual.
+#[tokio::test]
+async fn a_client_preferring_the_post_quantum_key_share_settles_on_x25519() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, NamedGroup};
+
+    let dir = TempDir::new();
+    let (ca, process) = tls_broker(&dir, &["--allow-anonymous"]);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in snigate_shared::tls::load_certs(std::path::Path::new(&ca)).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    assert_eq!(provider.kx_groups[0].name(), NamedGroup::X25519MLKEM768);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(process.address("mqtts")).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(
+        STEP,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let group = tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
+    assert_eq!(group, Some(NamedGroup::X25519));
+    tls.write_all(&connect_packet("hybrid", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, tls.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+}
+
 #[test]
 fn a_bad_certificate_file_is_a_configuration_error_naming_it() {
     let dir = TempDir::new();

@@ -394,7 +394,9 @@ async fn stopping_drains_open_connections() {
 async fn ipv6_listener_and_endpoint() {
     let ca = Ca::new();
     let (certs, key) = ca.issue("v6.test");
-    let config = rustls::ServerConfig::builder()
+    let config = rustls::ServerConfig::builder_with_provider(snigate_shared::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();

@@ -43,6 +43,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::new(path, format!("no usable private key: {e}")))
 }
 
+/// The cryptography behind the broker's TLS: ring. aws-lc-rs, rustls' default,
+/// adds the post-quantum hybrid key share (X25519MLKEM768) and about 1.9 MB to
+/// a static binary, which puts the broker's image over its 7 MB target
+/// (docs/deploy.md); with ring a client negotiates X25519 or a NIST curve.
+/// Named here rather than left to rustls' process-wide default, which panics
+/// when a build (the workspace's tests) enables both providers.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Client certificates a server asks for: the CAs that sign them, and whether a
 /// client must present one.
 #[derive(Debug, Clone)]
@@ -56,7 +66,9 @@ pub struct ClientAuth {
 pub fn server_config(cert: &Path, key: &Path, clients: Option<&ClientAuth>) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key = load_key(key)?;
-    let builder = ServerConfig::builder();
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new(cert, format!("no TLS version the crypto provider supports: {e}")))?;
     let builder = match clients {
         None => builder.with_no_client_auth(),
         Some(clients) => {
@@ -66,7 +78,7 @@ pub fn server_config(cert: &Path, key: &Path, clients: Option<&ClientAuth>) -> R
                     .add(ca)
                     .map_err(|e| TlsError::new(&clients.ca_file, format!("not a usable CA certificate: {e}")))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
             let verifier = if clients.required {
                 verifier
             } else {

@@ -73,7 +73,10 @@ async fn through_router(bed: &Testbed, host: &str, source: Option<IpAddr>) -> Tl
     for cert in snigate_shared::tls::load_certs(&bed.ca_file).unwrap() {
         roots.add(cert).unwrap();
     }
-    let config = rustls::ClientConfig::builder()
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = match source {

@@ -36,7 +36,9 @@ impl Drop for TlsBackend {
 impl TlsBackend {
     pub async fn start(ca: &Ca, host: &str, name: &str) -> Self {
         let (certs, key) = ca.issue(host);
-        let config = rustls::ServerConfig::builder()
+        let config = rustls::ServerConfig::builder_with_provider(snigate_shared::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();

@@ -282,7 +282,9 @@ impl Ca {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert_der.clone()).unwrap();
         StdArc::new(
-            rustls::ClientConfig::builder()
+            rustls::ClientConfig::builder_with_provider(StdArc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         )
