@@ -144,6 +144,12 @@ impl Sessions {
 /// logins queues instead of stalling every connection or exhausting memory.
 const CONCURRENT_PASSWORD_CHECKS: usize = 2;
 
+/// Sockets read up to their CONNECT only to be answered "server busy" while
+/// every connection slot is taken; beyond these, a new socket is closed at
+/// accept, before any handshake. Each holds little (no session, no link), and
+/// is gone by `connect_timeout`.
+pub const BUSY_ANSWERS: usize = 32;
+
 /// What every session shares.
 pub struct Shared {
     /// The latest `$SYS` snapshot (empty when `$SYS` is off).
@@ -156,8 +162,10 @@ pub struct Shared {
     /// All outbound queues together.
     pub queue_budget: budget::Budget,
     pub filters: budget::Filters,
-    /// One permit per connected client, `max_connections` in all.
+    /// One permit per open socket, from accept to close: `max_connections`.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Permits to answer a socket "busy" when no slot is left.
+    pub busy_answers: Arc<tokio::sync::Semaphore>,
     pub sessions: Sessions,
     /// The settings the broker started with (the files they name are
     /// reloaded; the settings themselves need a restart).
@@ -372,6 +380,7 @@ pub async fn run(
         queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
         filters: budget::Filters::new(limits.max_filters, metrics.filters.clone()),
         connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
         sessions: Sessions::default(),
         settings: config,
         engine: Arc::new(engine),
@@ -409,12 +418,30 @@ pub async fn run(
                 while sessions.try_join_next().is_some() {}
                 match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
                         shared.metrics.connections.inc();
+                        let Some(admission) = admit(&shared) else {
+                            // Nothing is spent on it: no handshake, no CONNACK.
+                            shared.metrics.refused.with_label_values(&["connections"]).inc();
+                            shared
+                                .metrics
+                                .disconnections
+                                .with_label_values(&[session::End::ServerBusy.label()])
+                                .inc();
+                            tracing::debug!(%peer, "closed at accept: every connection slot and busy answer is taken");
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
                         // The acceptor current now: a reload may have brought a
                         // new certificate.
                         let acceptor = if tls { shared.material.load().tls.clone() } else { None };
-                        sessions.spawn(session::serve(stream, peer, shared.clone(), acceptor, proxy_protocol));
+                        sessions.spawn(session::serve(
+                            stream,
+                            peer,
+                            shared.clone(),
+                            acceptor,
+                            proxy_protocol,
+                            admission,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed; backing off");
@@ -443,4 +470,18 @@ pub async fn run(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// A connection slot for a new socket, or else one of the few permits to tell
+/// it the server is busy; `None` when neither is left.
+fn admit(shared: &Shared) -> Option<session::Admission> {
+    match shared.connection_slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(session::Admission::Slot(slot)),
+        Err(_) => shared
+            .busy_answers
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(session::Admission::Busy),
+    }
 }

@@ -136,6 +136,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
+    admission: Admission,
 ) {
     let started = Instant::now();
     // One deadline for PROXY header, handshake, protocol level and CONNECT.
@@ -165,8 +166,9 @@ pub async fn serve(
             }
         }
     }
+    let busy = matches!(admission, Admission::Busy(_));
     let (end, client_id) = match tls {
-        None => session(stream, peer, shared.clone(), deadline, None).await,
+        None => session(stream, Arrival { peer, deadline, busy }, shared.clone(), None).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let identity = stream
@@ -175,7 +177,7 @@ pub async fn serve(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(common_name);
-                session(stream, peer, shared.clone(), deadline, identity).await
+                session(stream, Arrival { peer, deadline, busy }, shared.clone(), identity).await
             }
             Ok(Err(error)) => {
                 tracing::info!(%peer, %error, "TLS handshake failed");
@@ -184,6 +186,7 @@ pub async fn serve(
             Err(_) => (End::ConnectTimeout, None),
         },
     };
+    drop(admission);
     shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
     tracing::info!(
         %peer,
@@ -194,28 +197,40 @@ pub async fn serve(
     );
 }
 
+/// What a socket is let in with, from accept to close.
+pub enum Admission {
+    /// One of the `max_connections` slots: held from accept, so a socket that
+    /// never sends CONNECT (or never finishes its TLS handshake) costs one as a
+    /// connected client does, and a flood of them stays within the budget.
+    Slot(tokio::sync::OwnedSemaphorePermit),
+    /// Every slot was taken: the socket is read up to its CONNECT only to be
+    /// answered "busy". A few at a time (`crate::BUSY_ANSWERS`).
+    Busy(tokio::sync::OwnedSemaphorePermit),
+}
+
+/// A socket, as the session starts on it.
+struct Arrival {
+    /// The client's address (from the PROXY protocol header, when there is one).
+    peer: SocketAddr,
+    /// When the TLS handshake and CONNECT must be done.
+    deadline: Instant,
+    /// Admitted only to be told the server is busy.
+    busy: bool,
+}
+
 async fn session<S: Stream>(
     mut stream: S,
-    peer: SocketAddr,
+    arrival: Arrival,
     shared: Arc<Shared>,
-    deadline: Instant,
     identity: Option<String>,
 ) -> (End, Option<String>) {
     let mut read = BytesMut::with_capacity(1024);
-    let level = tokio::time::timeout_at(deadline, protocol_level(&mut stream, &mut read)).await;
+    let level = tokio::time::timeout_at(arrival.deadline, protocol_level(&mut stream, &mut read)).await;
     match level {
         Err(_) => (End::ConnectTimeout, None),
         Ok(Err(end)) => (end, None),
-        Ok(Ok(5)) => {
-            Session::new(stream, read, V5, 5, peer, shared, deadline)
-                .run(identity)
-                .await
-        }
-        Ok(Ok(_)) => {
-            Session::new(stream, read, V4, 4, peer, shared, deadline)
-                .run(identity)
-                .await
-        }
+        Ok(Ok(5)) => Session::new(stream, read, V5, 5, arrival, shared).run(identity).await,
+        Ok(Ok(_)) => Session::new(stream, read, V4, 4, arrival, shared).run(identity).await,
     }
 }
 
@@ -340,18 +355,12 @@ struct Session<P, S> {
     shared: Arc<Shared>,
     /// When CONNECT must have arrived.
     deadline: Instant,
+    /// Let in only to be told the server is busy ([`Admission::Busy`]).
+    busy: bool,
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
-    fn new(
-        stream: S,
-        read: BytesMut,
-        protocol: P,
-        level: u8,
-        peer: SocketAddr,
-        shared: Arc<Shared>,
-        deadline: Instant,
-    ) -> Self {
+    fn new(stream: S, read: BytesMut, protocol: P, level: u8, arrival: Arrival, shared: Arc<Shared>) -> Self {
         let (reader, writer) = tokio::io::split(stream);
         Self {
             reader,
@@ -363,7 +372,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             inflight: std::collections::HashMap::new(),
             last_pkid: 0,
             unflushed: false,
-            deadline,
+            deadline: arrival.deadline,
+            busy: arrival.busy,
             held_back: std::collections::HashMap::new(),
             answer_now: Vec::new(),
             unsubscribing: std::collections::HashMap::new(),
@@ -383,7 +393,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             write: BytesMut::with_capacity(1024),
             protocol,
             level,
-            peer,
+            peer: arrival.peer,
             shared,
         }
     }
@@ -399,15 +409,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
             return (End::ProtocolError, None);
         };
-        // Held until the session ends. Checked before the (expensive) login:
-        // a full broker should not spend a password check on a refusal.
-        let Ok(_slot) = self.shared.connection_slots.clone().try_acquire_owned() else {
+        // Answered before the (expensive) login: a full broker should not
+        // spend a password check on a refusal.
+        if self.busy {
             self.shared.metrics.refused.with_label_values(&["connections"]).inc();
             tracing::warn!(
                 peer = %self.peer,
                 client_id = connect.client_id,
                 max_connections = self.shared.settings.limits.max_connections,
-                "connection refused: the memory budget's max_connections clients are connected"
+                "connection refused: the memory budget's max_connections connections are open"
             );
             let busy = if self.level == 5 {
                 ConnectReturnCode::ServerBusy
@@ -852,6 +862,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 reason,
                 "slow consumer: its queue is full; disconnecting"
             );
+            // Given back now, not when the session ends: the last words below
+            // may wait on a client that does not read.
+            self.queue.clear();
+            self.shared.queue_budget.give_back(self.queued_bytes);
+            self.queued_bytes = 0;
+            if self.level == 5 {
+                // After what the write buffer already holds: a client that
+                // catches up on its reading learns why (MQTT 5 §3.14.2.1).
+                let quota = Disconnect {
+                    reason_code: DisconnectReasonCode::QuotaExceeded,
+                };
+                let _ = self.send(Packet::Disconnect(quota, None)).await;
+            }
             return Err(End::SlowConsumer);
         }
         self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)

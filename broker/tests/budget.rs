@@ -196,6 +196,100 @@ async fn queue_full_disconnect_ends_a_stalled_qos_1_subscriber() {
     assert_eq!(queued, 0.0, "queued bytes once every queue is gone");
 }
 
+/// With `queue_full = "disconnect"`, an MQTT 5 client is told why: DISCONNECT
+/// 0x97 (quota exceeded) after what was written before it, which it finds once
+/// it reads again.
+#[tokio::test]
+async fn an_mqtt_5_slow_consumer_is_told_its_quota_was_exceeded() {
+    let dir = TempDir::new();
+    let (process, mqtt, _admin) = budget_broker(
+        &dir,
+        "queue_full = \"disconnect\"\nmax_queued_bytes = \"2MiB\"\nmax_inflight_messages = 100\n",
+    );
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(mqtt).await.unwrap();
+    stalled.write_all(&connect_v5("stalled5")).await.unwrap();
+    let (first, body) = read_packet(&mut stalled).await.unwrap();
+    assert_eq!((first, body[1]), (0x20, 0), "CONNACK {body:?}");
+    // SUBSCRIBE at MQTT 5: packet id 1, no properties, flood/# at QoS 1.
+    let mut subscribe_v5 = vec![0, 1, 0, 0, 7];
+    subscribe_v5.extend_from_slice(b"flood/#");
+    subscribe_v5.push(1);
+    stalled.write_all(&packet(0x82, &subscribe_v5)).await.unwrap();
+    let (first, body) = read_packet(&mut stalled).await.unwrap();
+    assert_eq!((first, body[3]), (0x90, 1), "SUBACK {body:?}");
+
+    let reader = reading_subscriber(mqtt, 1).await;
+    let flooding = tokio::spawn(flood(mqtt, 1, reader));
+    process
+        .line_async("slow consumer: its queue is full; disconnecting")
+        .await;
+    let mut last = None;
+    while let Ok(packet) = tokio::time::timeout(STEP, read_packet(&mut stalled))
+        .await
+        .expect("the slow consumer's connection ends")
+    {
+        last = Some(packet);
+    }
+    let (first, body) = last.expect("packets before the end");
+    assert_eq!((first, body.first().copied()), (0xE0, Some(0x97)), "the last packet");
+    process.line_async("end=\"slow_consumer\"").await;
+    flooding.await.unwrap();
+}
+
+/// A socket holds a connection slot from accept: sockets that never send
+/// CONNECT fill `max_connections` as clients do. Beyond it a few sockets are
+/// told "busy", and beyond those a socket is closed at once.
+#[tokio::test]
+async fn sockets_that_never_send_connect_count_against_the_connection_cap() {
+    let dir = TempDir::new();
+    let (_process, mqtt, admin) = budget_broker(&dir, "max_connections = 2\n");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(mqtt).await.unwrap());
+    }
+    let mut late = TcpStream::connect(mqtt).await.unwrap();
+    late.write_all(&connect_packet("late", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, late.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
+
+    for _ in 0..snigate_broker::BUSY_ANSWERS {
+        silent.push(TcpStream::connect(mqtt).await.unwrap());
+    }
+    let mut beyond = TcpStream::connect(mqtt).await.unwrap();
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(STEP, beyond.read(&mut byte))
+        .await
+        .expect("closed at once, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // The silent ones leave; their slots come back.
+    drop(silent);
+    let mut admitted = false;
+    for _ in 0..50 {
+        let mut again = TcpStream::connect(mqtt).await.unwrap();
+        again.write_all(&connect_packet("after", 0)).await.unwrap();
+        let mut connack = [0; 4];
+        tokio::time::timeout(STEP, again.read_exact(&mut connack))
+            .await
+            .unwrap()
+            .unwrap();
+        if connack == [0x20, 2, 0, 0] {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "a client got a slot the silent sockets freed");
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"connections\"") >= 2.0);
+}
+
 /// CONNECT at MQTT 5 with the given client id.
 fn connect_v5(client_id: &str) -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0];
