@@ -19,7 +19,8 @@ use std::time::Duration;
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
-use rumqttd::local::LinkTx;
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
@@ -168,8 +169,12 @@ pub async fn serve(
     }
     let busy = matches!(admission, Admission::Busy(_));
     let (end, client_id) = match tls {
-        None => session(stream, Arrival { peer, deadline, busy }, shared.clone(), None).await,
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        // Boxed: a plain and a TLS session are two futures that this one's
+        // state would otherwise hold side by side.
+        None => Box::pin(session(stream, Arrival { peer, deadline, busy }, shared.clone(), None)).await,
+        // Boxed, as the CONNECT's handling: the handshake's state is gone once
+        // it is done.
+        Some(acceptor) => match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
             Ok(Ok(stream)) => {
                 let identity = stream
                     .get_ref()
@@ -177,7 +182,13 @@ pub async fn serve(
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .and_then(common_name);
-                session(stream, Arrival { peer, deadline, busy }, shared.clone(), identity).await
+                Box::pin(session(
+                    stream,
+                    Arrival { peer, deadline, busy },
+                    shared.clone(),
+                    identity,
+                ))
+                .await
             }
             Ok(Err(error)) => {
                 tracing::info!(%peer, %error, "TLS handshake failed");
@@ -229,8 +240,10 @@ async fn session<S: Stream>(
     match level {
         Err(_) => (End::ConnectTimeout, None),
         Ok(Err(end)) => (end, None),
-        Ok(Ok(5)) => Session::new(stream, read, V5, 5, arrival, shared).run(identity).await,
-        Ok(Ok(_)) => Session::new(stream, read, V4, 4, arrival, shared).run(identity).await,
+        // Boxed: the two arms' futures are not laid over each other in this
+        // one's state, and each is most of a connection's memory in user space.
+        Ok(Ok(5)) => Box::pin(Session::new(stream, read, V5, 5, arrival, shared).run(identity)).await,
+        Ok(Ok(_)) => Box::pin(Session::new(stream, read, V4, 4, arrival, shared).run(identity)).await,
     }
 }
 
@@ -359,6 +372,18 @@ struct Session<P, S> {
     busy: bool,
 }
 
+/// A client let in: what the relay and the end of the session need.
+struct Connected {
+    client_id: String,
+    /// This connection's claim on its client id ([`crate::Sessions`]).
+    generation: u64,
+    eviction: Arc<crate::Eviction>,
+    tx: LinkTx,
+    rx: LinkRx,
+    will: Option<LastWill>,
+    keep_alive: u16,
+}
+
 impl<P: Protocol, S: Stream> Session<P, S> {
     fn new(stream: S, read: BytesMut, protocol: P, level: u8, arrival: Arrival, shared: Arc<Shared>) -> Self {
         let (reader, writer) = tokio::io::split(stream);
@@ -400,147 +425,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// `identity`: the verified client certificate's subject CN, on TLS.
     async fn run(mut self, identity: Option<String>) -> (End, Option<String>) {
-        let deadline = self.deadline;
-        let connect = match tokio::time::timeout_at(deadline, self.next_packet()).await {
-            Err(_) => return (End::ConnectTimeout, None),
-            Ok(Err(end)) => return (end, None),
-            Ok(Ok(packet)) => packet,
+        // Boxed: the CONNECT's handling is over once the client is in, and only
+        // the relay's state should stay with a connection for its life.
+        let Connected {
+            client_id,
+            generation,
+            eviction,
+            mut tx,
+            mut rx,
+            will,
+            keep_alive,
+        } = match Box::pin(self.admit(identity)).await {
+            Ok(connected) => connected,
+            Err(ended) => return ended,
         };
-        let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
-            return (End::ProtocolError, None);
-        };
-        // Answered before the (expensive) login: a full broker should not
-        // spend a password check on a refusal.
-        if self.busy {
-            self.shared.metrics.refused.with_label_values(&["connections"]).inc();
-            tracing::warn!(
-                peer = %self.peer,
-                client_id = connect.client_id,
-                max_connections = self.shared.settings.limits.max_connections,
-                "connection refused: the memory budget's max_connections connections are open"
-            );
-            let busy = if self.level == 5 {
-                ConnectReturnCode::ServerBusy
-            } else {
-                ConnectReturnCode::ServiceUnavailable
-            };
-            let _ = self.send(Packet::ConnAck(refused(busy), None)).await;
-            return (End::ServerBusy, Some(connect.client_id));
-        };
-        let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
-        let material = self.shared.material.load_full();
-        // use_identity_as_username: the certificate, verified in the handshake,
-        // is the credential; the CONNECT's user name and password are ignored.
-        let by_certificate = self
-            .shared
-            .settings
-            .use_identity_as_username
-            .then_some(identity)
-            .flatten();
-        let user = by_certificate
-            .clone()
-            .or_else(|| login.map(|(user, _)| user.to_owned()));
-        let checked = match &by_certificate {
-            Some(_) => Ok(()),
-            None => {
-                let owned = login.map(|(user, password)| (user.to_owned(), password.to_vec()));
-                self.shared.check_login(material.clone(), owned).await
-            }
-        };
-        if let Err(refusal) = checked {
-            self.shared
-                .metrics
-                .auth_failures
-                .with_label_values(&[refusal.label()])
-                .inc();
-            tracing::warn!(peer = %self.peer, client_id = connect.client_id, user, reason = refusal.label(), "login refused");
-            let _ = self
-                .send(Packet::ConnAck(refused(ConnectReturnCode::NotAuthorized), None))
-                .await;
-            return (End::NotAuthorized, Some(connect.client_id));
-        }
-
-        let client_id = if connect.client_id.is_empty() {
-            if !connect.clean_session && self.level == 4 {
-                // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id.
-                let _ = self
-                    .send(Packet::ConnAck(
-                        refused(ConnectReturnCode::ClientIdentifierNotValid),
-                        None,
-                    ))
-                    .await;
-                return (End::ProtocolError, None);
-            }
-            generated_client_id()
-        } else {
-            connect.client_id.clone()
-        };
-
-        // MQTT §3.1.4-3: a second connection with this client id takes the
-        // session over; the first is closed (0x8E on MQTT 5). rumqttd drops the
-        // old link itself when the new one attaches; the token tells the old
-        // session that this, not a failure, is what happened.
-        let tracked_login = user.clone().map(|user| {
-            let entry = material.auth.passwords.as_ref().and_then(|p| p.entry_id(&user));
-            (user, entry)
-        });
-        drop(material);
-        self.user.clone_from(&user);
-        self.client_id.clone_from(&client_id);
-        let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
-
-        let engine = self.shared.engine.clone();
-        let id = client_id.clone();
-        let clean = connect.clean_session;
-        let attached = tokio::task::spawn_blocking(move || engine.attach(&id, clean)).await;
-        let (mut tx, mut rx, ack) = match attached {
-            Ok(Ok(link)) => link,
-            Ok(Err(error)) => {
-                tracing::error!(client_id, error, "the message router refused the client");
-                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
-                self.shared.sessions.release(&client_id, generation);
-                return (End::RouterError, Some(client_id));
-            }
-            Err(error) => {
-                tracing::error!(client_id, %error, "attaching to the message router failed");
-                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
-                self.shared.sessions.release(&client_id, generation);
-                return (End::RouterError, Some(client_id));
-            }
-        };
-        // rumqttd does not export its ack type; its packet form says the same.
-        let session_present = matches!(
-            Option::<Packet>::from(ack),
-            Some(Packet::ConnAck(
-                ConnAck {
-                    session_present: true,
-                    ..
-                },
-                _
-            ))
-        );
-        let connack = ConnAck {
-            session_present,
-            code: ConnectReturnCode::Success,
-        };
-        if self.send(Packet::ConnAck(connack, None)).await.is_err() {
-            detach(&mut tx, None).await;
-            self.shared.sessions.release(&client_id, generation);
-            return (End::NetworkError, Some(client_id));
-        }
-        self.shared.metrics.connected.inc();
-        tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
-        if self
-            .resume_subscriptions(clean, session_present, &mut tx)
-            .await
-            .is_err()
-        {
-            self.shared.sessions.release(&client_id, generation);
-            self.shared.metrics.connected.dec();
-            return (End::RouterError, Some(client_id));
-        }
-
-        let end = self.relay(&mut tx, &mut rx, connect.keep_alive, &eviction).await;
+        let end = self.relay(&mut tx, &mut rx, keep_alive, &eviction).await;
         self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
         self.shared.sessions.release(&client_id, generation);
         self.shared.metrics.connected.dec();
@@ -568,6 +467,159 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         (end, Some(client_id))
     }
 
+    /// From CONNECT to CONNACK: the slot, the login, the client id, the link
+    /// to rumqttd and the session's subscriptions; or how the connection ended.
+    async fn admit(&mut self, identity: Option<String>) -> Result<Connected, (End, Option<String>)> {
+        let deadline = self.deadline;
+        let connect = match Box::pin(tokio::time::timeout_at(deadline, self.next_packet())).await {
+            Err(_) => return Err((End::ConnectTimeout, None)),
+            Ok(Err(end)) => return Err((end, None)),
+            Ok(Ok(packet)) => packet,
+        };
+        let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
+            return Err((End::ProtocolError, None));
+        };
+        // Answered before the (expensive) login: a full broker should not
+        // spend a password check on a refusal.
+        if self.busy {
+            self.shared.metrics.refused.with_label_values(&["connections"]).inc();
+            tracing::warn!(
+                peer = %self.peer,
+                client_id = connect.client_id,
+                max_connections = self.shared.settings.limits.max_connections,
+                "connection refused: the memory budget's max_connections connections are open"
+            );
+            let busy = if self.level == 5 {
+                ConnectReturnCode::ServerBusy
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let _ = self.send(Packet::ConnAck(refused(busy), None)).await;
+            return Err((End::ServerBusy, Some(connect.client_id)));
+        };
+        let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
+        let material = self.shared.material.load_full();
+        // use_identity_as_username: the certificate, verified in the handshake,
+        // is the credential; the CONNECT's user name and password are ignored.
+        let by_certificate = self
+            .shared
+            .settings
+            .use_identity_as_username
+            .then_some(identity)
+            .flatten();
+        let user = by_certificate
+            .clone()
+            .or_else(|| login.map(|(user, _)| user.to_owned()));
+        let checked = match &by_certificate {
+            Some(_) => Ok(()),
+            None => {
+                let owned = login.map(|(user, password)| (user.to_owned(), password.to_vec()));
+                Box::pin(self.shared.check_login(material.clone(), owned)).await
+            }
+        };
+        if let Err(refusal) = checked {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[refusal.label()])
+                .inc();
+            tracing::warn!(peer = %self.peer, client_id = connect.client_id, user, reason = refusal.label(), "login refused");
+            let _ = self
+                .send(Packet::ConnAck(refused(ConnectReturnCode::NotAuthorized), None))
+                .await;
+            return Err((End::NotAuthorized, Some(connect.client_id)));
+        }
+
+        let client_id = if connect.client_id.is_empty() {
+            if !connect.clean_session && self.level == 4 {
+                // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id.
+                let _ = self
+                    .send(Packet::ConnAck(
+                        refused(ConnectReturnCode::ClientIdentifierNotValid),
+                        None,
+                    ))
+                    .await;
+                return Err((End::ProtocolError, None));
+            }
+            generated_client_id()
+        } else {
+            connect.client_id.clone()
+        };
+
+        // MQTT §3.1.4-3: a second connection with this client id takes the
+        // session over; the first is closed (0x8E on MQTT 5). rumqttd drops the
+        // old link itself when the new one attaches; the token tells the old
+        // session that this, not a failure, is what happened.
+        let tracked_login = user.clone().map(|user| {
+            let entry = material.auth.passwords.as_ref().and_then(|p| p.entry_id(&user));
+            (user, entry)
+        });
+        drop(material);
+        self.user.clone_from(&user);
+        self.client_id.clone_from(&client_id);
+        let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
+
+        let engine = self.shared.engine.clone();
+        let id = client_id.clone();
+        let clean = connect.clean_session;
+        let attached = tokio::task::spawn_blocking(move || engine.attach(&id, clean)).await;
+        let (mut tx, rx, ack) = match attached {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => {
+                tracing::error!(client_id, error, "the message router refused the client");
+                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
+                self.shared.sessions.release(&client_id, generation);
+                return Err((End::RouterError, Some(client_id)));
+            }
+            Err(error) => {
+                tracing::error!(client_id, %error, "attaching to the message router failed");
+                let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
+                self.shared.sessions.release(&client_id, generation);
+                return Err((End::RouterError, Some(client_id)));
+            }
+        };
+        // rumqttd does not export its ack type; its packet form says the same.
+        let session_present = matches!(
+            Option::<Packet>::from(ack),
+            Some(Packet::ConnAck(
+                ConnAck {
+                    session_present: true,
+                    ..
+                },
+                _
+            ))
+        );
+        let connack = ConnAck {
+            session_present,
+            code: ConnectReturnCode::Success,
+        };
+        if self.send(Packet::ConnAck(connack, None)).await.is_err() {
+            detach(&mut tx, None).await;
+            self.shared.sessions.release(&client_id, generation);
+            return Err((End::NetworkError, Some(client_id)));
+        }
+        self.shared.metrics.connected.inc();
+        tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
+        if Box::pin(self.resume_subscriptions(clean, session_present, &mut tx))
+            .await
+            .is_err()
+        {
+            self.shared.sessions.release(&client_id, generation);
+            self.shared.metrics.connected.dec();
+            return Err((End::RouterError, Some(client_id)));
+        }
+
+        Ok(Connected {
+            client_id,
+            generation,
+            eviction,
+            tx,
+            rx,
+            will,
+            keep_alive: connect.keep_alive,
+        })
+    }
+
     /// Pass packets both ways until the connection ends.
     ///
     /// Nothing here waits on the client's socket: what goes to the client is
@@ -575,26 +627,26 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// takes it, so a client that stops reading costs its queue's bound and
     /// delays no one, and the router's log is drained at the pace of the
     /// broker, not of the slowest client.
-    async fn relay(
-        &mut self,
-        tx: &mut LinkTx,
-        rx: &mut rumqttd::local::LinkRx,
-        keep_alive: u16,
-        eviction: &crate::Eviction,
-    ) -> End {
+    async fn relay(&mut self, tx: &mut LinkTx, rx: &mut LinkRx, keep_alive: u16, eviction: &crate::Eviction) -> End {
         let evicted = &eviction.token;
         // MQTT §3.1.2.10: one and a half keepalives of silence end the connection;
         // keepalive 0 turns the check off.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut last_heard = Instant::now();
+        // Made once per connection, not per wake-up: a busy subscriber wakes
+        // for every batch of messages, and re-registering a timer and two
+        // cancellation waiters each time cost more than the message itself
+        // (docs/performance.md). The keepalive timer is not moved on each read
+        // either: when it fires, it is set again from the last read, if there
+        // was one since.
+        let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
+        tokio::pin!(silence);
         let stop = self.shared.stop.clone();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        let evicted_wait = evicted.cancelled();
+        tokio::pin!(evicted_wait);
         loop {
-            let silence = async {
-                match grace {
-                    Some(grace) => tokio::time::sleep_until(last_heard + grace).await,
-                    None => std::future::pending().await,
-                }
-            };
             let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
             let ingress_full = ingress_backlogged(tx);
             let writing = !self.write.is_empty() || self.unflushed;
@@ -716,81 +768,40 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 // rumqttd's buffer for this link is full: look again shortly.
                 () = tokio::time::sleep(Duration::from_millis(1)), if ingress_full && !backlogged => {}
                 notification = rx.next(), if !backlogged => {
-                    let notification = match notification {
-                        Ok(Some(notification)) => notification,
-                        Ok(None) => continue,
-                        Err(_) if evicted.is_cancelled() => return self.evicted(eviction).await,
-                        Err(_) => return End::RouterError,
-                    };
-                    match Option::<Packet>::from(notification) {
-                        // rumqttd drops a link when another connection takes its
-                        // client id over (MQTT §3.1.4-3), and sends DISCONNECT when it
-                        // refuses a client's publish or subscribe (a bad topic, a
-                        // protocol error): that one is passed on as it is.
-                        Some(disconnect @ Packet::Disconnect(..)) => {
-                            if evicted.is_cancelled() {
-                                return self.evicted(eviction).await;
-                            }
-                            if self.level == 5 {
-                                let _ = self.send(disconnect).await;
-                            }
-                            return End::RouterError;
+                    // Everything rumqttd has already handed this link is taken
+                    // in this wake-up (up to the write backlog), not one
+                    // message per turn of the loop.
+                    let mut next = Some(notification);
+                    while let Some(notification) = next {
+                        let notification = match notification {
+                            Ok(Some(notification)) => notification,
+                            Ok(None) => break,
+                            Err(_) if evicted.is_cancelled() => return self.evicted(eviction).await,
+                            Err(_) => return End::RouterError,
+                        };
+                        if let Err(end) = self.on_notification(notification, tx, rx, eviction).await {
+                            return end;
                         }
-                        Some(Packet::Publish(publish, _)) if !self.allowed(&publish.topic, Access::Read) => {
-                            self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
-                            if self.withhold(publish, tx).await.is_err() {
-                                return End::RouterError;
-                            }
+                        if self.write.len() >= WRITE_BACKLOG_LIMIT {
+                            break;
                         }
-                        Some(Packet::PubRel(pubrel, _)) => {
-                            // The second half of a QoS 2 delivery the session
-                            // took over (or withheld).
-                            self.withheld_qos2.remove(&pubrel.pkid);
-                            let pubcomp = PubComp { pkid: pubrel.pkid, reason: PubCompReason::Success };
-                            if tx.send(Packet::PubComp(pubcomp, None)).await.is_err() {
-                                return End::RouterError;
-                            }
-                        }
-                        Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => {}
-                        Some(Packet::SubAck(mut suback, props)) => {
-                            // Put back the answers for `$` filters held back.
-                            if let Some(held) = self.held_back.remove(&suback.pkid) {
-                                for (position, code) in held {
-                                    let at = position.min(suback.return_codes.len());
-                                    suback.return_codes.insert(at, code);
-                                }
-                            }
-                            self.push_control(Packet::SubAck(suback, props));
-                            if self.sys_initial && self.held_back.is_empty() {
-                                self.sys_initial = false;
-                                self.queue_sys();
-                            }
-                        }
-                        Some(publish @ Packet::Publish(..)) => {
-                            if let Err(end) = self.push_message(publish, tx).await {
-                                return end;
-                            }
-                        }
-                        Some(Packet::UnsubAck(..)) => self.unsubscribe_acked = true,
-                        Some(Packet::PingResp(_)) => self.unsubscribe_marked(),
-                        Some(packet) => self.push_control(packet),
-                        // The router paused this link; ask for more.
-                        None => {
-                            if rx.wake().await.is_err() {
-                                return End::RouterError;
-                            }
-                        }
+                        next = ready_now(rx.next());
                     }
                     self.refill();
                 }
-                () = silence => {
+                () = &mut silence, if grace.is_some() => {
+                    let deadline = last_heard + grace.unwrap_or_default();
+                    if deadline > Instant::now() {
+                        silence.as_mut().reset(deadline);
+                        continue;
+                    }
                     if self.level == 5 {
                         let reason = DisconnectReasonCode::KeepAliveTimeout;
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: reason }, None)).await;
                     }
                     return End::KeepaliveTimeout;
                 }
-                () = evicted.cancelled() => return self.evicted(eviction).await,
+                () = &mut evicted_wait => return self.evicted(eviction).await,
                 changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
                     if changed.is_err() {
                         return End::NetworkError;
@@ -798,7 +809,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     self.queue_sys();
                     self.refill();
                 }
-                () = stop.cancelled() => {
+                () = &mut stopped => {
                     if self.level == 5 {
                         let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
                     }
@@ -806,6 +817,79 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
             }
         }
+    }
+
+    /// One notification from the router for this client: passed on,
+    /// answered here, or queued for the socket.
+    async fn on_notification(
+        &mut self,
+        notification: Notification,
+        tx: &mut LinkTx,
+        rx: &LinkRx,
+        eviction: &crate::Eviction,
+    ) -> Result<(), End> {
+        let evicted = &eviction.token;
+        match Option::<Packet>::from(notification) {
+            // rumqttd drops a link when another connection takes its
+            // client id over (MQTT §3.1.4-3), and sends DISCONNECT when it
+            // refuses a client's publish or subscribe (a bad topic, a
+            // protocol error): that one is passed on as it is.
+            Some(disconnect @ Packet::Disconnect(..)) => {
+                if evicted.is_cancelled() {
+                    return Err(self.evicted(eviction).await);
+                }
+                if self.level == 5 {
+                    let _ = self.send(disconnect).await;
+                }
+                return Err(End::RouterError);
+            }
+            Some(Packet::Publish(publish, _)) if !self.allowed(&publish.topic, Access::Read) => {
+                self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
+                if self.withhold(publish, tx).await.is_err() {
+                    return Err(End::RouterError);
+                }
+            }
+            Some(Packet::PubRel(pubrel, _)) => {
+                // The second half of a QoS 2 delivery the session
+                // took over (or withheld).
+                self.withheld_qos2.remove(&pubrel.pkid);
+                let pubcomp = PubComp {
+                    pkid: pubrel.pkid,
+                    reason: PubCompReason::Success,
+                };
+                if tx.send(Packet::PubComp(pubcomp, None)).await.is_err() {
+                    return Err(End::RouterError);
+                }
+            }
+            Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => {}
+            Some(Packet::SubAck(mut suback, props)) => {
+                // Put back the answers for `$` filters held back.
+                if let Some(held) = self.held_back.remove(&suback.pkid) {
+                    for (position, code) in held {
+                        let at = position.min(suback.return_codes.len());
+                        suback.return_codes.insert(at, code);
+                    }
+                }
+                self.push_control(Packet::SubAck(suback, props));
+                if self.sys_initial && self.held_back.is_empty() {
+                    self.sys_initial = false;
+                    self.queue_sys();
+                }
+            }
+            Some(publish @ Packet::Publish(..)) => {
+                self.push_message(publish, tx).await?;
+            }
+            Some(Packet::UnsubAck(..)) => self.unsubscribe_acked = true,
+            Some(Packet::PingResp(_)) => self.unsubscribe_marked(),
+            Some(packet) => self.push_control(packet),
+            // The router paused this link; ask for more.
+            None => {
+                if rx.wake().await.is_err() {
+                    return Err(End::RouterError);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Queue a packet the client is owed (an ack, a SUBACK, a PINGRESP): never
@@ -822,14 +906,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// (and acknowledged to the router, so its window moves on) or ends the
     /// session, as `queue_full` says. Every drop is counted.
     async fn push_message(&mut self, publish: Packet, tx: &mut LinkTx) -> Result<(), End> {
-        let mut encoded = BytesMut::new();
-        if let Err(error) = self.protocol.write(publish, &mut encoded) {
+        // Encoded at the end of the write buffer, where it stays when nothing
+        // waits before it: a client that keeps up costs no allocation and no
+        // copy per message. Otherwise it is copied out to the queue.
+        let at = self.write.len();
+        if let Err(error) = self.protocol.write(publish, &mut self.write) {
+            self.write.truncate(at);
             tracing::warn!(client_id = self.client_id, %error, "cannot encode a message; skipped");
             return Ok(());
         }
-        let (qos, pkid) = publish_header(&encoded).unwrap_or((0, 0));
+        let (qos, pkid) = publish_header(&self.write[at..]).unwrap_or((0, 0));
         let limits = &self.shared.settings.limits;
-        let size = encoded.len();
+        let size = self.write.len() - at;
         let full = (limits.max_queued_messages > 0 && self.queue.len() >= limits.max_queued_messages)
             || self.queued_bytes + size > limits.max_queued_bytes;
         let reason = if full {
@@ -837,17 +925,24 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         } else if !self.shared.queue_budget.try_take(size) {
             "memory_budget"
         } else {
-            self.queue.push_back(Queued {
-                bytes: encoded.freeze(),
-                qos,
-            });
-            self.queued_bytes += size;
+            let writable_now = self.queue.is_empty()
+                && at < WRITE_CHUNK
+                && (qos == 0 || self.inflight.len() < limits.max_inflight_messages);
+            if writable_now {
+                self.placed(at, qos);
+            } else {
+                let bytes = Bytes::copy_from_slice(&self.write[at..]);
+                self.write.truncate(at);
+                self.queue.push_back(Queued { bytes, qos });
+                self.queued_bytes += size;
+            }
             return if qos > 0 {
                 self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)
             } else {
                 Ok(())
             };
         };
+        self.write.truncate(at);
         self.shared
             .metrics
             .dropped
@@ -893,24 +988,28 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let Some(message) = self.queue.pop_front() else { break };
             let at = self.write.len();
             self.write.extend_from_slice(&message.bytes);
-            if message.qos > 0 {
-                let pkid = self.next_pkid();
-                self.inflight.insert(pkid, false);
-                if let Some(offset) = publish_pkid_offset(&self.write[at..]) {
-                    self.write[at + offset..at + offset + 2].copy_from_slice(&pkid.to_be_bytes());
-                }
-            }
-            let size = message.bytes.len();
-            self.queued_bytes -= size;
-            self.budget_marks
-                .push_back((self.written_total + self.write.len() as u64, size));
-            let metrics = &self.shared.metrics;
-            metrics.messages_sent.with_label_values(&[qos_label(message.qos)]).inc();
-            metrics
-                .bytes_sent
-                .with_label_values(&[qos_label(message.qos)])
-                .inc_by(size as u64);
+            self.queued_bytes -= message.bytes.len();
+            self.placed(at, message.qos);
         }
+    }
+
+    /// Account for a message just put at `at` in the write buffer: a packet id
+    /// of the session's for QoS 1 and 2, its share of the queue budget (given
+    /// back once the socket has taken its last byte), the metrics.
+    fn placed(&mut self, at: usize, qos: u8) {
+        if qos > 0 {
+            let pkid = self.next_pkid();
+            self.inflight.insert(pkid, false);
+            if let Some(offset) = publish_pkid_offset(&self.write[at..]) {
+                self.write[at + offset..at + offset + 2].copy_from_slice(&pkid.to_be_bytes());
+            }
+        }
+        let size = self.write.len() - at;
+        self.budget_marks
+            .push_back((self.written_total + self.write.len() as u64, size));
+        let metrics = &self.shared.metrics;
+        metrics.messages_sent.at(qos).inc();
+        metrics.bytes_sent.at(qos).inc_by(size as u64);
     }
 
     /// A packet id no in-flight message has (the window is far smaller than
@@ -964,11 +1063,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     .is_ok()
                 {
                     let metrics = &self.shared.metrics;
-                    metrics.messages_sent.with_label_values(&["0"]).inc();
-                    metrics
-                        .bytes_sent
-                        .with_label_values(&["0"])
-                        .inc_by((self.write.len() - before) as u64);
+                    metrics.messages_sent.at(0).inc();
+                    metrics.bytes_sent.at(0).inc_by((self.write.len() - before) as u64);
                 }
             }
         }
@@ -1303,13 +1399,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.last_publish = header;
                 // rumqttd keeps a publish's QoS private; the fixed header has it.
                 if let Some(first) = first.filter(|b| b >> 4 == PUBLISH_PACKET) {
-                    let qos = qos_label((first >> 1) & 3);
+                    let qos = (first >> 1) & 3;
                     let metrics = &self.shared.metrics;
-                    metrics.messages_received.with_label_values(&[qos]).inc();
-                    metrics
-                        .bytes_received
-                        .with_label_values(&[qos])
-                        .inc_by((before - self.read.len()) as u64);
+                    metrics.messages_received.at(qos).inc();
+                    metrics.bytes_received.at(qos).inc_by((before - self.read.len()) as u64);
                 }
                 Ok(Some(packet))
             }
@@ -1339,6 +1432,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// written (at most [`FINAL_WRITE_TIMEOUT`]): for the CONNACK and for last
     /// words, where nothing else is going on.
     async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        // Boxed: a send is rare (a CONNACK, last words), and its timer and
+        // write would otherwise be part of every connection's state for its
+        // whole life (docs/performance.md, "The broker's idle clients").
+        Box::pin(self.write_out(packet)).await
+    }
+
+    async fn write_out(&mut self, packet: Packet) -> std::io::Result<()> {
         self.protocol
             .write(packet, &mut self.write)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -1410,20 +1510,24 @@ fn qos_label(qos: u8) -> &'static str {
 
 /// Publish the will (if the connection ended uncleanly), then tell the router
 /// the client is gone, so it frees the connection.
-async fn detach(tx: &mut LinkTx, will: Option<LastWill>) {
-    if let Some(will) = will {
-        // rumqttd's public constructor makes QoS 0 publishes only.
-        let _ = tx
-            .send(Packet::Publish(
-                Publish::new(will.topic, will.message, will.retain),
-                None,
-            ))
-            .await;
-    }
-    let disconnect = Disconnect {
-        reason_code: DisconnectReasonCode::NormalDisconnection,
-    };
-    let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+fn detach(tx: &mut LinkTx, will: Option<LastWill>) -> std::pin::Pin<Box<impl std::future::Future<Output = ()> + '_>> {
+    // Boxed, as the other steps before and after the relay: only the relay's
+    // own state stays with a connection for its life.
+    Box::pin(async move {
+        if let Some(will) = will {
+            // rumqttd's public constructor makes QoS 0 publishes only.
+            let _ = tx
+                .send(Packet::Publish(
+                    Publish::new(will.topic, will.message, will.retain),
+                    None,
+                ))
+                .await;
+        }
+        let disconnect = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+    })
 }
 
 /// The subject's common name of a DER certificate, as Mosquitto's
@@ -1477,6 +1581,17 @@ fn generated_client_id() -> String {
             .map_or(0, |d| d.as_nanos()),
     );
     format!("auto-{:016x}", hasher.finish())
+}
+
+/// The future's output if it is ready without waiting, as `now_or_never` in
+/// the futures crate (not a dependency of ours).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 #[cfg(test)]

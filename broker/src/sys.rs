@@ -34,14 +34,8 @@ pub async fn run(metrics: Metrics, interval: Duration, tx: watch::Sender<Snapsho
 }
 
 fn snapshot(metrics: &Metrics, uptime: Duration, connected: i64, maximum: i64) -> Vec<(String, String)> {
-    let sum = |counter: &prometheus::IntCounterVec| -> u64 {
-        ["0", "1", "2"]
-            .iter()
-            .map(|qos| counter.with_label_values(&[qos]).get())
-            .sum()
-    };
-    let received = sum(&metrics.messages_received);
-    let sent = sum(&metrics.messages_sent);
+    let received = metrics.messages_received.sum();
+    let sent = metrics.messages_sent.sum();
     [
         (
             "version",
@@ -56,8 +50,8 @@ fn snapshot(metrics: &Metrics, uptime: Duration, connected: i64, maximum: i64) -
         ("messages/sent", sent.to_string()),
         ("publish/messages/received", received.to_string()),
         ("publish/messages/sent", sent.to_string()),
-        ("bytes/received", sum(&metrics.bytes_received).to_string()),
-        ("bytes/sent", sum(&metrics.bytes_sent).to_string()),
+        ("bytes/received", metrics.bytes_received.sum().to_string()),
+        ("bytes/sent", metrics.bytes_sent.sum().to_string()),
         ("subscriptions/count", metrics.subscriptions.get().to_string()),
         ("retained messages/count", metrics.retained.get().to_string()),
     ]

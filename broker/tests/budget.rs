@@ -9,6 +9,7 @@ use std::time::Duration;
 use snigate_shared::testing::mqtt::{packet, publish_packet, read_packet, subscribe};
 use snigate_shared::testing::{Process, STEP, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpSocket, TcpStream};
 
 mod support;
@@ -91,9 +92,9 @@ async fn reading_subscriber(addr: SocketAddr, qos: u8) -> tokio::task::JoinHandl
     })
 }
 
-/// Publish the flood at `qos` as fast as the broker takes it (reading its
-/// PUBACKs on the side), then `flood/done` until the reader has seen it.
-async fn flood(addr: SocketAddr, qos: u8, reader: tokio::task::JoinHandle<usize>) -> usize {
+/// Publish the flood at `qos` as fast as the broker takes it, reading its
+/// PUBACKs on the side; returns the connection, still open.
+async fn publish_flood(addr: SocketAddr, qos: u8) -> (OwnedWriteHalf, tokio::task::JoinHandle<()>) {
     let stream = connected(addr, "flooder", 0).await;
     let (mut acks, mut writer) = stream.into_split();
     let drain = tokio::spawn(async move { while read_packet(&mut acks).await.is_ok() {} });
@@ -106,6 +107,12 @@ async fn flood(addr: SocketAddr, qos: u8, reader: tokio::task::JoinHandle<usize>
             .expect("the broker kept taking the flood")
             .unwrap();
     }
+    (writer, drain)
+}
+
+/// The flood, then `flood/done` until the reader has seen it.
+async fn flood(addr: SocketAddr, qos: u8, reader: tokio::task::JoinHandle<usize>) -> usize {
+    let (mut writer, drain) = publish_flood(addr, qos).await;
     let mut reader = reader;
     for _ in 0..100 {
         writer
@@ -168,8 +175,9 @@ async fn queue_full_disconnect_ends_a_stalled_qos_1_subscriber() {
         "queue_full = \"disconnect\"\nmax_queued_bytes = \"2MiB\"\nmax_inflight_messages = 100\n",
     );
     let mut stalled = stalled_subscriber(mqtt, "flood/#", 1).await;
-    let reader = reading_subscriber(mqtt, 1).await;
-    flood(mqtt, 1, reader).await;
+    // No reading subscriber here: at this speed a reader may fall its own
+    // 2 MiB behind and be disconnected by the same policy.
+    let _flooder = publish_flood(mqtt, 1).await;
     process.line_async("end=\"slow_consumer\"").await;
     // The stalled client finds its connection closed once it reads again.
     let mut sink = vec![0; 1 << 20];
@@ -220,8 +228,7 @@ async fn an_mqtt_5_slow_consumer_is_told_its_quota_was_exceeded() {
     let (first, body) = read_packet(&mut stalled).await.unwrap();
     assert_eq!((first, body[3]), (0x90, 1), "SUBACK {body:?}");
 
-    let reader = reading_subscriber(mqtt, 1).await;
-    let flooding = tokio::spawn(flood(mqtt, 1, reader));
+    let flooding = tokio::spawn(publish_flood(mqtt, 1));
     process
         .line_async("slow consumer: its queue is full; disconnecting")
         .await;
@@ -235,7 +242,7 @@ async fn an_mqtt_5_slow_consumer_is_told_its_quota_was_exceeded() {
     let (first, body) = last.expect("packets before the end");
     assert_eq!((first, body.first().copied()), (0xE0, Some(0x97)), "the last packet");
     process.line_async("end=\"slow_consumer\"").await;
-    flooding.await.unwrap();
+    let _flooder = flooding.await.unwrap();
 }
 
 /// A socket holds a connection slot from accept: sockets that never send
