@@ -1107,6 +1107,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     if !self.sys_filters.contains(&f.path) {
                         self.sys_filters.push(f.path.clone());
                     }
+                    if self.persistent {
+                        // Kept with the session's other filters, to be served
+                        // again when it resumes (rumqttd never sees it).
+                        let mut kept = self.shared.sessions.persistent_filters();
+                        kept.entry(self.client_id.clone()).or_default().insert(f.path.clone());
+                    }
                     self.sys_initial = true;
                     Some((i, SubscribeReasonCode::Success(QoS::AtMostOnce)))
                 } else if !self.shared.filters.admit(&f.path) {
@@ -1338,6 +1344,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 _ => return Ok(()),
             }
         };
+        // `$` filters are the session's own: served again here, never sent
+        // to rumqttd (which would end the link for them).
+        let (sys, filters): (std::collections::HashSet<String>, std::collections::HashSet<String>) = filters
+            .into_iter()
+            .partition(|f| f.starts_with('$') && !f.starts_with("$share/"));
+        self.sys_filters = sys.into_iter().collect();
+        if filters.is_empty() {
+            return Ok(());
+        }
         self.shared.metrics.subscriptions.add(filters.len() as i64);
         let subscribe = Subscribe {
             pkid: RESUBSCRIBE_PKID,

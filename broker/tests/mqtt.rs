@@ -796,6 +796,54 @@ async fn a_persistent_session_gets_what_was_published_while_away() {
     );
 }
 
+/// A persistent session's `$SYS` subscription is the broker's own (rumqttd never
+/// sees it), and it comes back with the session like the others.
+#[tokio::test]
+async fn a_persistent_session_keeps_its_sys_subscription() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.path("broker.toml"),
+        "allow_anonymous = true\nsys_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let login = snigate_shared::testing::mqtt::Login {
+        clean_session: false,
+        ..Default::default()
+    };
+    let connect = snigate_shared::testing::mqtt::connect_with("sys-watcher", &login);
+    let mut away = TcpStream::connect(broker.addr).await.unwrap();
+    away.write_all(&connect).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, away.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(
+        snigate_shared::testing::mqtt::subscribe(&mut away, "$SYS/broker/uptime", 0).await,
+        0
+    );
+    away.write_all(&[0xe0, 0]).await.unwrap();
+    drop(away);
+
+    let mut back = TcpStream::connect(broker.addr).await.unwrap();
+    back.write_all(&connect).await.unwrap();
+    tokio::time::timeout(STEP, back.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 1, 0], "CONNACK, session present");
+    // No SUBSCRIBE this time: the next $SYS round (every second) reaches it.
+    let (first, body) = tokio::time::timeout(STEP, snigate_shared::testing::mqtt::read_packet(&mut back))
+        .await
+        .expect("a $SYS message within sys_interval")
+        .unwrap();
+    assert_eq!(first >> 4, 3, "a PUBLISH");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    assert_eq!(&body[2..2 + topic_len], b"$SYS/broker/uptime");
+}
+
 /// A shipped default file says so on a comment line; the broker warns whenever
 /// it loads one.
 #[test]
