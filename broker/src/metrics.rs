@@ -115,7 +115,7 @@ impl Metrics {
             refused: IntCounterVec::new(
                 Opts::new(
                     "snigate_broker_limit_refusals_total",
-                    "What a memory limit refused, by limit: connections (CONNACK server unavailable/busy), \
+                    "What a memory limit refused, by limit: connections (CONNACK server unavailable/busy, or closed at accept), \
                      filters (a subscription), retained (a message kept, but not as retained).",
                 ),
                 &["limit"],

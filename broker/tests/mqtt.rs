@@ -814,12 +814,7 @@ async fn a_persistent_session_keeps_its_sys_subscription() {
     let connect = snigate_shared::testing::mqtt::connect_with("sys-watcher", &login);
     let mut away = TcpStream::connect(broker.addr).await.unwrap();
     away.write_all(&connect).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, away.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    expect_bytes(&mut away, &[0x20, 2, 0, 0], "CONNACK").await;
     assert_eq!(
         snigate_shared::testing::mqtt::subscribe(&mut away, "$SYS/broker/uptime", 0).await,
         0
@@ -829,11 +824,7 @@ async fn a_persistent_session_keeps_its_sys_subscription() {
 
     let mut back = TcpStream::connect(broker.addr).await.unwrap();
     back.write_all(&connect).await.unwrap();
-    tokio::time::timeout(STEP, back.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 1, 0], "CONNACK, session present");
+    expect_bytes(&mut back, &[0x20, 2, 1, 0], "CONNACK, session present").await;
     // No SUBSCRIBE this time: the next $SYS round (every second) reaches it.
     let (first, body) = tokio::time::timeout(STEP, snigate_shared::testing::mqtt::read_packet(&mut back))
         .await
@@ -1329,26 +1320,17 @@ async fn every_unsubscribe_is_answered_once_and_ends_the_subscription() {
     )
     .unwrap();
     let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
-    let read = async |client: &mut TcpStream, expected: &[u8], what: &str| {
-        let mut got = vec![0; expected.len()];
-        tokio::time::timeout(STEP, client.read_exact(&mut got))
-            .await
-            .unwrap_or_else(|_| panic!("no {what}"))
-            .unwrap();
-        assert_eq!(got, expected, "{what}");
-    };
-
     let mut client = connected(broker.addr, "unsubscriber", 0).await;
     // SUBSCRIBE pkid 7: "$SYS/#" and "a/b", QoS 0.
     let mut subscribe = vec![0x82, 17, 0, 7];
     subscribe.extend_from_slice(b"\0\x06$SYS/#\0\0\x03a/b\0");
     client.write_all(&subscribe).await.unwrap();
-    read(&mut client, &[0x90, 4, 0, 7, 0, 0], "SUBACK").await;
+    expect_bytes(&mut client, &[0x90, 4, 0, 7, 0, 0], "SUBACK").await;
     // UNSUBSCRIBE pkid 8: "$SYS/#", "a/b" and "never", subscribed or not.
     let mut unsubscribe = vec![0xa2, 22, 0, 8];
     unsubscribe.extend_from_slice(b"\0\x06$SYS/#\0\x03a/b\0\x05never");
     client.write_all(&unsubscribe).await.unwrap();
-    read(&mut client, &[0xb0, 2, 0, 8], "UNSUBACK").await;
+    expect_bytes(&mut client, &[0xb0, 2, 0, 8], "UNSUBACK").await;
     // A second UNSUBACK would come before the PINGRESP.
     assert_pings(&mut client).await;
     // Only a filter never subscribed.
@@ -1356,7 +1338,7 @@ async fn every_unsubscribe_is_answered_once_and_ends_the_subscription() {
         .write_all(&[0xa2, 9, 0, 9, 0, 5, b'n', b'e', b'v', b'e', b'r'])
         .await
         .unwrap();
-    read(&mut client, &[0xb0, 2, 0, 9], "UNSUBACK").await;
+    expect_bytes(&mut client, &[0xb0, 2, 0, 9], "UNSUBACK").await;
     assert_pings(&mut client).await;
 
     // A persistent session subscribes to "a/b" and leaves; back, it
@@ -1368,18 +1350,18 @@ async fn every_unsubscribe_is_answered_once_and_ends_the_subscription() {
     let connect = snigate_shared::testing::mqtt::connect_with("persistent", &login);
     let mut away = TcpStream::connect(broker.addr).await.unwrap();
     away.write_all(&connect).await.unwrap();
-    read(&mut away, &[0x20, 2, 0, 0], "CONNACK").await;
+    expect_bytes(&mut away, &[0x20, 2, 0, 0], "CONNACK").await;
     away.write_all(&[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0])
         .await
         .unwrap();
-    read(&mut away, &[0x90, 3, 0, 1, 0], "SUBACK").await;
+    expect_bytes(&mut away, &[0x90, 3, 0, 1, 0], "SUBACK").await;
     away.write_all(&[0xe0, 0]).await.unwrap();
     drop(away);
     let mut back = TcpStream::connect(broker.addr).await.unwrap();
     back.write_all(&connect).await.unwrap();
-    read(&mut back, &[0x20, 2, 1, 0], "CONNACK, session present").await;
+    expect_bytes(&mut back, &[0x20, 2, 1, 0], "CONNACK, session present").await;
     back.write_all(&[0xa2, 7, 0, 2, 0, 3, b'a', b'/', b'b']).await.unwrap();
-    read(&mut back, &[0xb0, 2, 0, 2], "UNSUBACK").await;
+    expect_bytes(&mut back, &[0xb0, 2, 0, 2], "UNSUBACK").await;
     // PUBLISH QoS 0 "a/b" "x", then a ping to flush it through the broker.
     client
         .write_all(&[0x30, 6, 0, 3, b'a', b'/', b'b', b'x'])

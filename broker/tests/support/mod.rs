@@ -88,6 +88,17 @@ pub async fn connected(addr: SocketAddr, client_id: &str, keep_alive: u16) -> Tc
     stream
 }
 
+/// The next `expected.len()` bytes from `stream`, asserted to be `expected`
+/// (`what` names them in the failure).
+pub async fn expect_bytes(stream: &mut TcpStream, expected: &[u8], what: &str) {
+    let mut got = vec![0; expected.len()];
+    tokio::time::timeout(STEP, stream.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no {what}"))
+        .unwrap();
+    assert_eq!(got, expected, "{what}");
+}
+
 /// A metric's value summed over all its series whose labels contain `labels`.
 pub fn metric_sum(metrics: &str, name: &str, labels: &str) -> f64 {
     metrics
