@@ -2,7 +2,7 @@
 //! The numbers come from [`crate::config::Limits`]; what each bound protects is
 //! in docs/broker.md ("Memory budget").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -46,41 +46,6 @@ impl Budget {
             Some(used.saturating_sub(bytes))
         });
         self.gauge.sub(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-}
-
-/// The subscription filters rumqttd keeps a commit log for. rumqttd never
-/// removes one (an unsubscribed filter keeps its log), so the set only grows
-/// and is capped: a filter seen before is always admitted, a new one only
-/// while there is room.
-#[derive(Debug)]
-pub struct Filters {
-    known: Mutex<HashSet<String>>,
-    max: usize,
-    gauge: IntGauge,
-}
-
-impl Filters {
-    pub fn new(max: usize, gauge: IntGauge) -> Self {
-        Self {
-            known: Mutex::new(HashSet::new()),
-            max,
-            gauge,
-        }
-    }
-
-    /// Whether `filter` may be given to rumqttd; counts it if it is new.
-    pub fn admit(&self, filter: &str) -> bool {
-        let mut known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.contains(filter) {
-            return true;
-        }
-        if known.len() >= self.max {
-            return false;
-        }
-        known.insert(filter.to_owned());
-        self.gauge.set(i64::try_from(known.len()).unwrap_or(i64::MAX));
-        true
     }
 }
 
@@ -150,15 +115,6 @@ mod tests {
         budget.give_back(60);
         assert!(budget.try_take(60));
         assert_eq!(budget.gauge.get(), 100);
-    }
-
-    #[test]
-    fn known_filters_are_always_admitted_new_ones_while_there_is_room() {
-        let filters = Filters::new(2, gauge("f"));
-        assert!(filters.admit("a/#"));
-        assert!(filters.admit("b/+"));
-        assert!(!filters.admit("c"));
-        assert!(filters.admit("a/#"));
     }
 
     #[test]

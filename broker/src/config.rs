@@ -472,6 +472,11 @@ pub struct Limits {
     pub max_filters: usize,
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+    /// All filters' logs together, in bytes: the router's share less its match
+    /// cache and the filters' own records.
+    pub max_log_bytes: u64,
+    /// The router's cache of which filters a published topic matches.
+    pub max_match_cache_bytes: usize,
     /// The largest packet the budget allows (a sixteenth of the queues' share).
     pub max_packet_size: usize,
 }
@@ -489,6 +494,9 @@ const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
 const DEFAULT_SEGMENT_COUNT: usize = 4;
 /// rumqttd refuses smaller segments.
 const MIN_SEGMENT_SIZE: u64 = 1 << 10;
+/// A filter's own records in the router, beside its messages: its name in two
+/// maps, its log's and waiters' headers, the subscribers' entries.
+pub const FILTER_MEMORY: u64 = 1 << 10;
 
 impl Limits {
     /// The budget: an eighth for outbound queues, a sixteenth for retained
@@ -517,7 +525,9 @@ impl Limits {
         }
         let queued_bytes_total = memory_limit / 8;
         let max_retained_bytes = file.max_retained_bytes.map_or(memory_limit / 16, |s| s.0);
-        let log_share = memory_limit / 4;
+        let router_share = memory_limit / 4;
+        let max_match_cache_bytes = memory_limit / 128;
+        let log_share = router_share - max_match_cache_bytes;
         let max_segment_size = file.max_segment_size.map_or(DEFAULT_SEGMENT_SIZE, |s| s.0);
         if max_segment_size < MIN_SEGMENT_SIZE {
             return Err(("max_segment_size", "must be at least 1KiB".to_owned()));
@@ -526,24 +536,36 @@ impl Limits {
         if max_segment_count == 0 {
             return Err(("max_segment_count", "must be at least 1".to_owned()));
         }
-        // rumqttd keeps the full segments plus the one being written.
-        let per_filter = (max_segment_count as u64 + 1).saturating_mul(max_segment_size);
+        // By default, room for every filter's log to be full: the bound on
+        // all logs together then only bites on messages larger than a segment.
+        let per_filter = (max_segment_count as u64)
+            .saturating_mul(max_segment_size)
+            .saturating_add(FILTER_MEMORY);
         let max_filters = match file.max_filters {
             Some(0) => return Err(("max_filters", "must be at least 1".to_owned())),
+            Some(n) if (n as u64).saturating_mul(FILTER_MEMORY) >= log_share => {
+                return Err((
+                    "max_filters",
+                    format!(
+                        "{n} filters take {} MiB of the router's {} MiB at {} KiB each before any message: lower it, or raise memory_limit",
+                        (n as u64 * FILTER_MEMORY) >> 20,
+                        log_share >> 20,
+                        FILTER_MEMORY >> 10
+                    ),
+                ));
+            }
             Some(n) => n,
             None => usize::try_from(log_share / per_filter).unwrap_or(usize::MAX),
         };
         if max_filters == 0 {
-            return too_small(
-                "memory_limit",
-                "one filter's log, (max_segment_count + 1) x max_segment_size",
-            );
+            return too_small("memory_limit", "one filter's log, max_segment_count x max_segment_size");
         }
+        let max_log_bytes = log_share - max_filters as u64 * FILTER_MEMORY;
         let for_connections = memory_limit
             .saturating_sub(BASE_MEMORY)
             .saturating_sub(queued_bytes_total)
             .saturating_sub(max_retained_bytes)
-            .saturating_sub(log_share);
+            .saturating_sub(router_share);
         let affordable = usize::try_from(for_connections / CONNECTION_MEMORY).unwrap_or(usize::MAX);
         let max_connections = match file.max_connections {
             Some(0) => return Err(("max_connections", "must be at least 1".to_owned())),
@@ -589,6 +611,8 @@ impl Limits {
             max_filters,
             max_segment_size: usize_of(max_segment_size),
             max_segment_count,
+            max_log_bytes,
+            max_match_cache_bytes: usize_of(max_match_cache_bytes),
             max_packet_size: max_packet_size.min(usize_of(queued_bytes_total / 16)),
         })
     }
@@ -662,12 +686,29 @@ mod tests {
         assert_eq!(limits.memory_limit_source, "configured");
         // 128 - 16 base - 16 queues - 8 retained - 32 logs = 56 MiB / 64 KiB.
         assert_eq!(limits.max_connections, 896);
-        assert_eq!(limits.max_filters, (32 << 20) / (5 * (64 << 10)));
+        // The router's 32 MiB: 1 MiB of match cache, then a full log (4 x 64
+        // KiB) and 1 KiB of records per filter.
+        assert_eq!(limits.max_match_cache_bytes, 1 << 20);
+        assert_eq!(limits.max_filters, (31 << 20) / (4 * (64 << 10) + 1024));
+        assert_eq!(limits.max_filters, 123);
+        assert_eq!(limits.max_log_bytes, (31 << 20) - 123 * 1024);
         assert_eq!(limits.max_packet_size, 1 << 20);
         let from_cgroup = Limits::derive(&BrokerFile::default(), 1000, Some(256 << 20)).unwrap();
         assert_eq!(
             (from_cgroup.memory_limit, from_cgroup.memory_limit_source),
             (256 << 20, "cgroup")
+        );
+
+        let many_filters: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_filters = 100000").unwrap();
+        let (field, message) = Limits::derive(&many_filters, 1000, None).unwrap_err();
+        assert_eq!(field, "max_filters");
+        assert!(message.contains("97 MiB of the router's 31 MiB"), "{message}");
+        let more_filters: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_filters = 1000").unwrap();
+        let limits = Limits::derive(&more_filters, 1000, None).unwrap();
+        assert_eq!(
+            limits.max_log_bytes,
+            (31 << 20) - 1000 * 1024,
+            "fewer bytes for messages"
         );
 
         let greedy: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_connections = 5000").unwrap();

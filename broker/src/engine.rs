@@ -8,9 +8,14 @@
 //! wire (sessions), and rumqttd only routes.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounter, IntGauge};
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::{Notification, Router, RouterConfig};
+use rumqttd::{Notification, Router, RouterConfig, RouterStats};
 
 /// What a session gets when it attaches: the two halves of its link and the
 /// router's CONNACK notification (which says whether a session was present).
@@ -30,11 +35,18 @@ pub struct EngineLimits {
     pub max_segment_count: usize,
     /// Undelivered packets queued per connection inside rumqttd.
     pub max_outgoing_packet_count: u64,
+    /// Subscription filters with a log; a subscription to another is refused.
+    pub max_filters: usize,
+    /// Bytes of all filters' logs together; beyond, the oldest messages go.
+    pub max_log_bytes: u64,
+    /// Bytes of the router's topic match cache.
+    pub max_match_cache_bytes: usize,
 }
 
 /// A running rumqttd router.
 pub struct Engine {
     attach: Attach,
+    stats: Arc<RouterStats>,
 }
 
 impl fmt::Debug for Engine {
@@ -54,21 +66,51 @@ impl Engine {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
+            max_filters: Some(limits.max_filters),
+            max_log_bytes: Some(limits.max_log_bytes),
+            max_match_cache_bytes: Some(limits.max_match_cache_bytes),
         };
-        let router_tx = Router::new(0, config).spawn();
+        let router = Router::new(0, config);
+        let stats = router.stats();
+        let router_tx = router.spawn();
         let attach: Attach = Box::new(move |client_id, clean_session| {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean_session)
-                // Off (LinkBuilder's default), rumqttd 0.20 would refuse a
-                // publish no filter matches with `NoMatchingFilters`; its
-                // `matches` never says "none" in fact, so either way such a
-                // publish goes to no log. On, to be safe with later versions:
-                // the filters that exist are the budget's (see budget.rs).
+                // Off (LinkBuilder's default), rumqttd would refuse a publish
+                // no filter matches with `NoMatchingFilters`; its `matches`
+                // never says "none" in fact, so either way such a publish goes
+                // to no log. On, in case that changes: filters are made only
+                // by subscriptions, within `max_filters`.
                 .dynamic_filters(true)
                 .build()
                 .map_err(|e: LinkError| e.to_string())
         });
-        Self { attach }
+        Self { attach, stats }
+    }
+
+    /// The router's figures as metrics (filters, log bytes, evictions), read
+    /// from its counters when the registry is gathered.
+    pub fn metrics(&self) -> prometheus::Result<RouterMetrics> {
+        Ok(RouterMetrics {
+            stats: self.stats.clone(),
+            filters: IntGauge::new(
+                "snigate_broker_router_filters",
+                "Subscription filters the message router keeps a log for (freed with their last subscriber).",
+            )?,
+            log_bytes: IntGauge::new(
+                "snigate_broker_router_log_bytes",
+                "Bytes held in the message router's logs, all filters together (bounded by the memory budget).",
+            )?,
+            match_cache_bytes: IntGauge::new(
+                "snigate_broker_router_match_cache_bytes",
+                "Bytes of the message router's cache of which filters a topic matches.",
+            )?,
+            evicted: IntCounter::new(
+                "snigate_broker_router_evicted_messages_total",
+                "Messages the router's logs gave up early to stay within the memory budget.",
+            )?,
+            catching_up: std::sync::Mutex::new(()),
+        })
     }
 
     /// Attach a client. The will is kept by the session, not given to rumqttd:
@@ -79,6 +121,54 @@ impl Engine {
     /// `spawn_blocking`.
     pub fn attach(&self, client_id: &str, clean_session: bool) -> Result<Link, String> {
         (self.attach)(&router_client_id(client_id), clean_session)
+    }
+}
+
+/// The router's counters, exported when scraped: the router's thread keeps them
+/// in atomics, and nothing else would copy them into the registry.
+pub struct RouterMetrics {
+    stats: Arc<RouterStats>,
+    filters: IntGauge,
+    log_bytes: IntGauge,
+    match_cache_bytes: IntGauge,
+    evicted: IntCounter,
+    /// Two scrapes at once must not both add the same evictions.
+    catching_up: std::sync::Mutex<()>,
+}
+
+impl Collector for RouterMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        [
+            self.filters.desc(),
+            self.log_bytes.desc(),
+            self.match_cache_bytes.desc(),
+            self.evicted.desc(),
+        ]
+        .concat()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let stats = &self.stats;
+        self.filters.set(gauge(stats.filters.load(Ordering::Relaxed) as u64));
+        self.log_bytes.set(gauge(stats.log_bytes.load(Ordering::Relaxed)));
+        self.match_cache_bytes
+            .set(gauge(stats.match_cache_bytes.load(Ordering::Relaxed) as u64));
+        {
+            let _one_at_a_time = self
+                .catching_up
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let evicted = stats.evicted_messages.load(Ordering::Relaxed);
+            self.evicted.inc_by(evicted.saturating_sub(self.evicted.get()));
+        }
+        [
+            self.filters.collect(),
+            self.log_bytes.collect(),
+            self.match_cache_bytes.collect(),
+            self.evicted.collect(),
+        ]
+        .concat()
     }
 }
 

@@ -161,7 +161,6 @@ pub struct Shared {
     pub retained: budget::Retained,
     /// All outbound queues together.
     pub queue_budget: budget::Budget,
-    pub filters: budget::Filters,
     /// One permit per open socket, from accept to close: `max_connections`.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Permits to answer a socket "busy" when no slot is left.
@@ -348,12 +347,17 @@ pub async fn run(
         max_segment_size: limits.max_segment_size,
         max_segment_count: limits.max_segment_count,
         max_outgoing_packet_count: 200,
+        max_filters: limits.max_filters,
+        max_log_bytes: limits.max_log_bytes,
+        max_match_cache_bytes: limits.max_match_cache_bytes,
     });
+    registry.register(Box::new(engine.metrics()?))?;
     tracing::info!(
         memory_limit_mib = limits.memory_limit >> 20,
         source = limits.memory_limit_source,
         max_connections = limits.max_connections,
         max_filters = limits.max_filters,
+        log_mib = limits.max_log_bytes >> 20,
         queued_mib = limits.queued_bytes_total >> 20,
         retained_mib = limits.max_retained_bytes >> 20,
         "memory budget"
@@ -378,7 +382,6 @@ pub async fn run(
             metrics.retained_bytes.clone(),
         ),
         queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
-        filters: budget::Filters::new(limits.max_filters, metrics.filters.clone()),
         connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
         busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
         sessions: Sessions::default(),

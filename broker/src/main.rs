@@ -232,10 +232,12 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         ),
         format!("retained: {} MiB", limits.max_retained_bytes >> 20),
         format!(
-            "router logs: {} filters x {} segments of {} bytes",
+            "router logs: {} filters x {} segments of {} bytes, {} MiB in all; match cache {} KiB",
             limits.max_filters,
-            limits.max_segment_count + 1,
-            limits.max_segment_size
+            limits.max_segment_count,
+            limits.max_segment_size,
+            limits.max_log_bytes >> 20,
+            limits.max_match_cache_bytes >> 10
         ),
         format!("connect timeout: {:?}", config.connect_timeout),
         format!("drain timeout: {:?}", config.drain_timeout),

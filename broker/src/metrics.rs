@@ -20,7 +20,6 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub queued_bytes: IntGauge,
     pub retained_bytes: IntGauge,
-    pub filters: IntGauge,
 }
 
 /// A counter by QoS, its three series made at start (so a dashboard's
@@ -125,12 +124,8 @@ impl Metrics {
                 "Bytes in clients' outbound queues, all together.",
             )?,
             retained_bytes: IntGauge::new("snigate_broker_retained_bytes", "Bytes of retained messages held.")?,
-            filters: IntGauge::new(
-                "snigate_broker_router_filters",
-                "Subscription filters the message router keeps a log for (never shrinks: rumqttd keeps them).",
-            )?,
         };
-        for metric in [&metrics.queued_bytes, &metrics.retained_bytes, &metrics.filters] {
+        for metric in [&metrics.queued_bytes, &metrics.retained_bytes] {
             registry.register(Box::new(metric.clone()))?;
         }
         registry.register(Box::new(metrics.dropped.clone()))?;

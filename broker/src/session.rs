@@ -329,6 +329,9 @@ struct Session<P, S> {
     unflushed: bool,
     /// SUBACK answers for `$` filters kept from rumqttd, by packet id.
     held_back: std::collections::HashMap<u16, Vec<(usize, SubscribeReasonCode)>>,
+    /// The filters of each SUBSCRIBE passed to rumqttd, in order, until its
+    /// SUBACK says which it refused.
+    awaiting_suback: std::collections::HashMap<u16, Vec<String>>,
     /// Replies the session owes the client for packets it answered itself.
     answer_now: Vec<Packet>,
     /// UNSUBSCRIBEs waiting on rumqttd: the UNSUBACK reasons so far and how
@@ -400,6 +403,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             deadline: arrival.deadline,
             busy: arrival.busy,
             held_back: std::collections::HashMap::new(),
+            awaiting_suback: std::collections::HashMap::new(),
             answer_now: Vec::new(),
             unsubscribing: std::collections::HashMap::new(),
             unsubscribe_marks: VecDeque::new(),
@@ -863,6 +867,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             }
             Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => {}
             Some(Packet::SubAck(mut suback, props)) => {
+                self.count_refused_filters(&mut suback);
                 // Put back the answers for `$` filters held back.
                 if let Some(held) = self.held_back.remove(&suback.pkid) {
                     for (position, code) in held {
@@ -1089,10 +1094,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .as_ref()
                 .is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, path))
         };
-        let (failure, quota_exceeded) = if self.level == 5 {
-            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
+        let failure = if self.level == 5 {
+            SubscribeReasonCode::NotAuthorized
         } else {
-            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
+            SubscribeReasonCode::Failure
         };
         let mut acl_refused = false;
         let held: Vec<(usize, SubscribeReasonCode)> = subscribe
@@ -1115,16 +1120,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     }
                     self.sys_initial = true;
                     Some((i, SubscribeReasonCode::Success(QoS::AtMostOnce)))
-                } else if !self.shared.filters.admit(&f.path) {
-                    // rumqttd would keep a log for it forever: at max_filters,
-                    // only filters it already has are taken.
-                    self.shared.metrics.refused.with_label_values(&["filters"]).inc();
-                    tracing::warn!(
-                        client_id = self.client_id,
-                        filter = f.path,
-                        "subscription refused: max_filters distinct filters in use"
-                    );
-                    Some((i, quota_exceeded))
                 } else {
                     None
                 }
@@ -1154,6 +1149,48 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.held_back.insert(subscribe.pkid, held);
         Some(subscribe)
+    }
+
+    /// The router refuses a filter it has no log for once `max_filters` logs
+    /// exist (a log is freed with its last subscriber), answering it 0x97
+    /// (quota exceeded): counted here, and 0x80 on MQTT 3.1.1, which has no
+    /// reasons.
+    /// The refused filters are no subscription of the session's.
+    fn count_refused_filters(&mut self, suback: &mut SubAck) {
+        let paths = self.awaiting_suback.remove(&suback.pkid).unwrap_or_default();
+        let mut refused = 0;
+        for (position, code) in suback.return_codes.iter_mut().enumerate() {
+            if *code != SubscribeReasonCode::QuotaExceeded {
+                continue;
+            }
+            refused += 1;
+            if self.level != 5 {
+                *code = SubscribeReasonCode::Failure;
+            }
+            let Some(path) = paths.get(position) else {
+                continue;
+            };
+            if self.subscriptions.remove(path) {
+                self.shared.metrics.subscriptions.dec();
+            }
+            if self.persistent
+                && let Some(kept) = self.shared.sessions.persistent_filters().get_mut(&self.client_id)
+            {
+                kept.remove(path);
+            }
+        }
+        if refused > 0 {
+            self.shared
+                .metrics
+                .refused
+                .with_label_values(&["filters"])
+                .inc_by(refused);
+            tracing::warn!(
+                client_id = self.client_id,
+                refused,
+                "subscription refused: max_filters filters have a log"
+            );
+        }
     }
 
     /// Answer an UNSUBSCRIBE for every filter in it, as MQTT requires
@@ -1322,6 +1359,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 let filters = kept.entry(self.client_id.clone()).or_default();
                 filters.extend(subscribe.filters.iter().map(|f| f.path.clone()));
             }
+            self.awaiting_suback.insert(
+                subscribe.pkid,
+                subscribe.filters.iter().map(|f| f.path.clone()).collect(),
+            );
         }
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use snigate_shared::testing::mqtt::{packet, publish_packet, read_packet, subscribe};
+use snigate_shared::testing::mqtt::{Login, connect, packet, publish_packet, read_packet, subscribe};
 use snigate_shared::testing::{Process, STEP, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -165,6 +165,99 @@ async fn a_qos_0_flood_at_a_subscriber_that_never_reads_stays_within_the_budget(
 #[tokio::test]
 async fn a_qos_1_flood_at_a_subscriber_that_never_reads_stays_within_the_budget() {
     a_stalled_subscriber_costs_its_queue_not_the_brokers_memory(1).await;
+}
+
+/// Messages larger than a log segment, on many filters: upstream rumqttd kept a
+/// whole message per segment, so every filter's log held `max_segment_count`
+/// of them (here 40 filters x 4 x 480 KiB = 75 MiB, over the whole budget).
+/// The router's logs now stay within their share together, giving up their
+/// oldest messages, counted.
+#[tokio::test]
+async fn large_messages_on_many_filters_keep_the_router_within_its_share() {
+    const FILTERS: usize = 40;
+    const PAYLOAD: usize = 480 << 10;
+    let dir = TempDir::new();
+    let (process, mqtt, admin) = budget_broker(&dir, "");
+    let filters: Vec<String> = (0..FILTERS).map(|i| format!("big/{i}")).collect();
+    let mut holder = stalled_subscriber(mqtt, &filters[0], 0).await;
+    for filter in &filters[1..] {
+        assert_eq!(subscribe(&mut holder, filter, 0).await, 0);
+    }
+    let mut publisher = connected(mqtt, "big-publisher", 0).await;
+    let payload = vec![b'x'; PAYLOAD];
+    for round in 0..4 {
+        for filter in &filters {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                publisher.write_all(&publish_packet(filter, &payload, 0, 0)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the broker kept taking round {round}"))
+            .unwrap();
+        }
+    }
+    assert_pings(&mut publisher).await;
+
+    // The router takes the last of them a moment after the publisher's PINGRESP.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http_get(admin, "/metrics").await;
+        if metric_sum(&metrics, "snigate_broker_router_evicted_messages_total", "") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let evicted = metric_sum(&metrics, "snigate_broker_router_evicted_messages_total", "");
+    let log_bytes = metric_sum(&metrics, "snigate_broker_router_log_bytes", "");
+    let peak = peak_rss(process.child.id());
+    eprintln!(
+        "router logs {} KiB, {evicted} messages evicted, peak RSS {} MiB",
+        log_bytes as u64 >> 10,
+        peak >> 20
+    );
+    assert!(evicted > 0.0, "the oldest messages were given up, counted:\n{metrics}");
+    assert!(
+        log_bytes <= (MEMORY_LIMIT_MIB << 20) as f64 / 4.0,
+        "the logs stay within the router's quarter of the budget: {log_bytes} bytes"
+    );
+    assert!(
+        peak < MEMORY_LIMIT_MIB << 20,
+        "peak RSS {} MiB over the {MEMORY_LIMIT_MIB} MiB budget",
+        peak >> 20
+    );
+}
+
+/// A publisher inventing topics under a subscribed wildcard: upstream rumqttd
+/// cached each topic's matching filters forever (here 20,000 x 1 KiB topics,
+/// about 21 MiB). The cache stays within a 128th of the budget.
+#[tokio::test]
+async fn invented_topics_keep_the_match_cache_within_its_bound() {
+    const TOPICS: usize = 20_000;
+    let dir = TempDir::new();
+    let (_process, mqtt, admin) = budget_broker(&dir, "");
+    let _subscriber = stalled_subscriber(mqtt, "invented/#", 0).await;
+    let mut publisher = connected(mqtt, "inventor", 0).await;
+    let padding = "p".repeat(1000);
+    let mut batch = Vec::new();
+    for i in 0..TOPICS {
+        batch.extend_from_slice(&publish_packet(&format!("invented/{padding}/{i}"), b"1", 0, 0));
+        if batch.len() > 64 << 10 || i == TOPICS - 1 {
+            tokio::time::timeout(Duration::from_secs(30), publisher.write_all(&batch))
+                .await
+                .expect("the broker kept taking topics")
+                .unwrap();
+            batch.clear();
+        }
+    }
+    assert_pings(&mut publisher).await;
+    let metrics = http_get(admin, "/metrics").await;
+    let cache = metric_sum(&metrics, "snigate_broker_router_match_cache_bytes", "");
+    eprintln!("match cache {} KiB after {TOPICS} topics", cache as u64 >> 10);
+    assert!(cache > 0.0, "topics are cached:\n{metrics}");
+    assert!(
+        cache <= ((MEMORY_LIMIT_MIB << 20) / 128) as f64,
+        "the cache stays within memory_limit / 128: {cache} bytes"
+    );
 }
 
 #[tokio::test]
@@ -377,21 +470,110 @@ fn the_connection_cap_follows_the_memory_limit() {
     );
 }
 
+/// The router's `snigate_broker_router_filters` gauge, once it reads `want`
+/// (sessions end, and free their filters, a moment after their sockets close).
+async fn router_filters_become(admin: SocketAddr, want: f64) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = http_get(admin, "/metrics").await;
+        if metric_sum(&last, "snigate_broker_router_filters", "") == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("snigate_broker_router_filters never read {want}:\n{last}");
+}
+
+async fn unsubscribe(stream: &mut TcpStream, filter: &str) {
+    let mut body = vec![0, 2];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    stream.write_all(&packet(0xa2, &body)).await.unwrap();
+    expect_bytes(stream, &[0xb0, 2, 0, 2], "UNSUBACK").await;
+}
+
+async fn disconnect(mut stream: TcpStream) {
+    stream.write_all(&[0xe0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await;
+}
+
 #[tokio::test]
-async fn new_filters_beyond_max_filters_are_refused_known_ones_still_taken() {
+async fn max_filters_counts_the_filters_someone_still_subscribes_to() {
     let dir = TempDir::new();
-    let (_process, mqtt, _admin) = budget_broker(&dir, "max_filters = 2\n");
+    let (_process, mqtt, admin) = budget_broker(&dir, "max_filters = 2\n");
     let mut client = connected(mqtt, "filters", 0).await;
     assert_eq!(subscribe(&mut client, "a/#", 0).await, 0);
     assert_eq!(subscribe(&mut client, "b/+", 1).await, 1);
     assert_eq!(subscribe(&mut client, "c", 0).await, 0x80, "a third filter is refused");
     let mut other = connected(mqtt, "other", 0).await;
-    assert_eq!(subscribe(&mut other, "a/#", 0).await, 0, "a known filter is taken");
+    assert_eq!(subscribe(&mut other, "a/#", 0).await, 0, "a filter in use is taken");
     assert_eq!(
         subscribe(&mut other, "$SYS/#", 0).await,
         0,
         "$SYS is served outside the router"
     );
+    router_filters_become(admin, 2.0).await;
+
+    // Unsubscribed by its only subscriber, a filter's log is freed.
+    unsubscribe(&mut client, "b/+").await;
+    router_filters_become(admin, 1.0).await;
+    assert_eq!(subscribe(&mut client, "c", 0).await, 0, "room again");
+    // A filter two clients share lives while either does.
+    disconnect(other).await;
+    assert_eq!(subscribe(&mut client, "d", 0).await, 0x80, "a/# is still the client's");
+    disconnect(client).await;
+    router_filters_become(admin, 0.0).await;
+
+    // A persistent session's filters outlive its connection ...
+    let persistent = Login {
+        clean_session: false,
+        ..Login::default()
+    };
+    let mut keeper = TcpStream::connect(mqtt).await.unwrap();
+    assert_eq!(connect(&mut keeper, "keeper", &persistent).await, 0);
+    assert_eq!(subscribe(&mut keeper, "p/1", 1).await, 1);
+    assert_eq!(subscribe(&mut keeper, "p/2", 1).await, 1);
+    disconnect(keeper).await;
+    let mut late = connected(mqtt, "late", 0).await;
+    assert_eq!(
+        subscribe(&mut late, "q", 0).await,
+        0x80,
+        "p/1 and p/2 are kept for keeper"
+    );
+    // ... until a clean session under its client id discards it.
+    let _keeper = connected(mqtt, "keeper", 0).await;
+    router_filters_become(admin, 0.0).await;
+    assert_eq!(subscribe(&mut late, "q", 0).await, 0);
+
+    let metrics = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"filters\""),
+        3.0,
+        "c, d and q"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "snigate_broker_subscriptions", ""),
+        1.0,
+        "refused filters are no subscription"
+    );
+}
+
+#[tokio::test]
+async fn an_mqtt_5_client_is_told_a_refused_filter_exceeded_its_quota() {
+    let dir = TempDir::new();
+    let (_process, mqtt, _admin) = budget_broker(&dir, "max_filters = 1\n");
+    let mut first = connected(mqtt, "first", 0).await;
+    assert_eq!(subscribe(&mut first, "taken", 0).await, 0);
+    let mut client = TcpStream::connect(mqtt).await.unwrap();
+    client.write_all(&connect_v5("v5")).await.unwrap();
+    let (first_byte, connack) = read_packet(&mut client).await.unwrap();
+    assert_eq!((first_byte, connack[1]), (0x20, 0), "accepted");
+    // SUBSCRIBE pkid 3, no properties, one filter at QoS 0.
+    client.write_all(&packet(0x82, b"\0\x03\0\0\x05other\0")).await.unwrap();
+    let (first_byte, suback) = read_packet(&mut client).await.unwrap();
+    assert_eq!(first_byte, 0x90);
+    assert_eq!(suback, [0, 3, 0, 0x97], "pkid, no properties, quota exceeded");
 }
 
 #[tokio::test]

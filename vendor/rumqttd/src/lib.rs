@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
-pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+pub use router::{
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, RouterStats,
+};
 use segments::Storage;
 
 pub use self::router::shared_subs::Strategy;
@@ -41,6 +43,18 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// snigate: the most subscription filters with a log; a subscription to
+    /// another is answered `QuotaExceeded`. `None`: no bound (upstream).
+    #[serde(default)]
+    pub max_filters: Option<usize>,
+    /// snigate: the most bytes all logs hold together; beyond, the oldest
+    /// messages are given up. `None`: no bound (upstream).
+    #[serde(default)]
+    pub max_log_bytes: Option<u64>,
+    /// snigate: the most bytes of the topic match cache; at the bound it
+    /// starts over. `None`: no bound (upstream).
+    #[serde(default)]
+    pub max_match_cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 use super::Ack;
 use slab::Slab;
-use tracing::{info, trace};
+use tracing::{debug, info, trace};
 
 use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
@@ -13,6 +13,8 @@ use crate::segments::{CommitLog, Position};
 use crate::Storage;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 type PubWithProp = (Publish, Option<PublishProperties>);
@@ -20,7 +22,9 @@ type PubWithProp = (Publish, Option<PublishProperties>);
 #[derive(Clone)]
 pub struct PublishData {
     pub publish: Publish,
-    pub properties: Option<PublishProperties>,
+    // snigate: boxed. Most messages have none, and inline they made every
+    // entry of every log about 150 bytes larger.
+    pub properties: Option<Box<PublishProperties>>,
     pub timestamp: Instant,
 }
 
@@ -28,7 +32,7 @@ impl From<PubWithProp> for PublishData {
     fn from((publish, properties): PubWithProp) -> Self {
         PublishData {
             publish,
-            properties,
+            properties: properties.map(Box::new),
             timestamp: Instant::now(),
         }
     }
@@ -36,11 +40,57 @@ impl From<PubWithProp> for PublishData {
 
 // TODO: remove this from here
 impl Storage for PublishData {
-    // TODO: calculate size of publish properties as well!
+    // snigate: what the entry costs, not only its topic and payload (upstream
+    // counted 4 + topic + payload, so a log of small messages held several
+    // times the bytes it counted): the record itself, the topic and payload,
+    // and the properties with what they point to.
     fn size(&self) -> usize {
         let publish = &self.publish;
-        4 + publish.topic.len() + publish.payload.len()
+        std::mem::size_of::<Self>()
+            + publish.topic.len()
+            + publish.payload.len()
+            + self.properties.as_deref().map_or(0, properties_size)
     }
+}
+
+fn properties_size(p: &PublishProperties) -> usize {
+    std::mem::size_of::<PublishProperties>()
+        + p.response_topic.as_ref().map_or(0, String::len)
+        + p.correlation_data.as_ref().map_or(0, |d| d.len())
+        + p.content_type.as_ref().map_or(0, String::len)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| std::mem::size_of::<(String, String)>() + k.len() + v.len())
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * std::mem::size_of::<usize>()
+}
+
+/// snigate: what the router holds, for the embedding broker's metrics.
+/// Written by the router's thread only; read by anyone.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Subscription filters that have a log.
+    pub filters: AtomicUsize,
+    /// Bytes held by all logs, as [`Storage::size`] counts them.
+    pub log_bytes: AtomicU64,
+    /// Messages given up to keep the logs within `max_log_bytes`.
+    pub evicted_messages: AtomicU64,
+    /// Bytes of the topic match cache, as [`cache_entry_size`] counts them.
+    pub match_cache_bytes: AtomicUsize,
+}
+
+/// What one entry of the topic match cache costs: the topic, its list of
+/// filter indexes, and the map's slot with the two headers.
+fn cache_entry_size(topic: &str, filters: usize) -> usize {
+    64 + topic.len() + filters * std::mem::size_of::<FilterIdx>()
+}
+
+/// The filter whose log a subscription reads: `$share/group/filter` reads
+/// `filter`'s.
+pub fn log_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|s| s.split_once('/'))
+        .map_or(path, |(_group, filter)| filter)
 }
 
 /// Stores 'device' data and 'actions' data in native commitlog
@@ -61,6 +111,12 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// snigate: bytes of `publish_filters`, bounded by
+    /// `config.max_match_cache_bytes`.
+    match_cache_bytes: usize,
+    /// snigate: bytes of all logs, bounded by `config.max_log_bytes`.
+    log_bytes: u64,
+    stats: Arc<RouterStats>,
 }
 
 impl DataLog {
@@ -81,13 +137,157 @@ impl DataLog {
             }
         }
 
+        let stats = Arc::new(RouterStats::default());
+        stats.filters.store(filter_indexes.len(), Ordering::Relaxed);
         Ok(DataLog {
             config,
             native,
             publish_filters,
             filter_indexes,
             retained_publishes,
+            match_cache_bytes: 0,
+            log_bytes: 0,
+            stats,
         })
+    }
+
+    pub fn stats(&self) -> Arc<RouterStats> {
+        self.stats.clone()
+    }
+
+    /// snigate: the log a new subscription to `filter` reads, made if there is
+    /// none and `max_filters` allows another. `None`: refused.
+    pub fn subscription_offset(&mut self, filter: &str) -> Option<(FilterIdx, Offset)> {
+        let full = self
+            .config
+            .max_filters
+            .is_some_and(|max| self.filter_indexes.len() >= max);
+        if full && !self.filter_indexes.contains_key(filter) {
+            return None;
+        }
+        Some(self.next_native_offset(filter))
+    }
+
+    /// snigate: one more session (connected, or persistent and away) reads
+    /// this log.
+    pub fn add_subscriber(&mut self, filter_idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(filter_idx) {
+            data.subscribers += 1;
+        }
+    }
+
+    /// snigate: a subscription that reads `filter`'s log ended: an
+    /// UNSUBSCRIBE, a clean session's end, or a persistent session discarded.
+    /// With its last subscriber gone, the log is freed (upstream kept every
+    /// filter's log until the broker stopped), with its match cache entries.
+    pub fn remove_subscriber(&mut self, filter: &str) {
+        let Some(&filter_idx) = self.filter_indexes.get(filter) else {
+            return;
+        };
+        let Some(data) = self.native.get_mut(filter_idx) else {
+            return;
+        };
+        data.subscribers = data.subscribers.saturating_sub(1);
+        if data.subscribers > 0 {
+            return;
+        }
+        let data = self.native.remove(filter_idx);
+        self.filter_indexes.remove(filter);
+        self.log_bytes = self.log_bytes.saturating_sub(data.log.size());
+        let mut freed = 0;
+        self.publish_filters.retain(|topic, filters| {
+            let before = filters.len();
+            filters.retain(|idx| *idx != filter_idx);
+            if filters.is_empty() {
+                freed += cache_entry_size(topic, before);
+                false
+            } else {
+                freed += (before - filters.len()) * std::mem::size_of::<FilterIdx>();
+                true
+            }
+        });
+        self.match_cache_bytes = self.match_cache_bytes.saturating_sub(freed);
+        debug!(filter, "Freed the log of a filter with no subscriber left");
+        self.publish_stats();
+    }
+
+    /// snigate: whether a read request still names the log it was made for.
+    /// A log is freed with its last subscriber and its slot may be reused, so
+    /// a request left behind (a notification made earlier in the same batch)
+    /// must not read another filter's log.
+    pub fn is_live(&self, request: &DataRequest) -> bool {
+        self.native
+            .get(request.filter_idx)
+            .is_some_and(|data| data.filter == log_filter(&request.filter))
+    }
+
+    /// Append a publish to the logs of the filters it matched, then keep all
+    /// logs within `max_log_bytes`.
+    pub fn append_to_filters(
+        &mut self,
+        filter_idxs: &[FilterIdx],
+        publish: &Publish,
+        properties: &Option<PublishProperties>,
+        notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
+    ) -> Offset {
+        let mut o = (0, 0);
+        for &filter_idx in filter_idxs {
+            let Some(data) = self.native.get_mut(filter_idx) else {
+                continue;
+            };
+            let before = data.log.size();
+            let publish_data = (publish.clone(), properties.clone());
+            let (offset, filter) = data.append(publish_data.into(), notifications);
+            debug!(
+                pkid = publish.pkid,
+                "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
+            );
+            self.log_bytes = (self.log_bytes + data.log.size()).saturating_sub(before);
+            o = offset;
+        }
+        if let Some(&written) = filter_idxs.last() {
+            self.keep_log_budget(written);
+        }
+        self.publish_stats();
+        o
+    }
+
+    /// snigate: while all logs together hold more than `max_log_bytes`, give
+    /// up the oldest messages: first those of the log just written, if it has
+    /// older segments than the one written to (a flood on one filter pays for
+    /// itself, at no search), then the largest log's.
+    fn keep_log_budget(&mut self, written: FilterIdx) {
+        let Some(max) = self.config.max_log_bytes else {
+            return;
+        };
+        while self.log_bytes > max {
+            let victim = match self.native.get(written) {
+                Some(data) if data.log.len() > 1 => written,
+                _ => match self.native.iter().max_by_key(|(_, data)| data.log.size()) {
+                    Some((idx, _)) => idx,
+                    None => return,
+                },
+            };
+            let (bytes, messages) = self.native[victim].log.drop_oldest();
+            if messages == 0 {
+                return;
+            }
+            self.log_bytes = self.log_bytes.saturating_sub(bytes);
+            self.stats
+                .evicted_messages
+                .fetch_add(messages, Ordering::Relaxed);
+        }
+    }
+
+    fn publish_stats(&self) {
+        let stats = &self.stats;
+        stats
+            .filters
+            .store(self.filter_indexes.len(), Ordering::Relaxed);
+        stats.log_bytes.store(self.log_bytes, Ordering::Relaxed);
+        stats
+            .match_cache_bytes
+            .store(self.match_cache_bytes, Ordering::Relaxed);
     }
 
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
@@ -106,15 +306,16 @@ impl DataLog {
         id: ConnectionId,
         filter: &Filter,
     ) -> Option<DataRequest> {
+        // snigate: a `$share/group/filter` subscription waits on `filter`'s
+        // log, and the same client may wait there for `filter` itself too.
         let data = self
             .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
+            .get_mut(*self.filter_indexes.get(log_filter(filter))?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == *filter)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)
@@ -136,7 +337,23 @@ impl DataLog {
                     .collect();
 
                 if !v.is_empty() {
-                    self.publish_filters.insert(topic.to_owned(), v.clone());
+                    // snigate: a bounded cache. Publishers that keep inventing
+                    // topics under a subscribed wildcard grew upstream's until
+                    // the broker stopped; at the bound it starts over, and the
+                    // topics in use come back into it as they are published.
+                    let entry = cache_entry_size(topic, v.len());
+                    let max = self.config.max_match_cache_bytes.unwrap_or(usize::MAX);
+                    if self.match_cache_bytes + entry > max {
+                        self.publish_filters.clear();
+                        self.match_cache_bytes = 0;
+                    }
+                    if entry <= max {
+                        self.publish_filters.insert(topic.to_owned(), v.clone());
+                        self.match_cache_bytes += entry;
+                    }
+                    self.stats
+                        .match_cache_bytes
+                        .store(self.match_cache_bytes, Ordering::Relaxed);
                 }
 
                 Some(v)
@@ -162,8 +379,10 @@ impl DataLog {
                 for (topic, filters) in publish_filters.iter_mut() {
                     if matches(topic, filter) {
                         filters.push(idx);
+                        self.match_cache_bytes += std::mem::size_of::<FilterIdx>();
                     }
                 }
+                self.publish_stats();
 
                 (idx, self.native.get(idx).unwrap())
             }
@@ -219,7 +438,7 @@ impl DataLog {
         // no need to include timestamp when returning
         let o = o
             .into_iter()
-            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
+            .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties.map(|p| *p)), offset))
             .collect();
 
         Ok((next, o))
@@ -227,7 +446,9 @@ impl DataLog {
 
     pub fn shadow(&mut self, filter: &str) -> Option<PubWithProp> {
         let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
-        data.log.last().map(|p| (p.publish, p.properties))
+        data.log
+            .last()
+            .map(|p| (p.publish, p.properties.map(|p| *p)))
     }
 
     /// This method is called when the subscriber has caught up with the commit log. In which case,
@@ -303,7 +524,7 @@ impl DataLog {
         self.retained_publishes
             .iter()
             .filter(|(topic, _)| matches(topic, filter))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
+            .map(|(_, p)| (p.publish.clone(), p.properties.as_deref().cloned()))
             .collect()
     }
 }
@@ -313,6 +534,8 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// snigate: sessions subscribed to this filter, connected or saved.
+    subscribers: usize,
 }
 
 impl<T> Data<T>
@@ -344,6 +567,7 @@ where
             log,
             waiters,
             meter: metrics,
+            subscribers: 0,
         }
     }
 
@@ -434,9 +658,8 @@ impl AckLog {
 
 #[cfg(test)]
 mod test {
-    use super::DataLog;
+    use super::*;
     use crate::router::shared_subs::Strategy;
-    use crate::RouterConfig;
 
     #[test]
     fn publish_filters_updating_correctly_on_new_topic_subscription() {
@@ -448,6 +671,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            ..Default::default()
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -468,6 +692,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            ..Default::default()
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
@@ -475,6 +700,135 @@ mod test {
         data.matches("topic/a");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+    }
+
+    // snigate's changes (PATCHES.md).
+
+    fn bounded(max_filters: Option<usize>, max_log_bytes: Option<u64>) -> DataLog {
+        DataLog::new(RouterConfig {
+            max_segment_size: 1024,
+            max_segment_count: 4,
+            max_filters,
+            max_log_bytes,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn publish(datalog: &mut DataLog, topic: &str, payload: usize) {
+        let publish = Publish::new(topic.to_owned(), "x".repeat(payload), false);
+        let filters = datalog.matches(topic).unwrap();
+        datalog.append_to_filters(&filters, &publish, &None, &mut VecDeque::new());
+    }
+
+    fn request(filter: &str, filter_idx: usize) -> DataRequest {
+        DataRequest {
+            filter: filter.to_owned(),
+            filter_idx,
+            qos: 0,
+            cursor: (0, 0),
+            read_count: 0,
+            max_count: 100,
+            forward_retained: false,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn a_filter_log_is_freed_with_its_last_subscriber() {
+        let mut data = bounded(None, None);
+        let (a, _) = data.subscription_offset("a/+").unwrap();
+        data.add_subscriber(a);
+        data.add_subscriber(a);
+        publish(&mut data, "a/1", 100);
+        assert!(data.log_bytes > 100);
+        data.remove_subscriber("a/+");
+        assert!(
+            data.filter_indexes.contains_key("a/+"),
+            "one subscriber left"
+        );
+        data.remove_subscriber("a/+");
+        assert!(data.native.is_empty());
+        assert!(data.filter_indexes.is_empty());
+        assert!(
+            data.publish_filters.is_empty(),
+            "its match cache entries go too"
+        );
+        assert_eq!((data.log_bytes, data.match_cache_bytes), (0, 0));
+        assert_eq!(data.stats().filters.load(Ordering::Relaxed), 0);
+        // A request left behind does not read the filter that takes the slot.
+        let (b, _) = data.subscription_offset("b").unwrap();
+        assert_eq!(a, b, "the slab reuses the slot");
+        assert!(!data.is_live(&request("a/+", a)));
+        assert!(data.is_live(&request("b", b)));
+        assert!(data.is_live(&request("$share/group/b", b)));
+    }
+
+    #[test]
+    fn max_filters_refuses_a_new_filter_and_takes_a_known_one() {
+        let mut data = bounded(Some(1), None);
+        let (a, _) = data.subscription_offset("a").unwrap();
+        data.add_subscriber(a);
+        assert!(data.subscription_offset("b").is_none());
+        assert!(data.subscription_offset("a").is_some());
+        data.remove_subscriber("a");
+        assert!(data.subscription_offset("b").is_some(), "room again");
+    }
+
+    #[test]
+    fn all_logs_together_stay_within_max_log_bytes() {
+        let mut data = bounded(None, Some(8 * 1024));
+        for filter in ["a", "b", "c"] {
+            let (idx, _) = data.subscription_offset(filter).unwrap();
+            data.add_subscriber(idx);
+        }
+        for i in 0..200 {
+            publish(&mut data, ["a", "b", "c"][i % 3], 300);
+            assert!(data.log_bytes <= 8 * 1024, "{} bytes", data.log_bytes);
+            let counted: u64 = data.native.iter().map(|(_, d)| d.log.size()).sum();
+            assert_eq!(data.log_bytes, counted);
+        }
+        assert!(data.stats().evicted_messages.load(Ordering::Relaxed) > 0);
+        // Every log keeps its newest messages.
+        for (_, log) in data.native.iter() {
+            assert!(log.log.last().is_some());
+        }
+    }
+
+    #[test]
+    fn an_entry_counts_its_record_and_properties() {
+        let mut data = bounded(None, None);
+        let (a, _) = data.subscription_offset("a").unwrap();
+        data.add_subscriber(a);
+        publish(&mut data, "a", 10);
+        let plain = data.log_bytes;
+        assert!(plain as usize >= std::mem::size_of::<PublishData>() + 11);
+        let properties = PublishProperties {
+            user_properties: vec![("k".repeat(100), "v".repeat(100))],
+            ..Default::default()
+        };
+        let publish = Publish::new("a".to_owned(), "x".repeat(10), false);
+        data.append_to_filters(&[a], &publish, &Some(properties), &mut VecDeque::new());
+        assert!(data.log_bytes - plain > plain + 200);
+    }
+
+    #[test]
+    fn the_match_cache_starts_over_at_its_bound() {
+        let mut data = DataLog::new(RouterConfig {
+            max_segment_size: 1024,
+            max_segment_count: 4,
+            max_match_cache_bytes: Some(4096),
+            ..Default::default()
+        })
+        .unwrap();
+        let (idx, _) = data.subscription_offset("sensors/#").unwrap();
+        data.add_subscriber(idx);
+        for i in 0..1000 {
+            assert_eq!(data.matches(&format!("sensors/{i}")).unwrap(), vec![idx]);
+            assert!(data.match_cache_bytes <= 4096);
+        }
+        assert!(!data.publish_filters.is_empty());
+        assert!(data.publish_filters.len() < 1000);
     }
 
     //     #[test]

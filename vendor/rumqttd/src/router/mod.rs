@@ -24,6 +24,7 @@ mod waiters;
 
 pub use alertlog::Alert;
 pub use connection::Connection;
+pub use logs::RouterStats;
 pub use routing::Router;
 pub use waiters::Waiters;
 

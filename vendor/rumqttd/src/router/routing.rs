@@ -6,7 +6,7 @@ use crate::protocol::{
 };
 use crate::router::alertlog::alert;
 use crate::router::scheduler::{PauseReason, Tracker};
-use crate::router::{ConnectionEvents, Forward};
+use crate::router::Forward;
 use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
@@ -21,7 +21,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog};
+use super::logs::{log_filter, AckLog, DataLog};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -148,6 +148,12 @@ impl Router {
 
     /// Gets handle to the router. This is not a public method to ensure that link
     /// is created only after the router starts
+    /// snigate: what the router holds (filters, log bytes, evictions), for
+    /// the embedding broker's metrics. Take it before [`Router::spawn`].
+    pub fn stats(&self) -> std::sync::Arc<super::RouterStats> {
+        self.datalog.stats()
+    }
+
     fn link(&self) -> Sender<(ConnectionId, Event)> {
         self.router_tx.clone()
     }
@@ -328,8 +334,13 @@ impl Router {
                 },
             )
         } else {
-            // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            // snigate: a clean session discards a saved one, and the saved
+            // session's subscriptions end with it.
+            if let Some(state) = saved.and_then(|saved| saved.session_state) {
+                for filter in state.subscriptions.iter() {
+                    self.datalog.remove_subscriber(log_filter(filter));
+                }
+            }
             Tracker::new(client_id.clone())
         };
 
@@ -523,9 +534,13 @@ impl Router {
             );
         } else {
             tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // snigate: a clean session's subscriptions end with it, and
+            // nothing of it is kept (upstream kept its event history per
+            // client id until the broker stopped: a broker whose clients pick
+            // fresh ids each time grew without bound).
+            for filter in connection.subscriptions.iter() {
+                self.datalog.remove_subscriber(log_filter(filter));
+            }
         }
         self.router_meters.total_connections -= 1;
     }
@@ -682,7 +697,13 @@ impl Router {
                             break;
                         }
 
-                        let (idx, cursor) = self.datalog.next_native_offset(&filter);
+                        let Some((idx, cursor)) = self.datalog.subscription_offset(&filter) else {
+                            // snigate: `max_filters` logs exist and this
+                            // filter has none.
+                            debug!(filter, "Subscription refused: max_filters logs exist");
+                            return_codes.push(SubscribeReasonCode::QuotaExceeded);
+                            continue;
+                        };
 
                         // in case of shared sub original_filter will be $share/group/topic
                         // this is because we do want to treat is as diffrent subscription
@@ -756,6 +777,13 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
+                            // snigate: a notification made earlier in this
+                            // batch (a publish on this filter) must not bring
+                            // the request back once the filter is left.
+                            self.notifications.retain(|(waiter, request)| {
+                                *waiter != id || request.filter != *filter
+                            });
+                            self.datalog.remove_subscriber(log_filter(filter));
                             force_ack = true;
                         }
                     }
@@ -965,6 +993,7 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            self.datalog.add_subscriber(filter_idx);
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1044,6 +1073,12 @@ impl Router {
                     return Some(());
                 }
             };
+
+            // snigate: the request outlived its filter's log (freed with its
+            // last subscriber); it reads nothing more.
+            if !datalog.is_live(&request) {
+                continue;
+            }
 
             let shared_group = request
                 .group
@@ -1236,7 +1271,6 @@ fn append_to_commitlog(
     // after recording retained message, we also send that message to existing subscribers
     // as normal publish message. Therefore we are setting retain to false
     publish.retain = false;
-    let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
 
@@ -1250,18 +1284,7 @@ fn append_to_commitlog(
         None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
     };
 
-    let mut o = (0, 0);
-    for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
-        debug!(
-            pkid,
-            "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
-        );
-
-        o = offset;
-    }
+    let o = datalog.append_to_filters(&filter_idxs, &publish, &properties, notifications);
 
     // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
     Ok(o)
@@ -1307,7 +1330,6 @@ fn append_will_message(
     // after recording retained message, we also send that message to existing subscribers
     // as normal publish message. Therefore we are setting retain to false
     publish.retain = false;
-    let pkid = publish.pkid;
 
     let filter_idxs = datalog.matches(topic);
 
@@ -1316,18 +1338,7 @@ fn append_will_message(
         None => return Err(RouterError::NoMatchingFilters(topic.to_owned())),
     };
 
-    let mut o = (0, 0);
-    for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
-        let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
-        debug!(
-            pkid,
-            "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
-        );
-
-        o = offset;
-    }
+    let o = datalog.append_to_filters(&filter_idxs, &publish, &properties, notifications);
 
     Ok(o)
 }

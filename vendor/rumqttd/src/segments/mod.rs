@@ -134,32 +134,64 @@ where
     }
 
     /// Append a new [`T`] to the active segment.
+    ///
+    /// snigate: a message that would take a non-empty active segment over
+    /// `max_segment_size` starts a new segment. Upstream closed a segment only
+    /// once it had reached the size, so the message that crossed it stayed in
+    /// it whole: with large messages every segment held one more than its size.
+    /// Now only a single message larger than a segment makes one larger.
     #[inline]
     pub fn append(&mut self, message: T) -> (u64, u64) {
-        self.apply_retention();
+        let active = self.active_segment();
+        if active.len() > 0 && active.size() + message.size() as u64 > self.max_segment_size as u64
+        {
+            self.rotate();
+        }
         let active_segment = self.active_segment_mut();
         active_segment.push(message);
         let absolute_offset = self.active_segment().next_offset();
         (self.tail, absolute_offset)
     }
 
-    fn apply_retention(&mut self) {
-        if self.active_segment().size() >= self.max_segment_size as u64 {
-            // Read absolute_offset before applying memory retention, in case there is only 1
-            // segment allowed.
-            let absolute_offset = self.active_segment().next_offset();
-            // If active segment is full and segments are full, apply retention policy.
-            if self.memory_segments_count() >= self.max_mem_segments {
-                self.segments.pop_front();
-                self.head += 1;
-            }
+    /// Close the active segment and open an empty one after it, dropping the
+    /// oldest segment when `max_mem_segments` are held.
+    fn rotate(&mut self) {
+        // Read absolute_offset before applying memory retention, in case there is only 1
+        // segment allowed.
+        let absolute_offset = self.active_segment().next_offset();
+        self.active_segment_mut().close();
+        if self.memory_segments_count() >= self.max_mem_segments {
+            self.segments.pop_front();
+            self.head += 1;
+        }
 
-            // Pushing a new segment into segments and updating the tail automatically changes
-            // the active segment to a new empty one.
+        // Pushing a new segment into segments and updating the tail automatically changes
+        // the active segment to a new empty one.
+        self.segments
+            .push_back(Segment::with_offset(absolute_offset));
+        self.tail += 1;
+    }
+
+    /// snigate: give up the oldest messages to free memory, for a budget over
+    /// all logs: the oldest segment, or, when only the active one is left, all
+    /// of it (an empty segment takes its place, so offsets go on). Readers
+    /// behind the new head jump to it, as after retention. Returns the bytes
+    /// (as [`Storage::size`] counts them) and the messages given up.
+    pub fn drop_oldest(&mut self) -> (u64, u64) {
+        if self.segments.len() == 1 {
+            if self.active_segment().len() == 0 {
+                return (0, 0);
+            }
+            let absolute_offset = self.active_segment().next_offset();
             self.segments
                 .push_back(Segment::with_offset(absolute_offset));
             self.tail += 1;
         }
+        let Some(oldest) = self.segments.pop_front() else {
+            return (0, 0);
+        };
+        self.head += 1;
+        (oldest.size(), oldest.len())
     }
 
     #[inline]
@@ -674,5 +706,62 @@ mod tests {
                 end: (10, 105)
             }
         );
+    }
+
+    // snigate's changes (PATCHES.md).
+
+    #[test]
+    fn a_message_that_would_overflow_the_active_segment_starts_the_next() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(4096, 3).unwrap();
+        log.append(random_payload(1, 3000));
+        log.append(random_payload(2, 3000));
+        log.append(random_payload(3, 3000));
+        // One message per segment: none holds more than its 4096 bytes.
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.size(), 9000);
+        log.append(random_payload(4, 3000));
+        assert_eq!(log.len(), 3, "the oldest segment is dropped");
+        assert_eq!(log.size(), 9000);
+        // Small messages still fill a segment up to its size.
+        let mut log: CommitLog<Bytes> = CommitLog::new(4096, 3).unwrap();
+        for i in 0..4 {
+            log.append(random_payload(i, 1024));
+        }
+        assert_eq!(log.len(), 1);
+        log.append(random_payload(5, 1));
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn a_message_larger_than_a_segment_has_one_to_itself() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 2).unwrap();
+        log.append(random_payload(1, 100));
+        log.append(random_payload(2, 5000));
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.size(), 5100);
+    }
+
+    #[test]
+    fn dropping_the_oldest_messages_keeps_offsets_and_moves_readers_on() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 3).unwrap();
+        for i in 0..3 {
+            log.append(random_payload(i, 1000));
+        }
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.drop_oldest(), (1000, 1));
+        assert_eq!(log.len(), 2);
+        assert_eq!(log.drop_oldest(), (1000, 1));
+        // Only the active segment is left: it goes whole, an empty one follows.
+        assert_eq!(log.drop_oldest(), (1000, 1));
+        assert_eq!((log.len(), log.size()), (1, 0));
+        assert_eq!(log.drop_oldest(), (0, 0), "nothing left to give up");
+
+        // A reader that was at the start jumps to the first message still held.
+        log.append(random_payload(7, 10));
+        let mut out = Vec::new();
+        log.readv((0, 0), 10, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        verify(7, 10, out.remove(0));
+        assert_eq!(log.next_offset(), (3, 4));
     }
 }
