@@ -22,6 +22,12 @@ impl Graveyard {
         self.connections.remove(id)
     }
 
+    /// Sessions saved.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Save connection tracker
     pub fn save_state(
         &mut self,

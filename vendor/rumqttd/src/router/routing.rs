@@ -1767,6 +1767,138 @@ fn extract_group(filter: &str) -> Option<(String, String)> {
             .map(|(group, path)| (group.to_string(), path.to_string()))
     })
 }
+#[cfg(test)]
+mod snigate_tests {
+    //! snigate's changes to the router (PATCHES.md), driven through its event
+    //! handler without its thread.
+    use super::*;
+    use crate::protocol::{
+        Filter as SubscriptionFilter, RetainForwardRule, Subscribe, Unsubscribe,
+    };
+    use crate::router::Ack;
+    use std::sync::atomic::Ordering;
+
+    fn router(max_filters: Option<usize>) -> Router {
+        Router::new(
+            0,
+            RouterConfig {
+                max_connections: 10,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1024,
+                max_segment_count: 4,
+                max_filters,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn connect(router: &mut Router, client_id: &str, clean: bool) -> ConnectionId {
+        let connection = Connection::new(None, client_id.to_owned(), clean, true);
+        let incoming = Incoming::new(client_id.to_owned());
+        let (outgoing, _rx) = Outgoing::new(client_id.to_owned());
+        router.events(
+            0,
+            Event::Connect {
+                connection,
+                incoming,
+                outgoing,
+            },
+        );
+        router.connection_map[client_id]
+    }
+
+    fn send(router: &mut Router, id: ConnectionId, packet: Packet) {
+        router.ibufs[id].buffer().lock().push_back(packet);
+        router.events(id, Event::DeviceData);
+    }
+
+    fn subscribe(router: &mut Router, id: ConnectionId, path: &str) -> SubscribeReasonCode {
+        let filter = SubscriptionFilter {
+            path: path.to_owned(),
+            qos: QoS::AtMostOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        };
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![filter],
+        };
+        send(router, id, Packet::Subscribe(subscribe, None));
+        let acks = router.ackslog[id].readv();
+        let code = acks.iter().rev().find_map(|ack| match ack {
+            Ack::SubAck(suback) => suback.return_codes.first().copied(),
+            _ => None,
+        });
+        acks.clear();
+        code.expect("a SUBACK")
+    }
+
+    fn filters(router: &Router) -> usize {
+        router.stats().filters.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn filters_live_while_a_session_subscribes_to_them() {
+        let mut router = router(Some(2));
+        let a = connect(&mut router, "a", true);
+        let b = connect(&mut router, "b", true);
+        assert_eq!(subscribe(&mut router, a, "x/#"), SubscribeReasonCode::QoS0);
+        assert_eq!(subscribe(&mut router, b, "x/#"), SubscribeReasonCode::QoS0);
+        assert_eq!(
+            subscribe(&mut router, b, "$share/g/y"),
+            SubscribeReasonCode::QoS0
+        );
+        assert_eq!(
+            subscribe(&mut router, a, "z"),
+            SubscribeReasonCode::QuotaExceeded
+        );
+        assert_eq!(filters(&router), 2);
+
+        let unsubscribe = Unsubscribe {
+            pkid: 2,
+            filters: vec!["$share/g/y".to_owned()],
+        };
+        send(&mut router, b, Packet::Unsubscribe(unsubscribe, None));
+        assert_eq!(filters(&router), 1, "y's log is freed");
+        router.events(a, Event::Disconnect);
+        assert_eq!(filters(&router), 1, "b still reads x/#");
+        router.events(b, Event::Disconnect);
+        assert_eq!(filters(&router), 0);
+    }
+
+    #[test]
+    fn a_persistent_session_holds_its_filters_until_a_clean_one_discards_it() {
+        let mut router = router(None);
+        let p = connect(&mut router, "p", false);
+        subscribe(&mut router, p, "kept");
+        router.events(p, Event::Disconnect);
+        assert_eq!(filters(&router), 1, "kept for the session");
+        let p = connect(&mut router, "p", false);
+        assert_eq!(filters(&router), 1, "resumed");
+        router.events(p, Event::Disconnect);
+        let p = connect(&mut router, "p", true);
+        assert_eq!(
+            filters(&router),
+            0,
+            "a clean session discards the saved one"
+        );
+        router.events(p, Event::Disconnect);
+    }
+
+    #[test]
+    fn clean_sessions_leave_nothing_behind() {
+        let mut router = router(None);
+        for i in 0..100 {
+            let id = connect(&mut router, &format!("fresh-{i}"), true);
+            subscribe(&mut router, id, &format!("t/{i}"));
+            router.events(id, Event::Disconnect);
+        }
+        assert_eq!(router.graveyard.len(), 0);
+        assert_eq!(filters(&router), 0);
+    }
+}
+
 // #[cfg(test)]
 // #[allow(non_snake_case)]
 // mod test {
