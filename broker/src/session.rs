@@ -47,9 +47,13 @@ const PUBLISH_PACKET: u8 = 3;
 /// the write buffer up to this, so the queue's bounds stay meaningful.
 const WRITE_CHUNK: usize = 64 << 10;
 /// Past this many unwritten bytes (replies the session owes: acks, SUBACKs,
-/// PINGRESPs), the session stops reading from the client and the router until
-/// the client reads: a client that sends without reading cannot make it grow.
+/// PINGRESPs), the session stops reading from the client until the client
+/// reads: a client that sends without reading cannot make it grow. Messages
+/// from the router still come in, to its bounded queue or dropped.
 const WRITE_BACKLOG_LIMIT: usize = 256 << 10;
+/// Notifications from rumqttd taken in one wake-up before the session looks at
+/// its socket and timers again: rumqttd hands a link at most 200 at a time.
+const NOTIFICATION_BATCH: usize = 256;
 /// Most bytes taken from the client in one read: what reaches rumqttd in one
 /// of its turns stays small beside a filter's log (see `max_segment_size`).
 const READ_CHUNK: u64 = 16 << 10;
@@ -771,11 +775,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
                 // rumqttd's buffer for this link is full: look again shortly.
                 () = tokio::time::sleep(Duration::from_millis(1)), if ingress_full && !backlogged => {}
-                notification = rx.next(), if !backlogged => {
+                // Taken even while the client's socket is backlogged: messages
+                // then go to its bounded queue or are dropped, counted. Left in
+                // rumqttd, up to 200 of them per link would keep their payloads
+                // alive after the router's logs gave them up (up to 200 x the
+                // largest packet for one stalled client). What else rumqttd
+                // sends answers the client's own requests, which are not read
+                // while it is backlogged.
+                notification = rx.next() => {
                     // Everything rumqttd has already handed this link is taken
-                    // in this wake-up (up to the write backlog), not one
-                    // message per turn of the loop.
+                    // in this wake-up (up to a batch), not one message per turn
+                    // of the loop.
                     let mut next = Some(notification);
+                    let mut taken = 0;
                     while let Some(notification) = next {
                         let notification = match notification {
                             Ok(Some(notification)) => notification,
@@ -786,7 +798,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         if let Err(end) = self.on_notification(notification, tx, rx, eviction).await {
                             return end;
                         }
-                        if self.write.len() >= WRITE_BACKLOG_LIMIT {
+                        taken += 1;
+                        if taken == NOTIFICATION_BATCH {
                             break;
                         }
                         next = ready_now(rx.next());

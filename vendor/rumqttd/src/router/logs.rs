@@ -604,8 +604,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // snigate: grown as used, not reserved per link.
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
