@@ -486,9 +486,10 @@ const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// The process before any client: runtime, code, TLS configuration, allocator
 /// slack (an idle release build measures about 6 MiB; the rest is margin).
 const BASE_MEMORY: u64 = 16 << 20;
-/// One connected client, budgeted: rumqttd's link (about 40 KiB: its buffers
-/// are sized for 200 packets each way), the session, socket buffers in user
-/// space and TLS state. docs/performance.md holds the measured figure.
+/// One connected client, budgeted: rumqttd's link (its buffers grow as used,
+/// up to 200 packets each way, and keep what they grew to), the session,
+/// socket buffers in user space and TLS state. An idle client measures about
+/// 16 KiB (26 with TLS; docs/performance.md): the rest is for a busy one.
 pub const CONNECTION_MEMORY: u64 = 64 << 10;
 const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
 const DEFAULT_SEGMENT_COUNT: usize = 4;

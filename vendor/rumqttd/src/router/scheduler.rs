@@ -201,6 +201,8 @@ impl Tracker {
 // Methods to check duplicates in trackers and schedulers
 impl Scheduler {
     // Return a `Some` if duplicate were found, otherwise `None`
+    // snigate: only debug builds call it.
+    #[cfg(debug_assertions)]
     pub fn check_readyqueue_duplicates(&self) -> Option<&VecDeque<ConnectionId>> {
         let readyqueue = &self.readyqueue;
         // In _worst_ case where all elements are unique, the size of uniq will be same as len of readyqueue
