@@ -91,6 +91,49 @@ impl std::str::FromStr for Size {
     }
 }
 
+/// How long a persistent session whose client is away is kept, in Mosquitto's
+/// `persistent_client_expiration` form: a number and `h`, `d`, `w`, `m`
+/// (30 days) or `y` (365 days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Expiration(pub Duration);
+
+impl TryFrom<String> for Expiration {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for Expiration {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let usage =
+            || format!("`{text}`: expected a number and h, d, w, m (30 days) or y (365 days), as Mosquitto's: \"14d\"");
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(usage)?;
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| usage())?;
+        let hours: u64 = match unit {
+            "h" => 1,
+            "d" => 24,
+            "w" => 24 * 7,
+            "m" => 24 * 30,
+            "y" => 24 * 365,
+            _ => return Err(usage()),
+        };
+        if number == 0 {
+            return Err(format!(
+                "`{text}`: must be more than 0 (leave it out to keep sessions until a restart)"
+            ));
+        }
+        number
+            .checked_mul(hours * 3600)
+            .map(|seconds| Expiration(Duration::from_secs(seconds)))
+            .ok_or_else(|| format!("`{text}`: too large"))
+    }
+}
+
 /// What happens to a QoS 1 or 2 message for a client whose outbound queue is
 /// full. QoS 0 messages are always dropped then, as Mosquitto drops them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -142,6 +185,9 @@ pub struct BrokerFile {
     /// A client must send CONNECT within this.
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
+    /// Persistent sessions whose client stays away this long are discarded
+    /// (Mosquitto's name and units). Default: kept until a restart.
+    pub persistent_client_expiration: Option<Expiration>,
     /// How often `$SYS/broker/...` topics are refreshed; `"0s"` turns them off.
     #[serde(default, with = "humantime_serde")]
     pub sys_interval: Option<Duration>,
@@ -345,6 +391,9 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
+    /// How long a persistent session outlives its client's connection, at
+    /// most; `None`: until a restart (an MQTT 5 client may ask for less).
+    pub persistent_client_expiration: Option<Duration>,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -443,6 +492,7 @@ impl BrokerConfig {
             password_file,
             allow_anonymous,
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            persistent_client_expiration: file.persistent_client_expiration.map(|e| e.0),
             // Mosquitto's default.
             sys_interval: file.sys_interval.unwrap_or(Duration::from_secs(10)),
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
@@ -644,6 +694,26 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect::<Vec<_>>(),
         )
+    }
+
+    #[test]
+    fn persistent_client_expiration_takes_mosquittos_units() {
+        let hours = |text: &str| text.parse::<Expiration>().map(|e| e.0.as_secs() / 3600);
+        assert_eq!(hours("2h"), Ok(2));
+        assert_eq!(hours("14d"), Ok(14 * 24));
+        assert_eq!(hours("1w"), Ok(7 * 24));
+        assert_eq!(hours("2m"), Ok(60 * 24), "m is a month, as in Mosquitto");
+        assert_eq!(hours("1y"), Ok(365 * 24));
+        for bad in ["14", "14s", "d", "0d", "1.5d"] {
+            assert!(bad.parse::<Expiration>().is_err(), "{bad}");
+        }
+        let error = parse_file("allow_anonymous = true\npersistent_client_expiration = \"14x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("broker.toml:2:") && error.contains("field `persistent_client_expiration`"),
+            "{error}"
+        );
     }
 
     #[test]

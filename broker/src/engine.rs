@@ -23,7 +23,18 @@ pub type Link = (LinkTx, LinkRx, Notification);
 
 /// rumqttd's `LinkError` carries a whole router event (800 bytes); only its
 /// message is kept.
-type Attach = Box<dyn Fn(&str, bool) -> Result<Link, String> + Send + Sync>;
+type Attach = Box<dyn Fn(&str, Continuity) -> Result<Link, String> + Send + Sync>;
+type Discard = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What becomes of a client's session: whether a saved one is taken up when
+/// it connects, and whether its own is kept when it leaves. MQTT 3.1.1 ties
+/// both to the clean session flag; MQTT 5 has clean start for the first and
+/// the session expiry interval for the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuity {
+    pub resume: bool,
+    pub keep: bool,
+}
 
 /// Limits of the router's own storage.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +57,7 @@ pub struct EngineLimits {
 /// A running rumqttd router.
 pub struct Engine {
     attach: Attach,
+    discard: Discard,
     stats: Arc<RouterStats>,
 }
 
@@ -73,9 +85,14 @@ impl Engine {
         let router = Router::new(0, config);
         let stats = router.stats();
         let router_tx = router.spawn();
-        let attach: Attach = Box::new(move |client_id, clean_session| {
+        let discard_tx = router_tx.clone();
+        let discard: Discard = Box::new(move |client_id| {
+            rumqttd::local::discard_session(&discard_tx, client_id).map_err(|e: LinkError| e.to_string())
+        });
+        let attach: Attach = Box::new(move |client_id, continuity: Continuity| {
             LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(clean_session)
+                .clean_session(!continuity.resume)
+                .persistent(continuity.keep)
                 // Off (LinkBuilder's default), rumqttd would refuse a publish
                 // no filter matches with `NoMatchingFilters`; its `matches`
                 // never says "none" in fact, so either way such a publish goes
@@ -85,7 +102,7 @@ impl Engine {
                 .build()
                 .map_err(|e: LinkError| e.to_string())
         });
-        Self { attach, stats }
+        Self { attach, discard, stats }
     }
 
     /// The router's figures as metrics (filters, log bytes, evictions), read
@@ -119,8 +136,16 @@ impl Engine {
     ///
     /// Blocking: rumqttd's link handshake waits on a channel. Call it from
     /// `spawn_blocking`.
-    pub fn attach(&self, client_id: &str, clean_session: bool) -> Result<Link, String> {
-        (self.attach)(&router_client_id(client_id), clean_session)
+    pub fn attach(&self, client_id: &str, continuity: Continuity) -> Result<Link, String> {
+        (self.attach)(&router_client_id(client_id), continuity)
+    }
+
+    /// End the saved session of `client_id`, unless it is connected by the
+    /// time the router reads this (the router reads in order: a client that
+    /// attaches after this call starts afresh). Never blocks; fails when the
+    /// router's queue is full.
+    pub fn discard(&self, client_id: &str) -> Result<(), String> {
+        (self.discard)(&router_client_id(client_id))
     }
 }
 

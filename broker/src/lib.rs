@@ -70,6 +70,8 @@ pub struct Sessions {
     /// resumed session could never unsubscribe: the session subscribes them
     /// again on resume, and needs to know which they are.
     persistent_filters: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+    /// Persistent sessions whose client is away, and when they expire.
+    away: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Sessions {
@@ -91,7 +93,75 @@ impl Sessions {
         if let Some(old) = map.insert(client_id.to_owned(), tracked) {
             old.eviction.token.cancel();
         }
+        self.away().remove(client_id);
         (generation, eviction)
+    }
+
+    /// A client's connection ended (not taken over): `expiry` is `None` for a
+    /// session that ended with it, `Some(None)` for one kept until a restart,
+    /// `Some(Some(after))` for one that expires `after` from now unless the
+    /// client is back. Nothing changes if the client is back already.
+    pub fn left(&self, client_id: &str, expiry: Option<Option<std::time::Duration>>) {
+        let connected = self.connected();
+        if connected.contains_key(client_id) {
+            return;
+        }
+        match expiry {
+            None => {
+                self.persistent_filters().remove(client_id);
+            }
+            Some(None) => {}
+            Some(Some(after)) => {
+                self.away()
+                    .insert(client_id.to_owned(), std::time::Instant::now() + after);
+            }
+        }
+    }
+
+    /// Discard the persistent sessions whose clients stayed away past their
+    /// expiry. Returns how many.
+    pub fn expire(&self, now: std::time::Instant, engine: &Engine) -> usize {
+        let expired: Vec<String> = self
+            .away()
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(client_id, _)| client_id.clone())
+            .collect();
+        expired
+            .into_iter()
+            .filter(|client_id| self.discard_if_away(client_id, engine))
+            .count()
+    }
+
+    /// Discard `client_id`'s saved session unless it is connected. The check
+    /// and the router's event happen under the lock a connecting client
+    /// claims its id with, and the router reads its events in order: a client
+    /// that connects after this starts afresh, one connected before keeps its
+    /// session.
+    fn discard_if_away(&self, client_id: &str, engine: &Engine) -> bool {
+        let connected = self.connected();
+        if connected.contains_key(client_id) {
+            self.away().remove(client_id);
+            return false;
+        }
+        if let Err(error) = engine.discard(client_id) {
+            // The router's queue is full: tried again at the next sweep.
+            tracing::debug!(client_id, error, "expiring a session: the router is busy");
+            return false;
+        }
+        self.away().remove(client_id);
+        self.persistent_filters().remove(client_id);
+        true
+    }
+
+    fn connected(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Tracked>> {
+        self.by_client_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn away(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.away.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// End the sessions whose user's password entry is not what it was at
@@ -134,6 +204,29 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.get(client_id).is_some_and(|t| t.generation == generation) {
             map.remove(client_id);
+        }
+    }
+}
+
+/// How often persistent sessions are checked for expiry: expiries are hours or
+/// days in Mosquitto's units, seconds in MQTT 5's.
+const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Discard persistent sessions whose clients stayed away past their expiry
+/// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
+/// interval), until the broker stops.
+async fn expire_sessions(shared: Arc<Shared>) {
+    let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            _ = sweep.tick() => {}
+        }
+        let expired = shared.sessions.expire(std::time::Instant::now(), &shared.engine);
+        if expired > 0 {
+            shared.metrics.sessions_expired.inc_by(expired as u64);
+            tracing::info!(expired, "persistent sessions expired");
         }
     }
 }
@@ -391,6 +484,7 @@ pub async fn run(
         stop: shutdown.stop.clone(),
     });
     let reload_task = tokio::spawn(reload::run(shared.clone(), shutdown.stop.clone()));
+    let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
     let readiness = Readiness::default();
     let admin_stop = CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
@@ -462,6 +556,7 @@ pub async fn run(
     readiness.set(false);
     while accept_loops.join_next().await.is_some() {}
     let _ = reload_task.await;
+    let _ = expiry_task.await;
     if let Some(task) = sys_task {
         let _ = task.await;
     }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub queued_bytes: IntGauge,
     pub retained_bytes: IntGauge,
+    pub sessions_expired: IntCounter,
 }
 
 /// A counter by QoS, its three series made at start (so a dashboard's
@@ -124,6 +125,10 @@ impl Metrics {
                 "Bytes in clients' outbound queues, all together.",
             )?,
             retained_bytes: IntGauge::new("snigate_broker_retained_bytes", "Bytes of retained messages held.")?,
+            sessions_expired: IntCounter::new(
+                "snigate_broker_sessions_expired_total",
+                "Persistent sessions discarded because their client stayed away past their expiry.",
+            )?,
         };
         for metric in [&metrics.queued_bytes, &metrics.retained_bytes] {
             registry.register(Box::new(metric.clone()))?;
@@ -139,6 +144,7 @@ impl Metrics {
             metrics.refused.with_label_values(&[limit]);
         }
         registry.register(Box::new(metrics.reloads.clone()))?;
+        registry.register(Box::new(metrics.sessions_expired.clone()))?;
         registry.register(Box::new(metrics.acl_denials.clone()))?;
         for result in ["success", "failure"] {
             metrics.reloads.with_label_values(&[result]);

@@ -24,10 +24,10 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, Filter, LastWill, Packet,
-    PingReq, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
-    Unsubscribe,
+    ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, Filter,
+    LastWill, Packet, PingReq, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
+    PubRel, PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -36,6 +36,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::Shared;
 use crate::auth::acl::Access;
+use crate::engine::Continuity;
 
 const CONNECT_PACKET: u8 = 1;
 /// Clients never use packet id 0 (MQTT §2.3.1): the session's own SUBSCRIBEs
@@ -364,9 +365,13 @@ struct Session<P, S> {
     /// This connection's subscription filters, for the subscriptions gauge
     /// and UNSUBSCRIBE; a resumed persistent session starts with its own.
     subscriptions: std::collections::HashSet<String>,
-    /// The session outlives the connection (clean session off): its filters
-    /// are kept in [`crate::Sessions`].
+    /// The session outlives the connection (MQTT 3.1.1: clean session off;
+    /// MQTT 5: a session expiry interval): its filters are kept in
+    /// [`crate::Sessions`].
     persistent: bool,
+    /// How long a persistent session outlives the connection; `None`: until
+    /// a restart.
+    expiry: Option<Duration>,
     read: BytesMut,
     write: BytesMut,
     protocol: P,
@@ -422,6 +427,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             withheld_qos2: std::collections::HashSet::new(),
             subscriptions: std::collections::HashSet::new(),
             persistent: false,
+            expiry: None,
             read,
             write: BytesMut::with_capacity(1024),
             protocol,
@@ -472,6 +478,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 detach(&mut tx, will).await
             }
         }
+        if !matches!(end, End::TakenOver | End::Shutdown) {
+            let expiry = self.persistent.then_some(self.expiry);
+            self.shared.sessions.left(&client_id, expiry);
+        }
         (end, Some(client_id))
     }
 
@@ -484,7 +494,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             Ok(Err(end)) => return Err((end, None)),
             Ok(Ok(packet)) => packet,
         };
-        let Packet::Connect(connect, _props, will, _will_props, login) = connect else {
+        let Packet::Connect(connect, props, will, _will_props, login) = connect else {
             return Err((End::ProtocolError, None));
         };
         // Answered before the (expensive) login: a full broker should not
@@ -569,8 +579,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
         let engine = self.shared.engine.clone();
         let id = client_id.clone();
-        let clean = connect.clean_session;
-        let attached = tokio::task::spawn_blocking(move || engine.attach(&id, clean)).await;
+        let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
+        self.expiry = expiry;
+        let attached = tokio::task::spawn_blocking(move || engine.attach(&id, continuity)).await;
         let (mut tx, rx, ack) = match attached {
             Ok(Ok(link)) => link,
             Ok(Err(error)) => {
@@ -608,7 +619,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.shared.metrics.connected.inc();
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
-        if Box::pin(self.resume_subscriptions(clean, session_present, &mut tx))
+        if Box::pin(self.resume_subscriptions(continuity.keep, session_present, &mut tx))
             .await
             .is_err()
         {
@@ -1385,8 +1396,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// them again does (it keeps their QoS and sends no retained messages,
     /// for subscriptions it has), under packet id 0, whose SUBACK the
     /// session drops.
-    async fn resume_subscriptions(&mut self, clean: bool, session_present: bool, tx: &mut LinkTx) -> Result<(), ()> {
-        self.persistent = !clean;
+    async fn resume_subscriptions(&mut self, keep: bool, session_present: bool, tx: &mut LinkTx) -> Result<(), ()> {
+        self.persistent = keep;
         let filters = {
             let mut kept = self.shared.sessions.persistent_filters();
             if !session_present {
@@ -1426,6 +1437,22 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .await
             .map(drop)
             .map_err(drop)
+    }
+
+    /// Whether a saved session is taken up and this one kept, and for how long
+    /// it outlives the connection (`None`: until a restart). MQTT 3.1.1: clean
+    /// session off does both, for `persistent_client_expiration`. MQTT 5:
+    /// clean start off takes one up; the session expiry interval (absent: 0,
+    /// ended with the connection; 0xFFFFFFFF: never) keeps it, for at most
+    /// `persistent_client_expiration`.
+    fn continuity(&self, clean: bool, props: Option<&ConnectProperties>) -> (Continuity, Option<Duration>) {
+        let asked = props.and_then(|p| p.session_expiry_interval);
+        session_lifetime(
+            self.level,
+            clean,
+            asked,
+            self.shared.settings.persistent_client_expiration,
+        )
     }
 
     /// CONNACK "server unavailable" in this client's MQTT version (rumqttd's
@@ -1599,6 +1626,36 @@ fn detach(tx: &mut LinkTx, will: Option<LastWill>) -> std::pin::Pin<Box<impl std
     })
 }
 
+/// [`Session::continuity`] from the CONNECT's level, clean flag and session
+/// expiry interval, with `persistent_client_expiration` as `cap`.
+fn session_lifetime(
+    level: u8,
+    clean: bool,
+    asked: Option<u32>,
+    cap: Option<Duration>,
+) -> (Continuity, Option<Duration>) {
+    if level != 5 {
+        let continuity = Continuity {
+            resume: !clean,
+            keep: !clean,
+        };
+        return (continuity, cap);
+    }
+    let expiry = match asked.unwrap_or(0) {
+        0 => Some(Duration::ZERO),
+        u32::MAX => cap,
+        seconds => {
+            let asked = Duration::from_secs(u64::from(seconds));
+            Some(cap.map_or(asked, |cap| cap.min(asked)))
+        }
+    };
+    let continuity = Continuity {
+        resume: !clean,
+        keep: expiry != Some(Duration::ZERO),
+    };
+    (continuity, expiry)
+}
+
 /// The subject's common name of a DER certificate, as Mosquitto's
 /// `use_identity_as_username` takes it.
 fn common_name(cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>) -> Option<String> {
@@ -1665,7 +1722,28 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::peek_level;
+    use super::{Continuity, Duration, peek_level, session_lifetime};
+
+    #[test]
+    fn a_session_lives_as_long_as_the_connect_asks_within_the_cap() {
+        let day = Some(Duration::from_secs(86_400));
+        let keep = |resume| Continuity { resume, keep: true };
+        let end = |resume| Continuity { resume, keep: false };
+        // MQTT 3.1.1: the clean flag does both; the cap is the expiry.
+        assert_eq!(session_lifetime(4, false, None, day), (keep(true), day));
+        assert_eq!(session_lifetime(4, false, None, None), (keep(true), None));
+        assert_eq!(session_lifetime(4, true, None, day).0, end(false));
+        // MQTT 5: the interval, capped; 0 (or none) ends with the connection.
+        assert_eq!(
+            session_lifetime(5, true, Some(60), day),
+            (keep(false), Some(Duration::from_secs(60)))
+        );
+        assert_eq!(session_lifetime(5, false, Some(7 * 86_400), day), (keep(true), day));
+        assert_eq!(session_lifetime(5, false, Some(u32::MAX), day), (keep(true), day));
+        assert_eq!(session_lifetime(5, false, Some(u32::MAX), None), (keep(true), None));
+        assert_eq!(session_lifetime(5, false, None, day).0, end(true));
+        assert_eq!(session_lifetime(5, false, Some(0), None).0, end(true));
+    }
 
     #[test]
     fn protocol_level_from_the_connect() {

@@ -796,6 +796,140 @@ async fn a_persistent_session_gets_what_was_published_while_away() {
     );
 }
 
+/// MQTT 5 separates taking a session up (clean start off) from keeping it (the
+/// session expiry interval), with Debian's clients: a session kept for 60 s
+/// gets what was published while away; one kept for 1 s is gone 3 s later.
+#[tokio::test]
+async fn mqtt_5_clients_get_the_session_expiry_they_ask_for() {
+    let Some((pub_, sub)) = mosquitto_clients() else {
+        return;
+    };
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let port = broker.port();
+    for (expiry, away_for, expected) in [
+        ("60", Duration::ZERO, "inbox/1 while you were out\n"),
+        ("1", Duration::from_secs(3), ""),
+    ] {
+        let client_id = format!("away-{expiry}");
+        let session = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-c",
+            "-x",
+            expiry,
+            "-i",
+            &client_id,
+            "-q",
+            "1",
+            "-t",
+            "inbox/#",
+            "-v",
+        ];
+        // Subscribe, then leave (-E: once the subscription is acknowledged).
+        let out = run(&sub, &[&session[..], &["-E"]].concat()).await;
+        assert!(out.status.success(), "{out:?}");
+        tokio::time::sleep(away_for).await;
+        let out = run(
+            &pub_,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                "inbox/1",
+                "-m",
+                "while you were out",
+            ],
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        let out = run(&sub, &[&session[..], &["-C", "1", "-W", "3"]].concat()).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "expiry {expiry} s: {out:?}"
+        );
+    }
+    broker.process.line_async("persistent sessions expired").await;
+}
+
+/// An MQTT 5 CONNECT with clean start as given and, when given, a session
+/// expiry interval.
+fn connect_v5_expiring(client_id: &str, clean_start: bool, expiry: Option<u32>) -> Vec<u8> {
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        5,
+        if clean_start { 0x02 } else { 0 },
+        0,
+        0,
+    ];
+    match expiry {
+        Some(seconds) => {
+            body.extend_from_slice(&[5, 0x11]);
+            body.extend_from_slice(&seconds.to_be_bytes());
+        }
+        None => body.push(0),
+    }
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    snigate_shared::testing::mqtt::packet(0x10, &body)
+}
+
+/// Connect, say whether a session was present, and leave with DISCONNECT.
+async fn session_present_v5(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    clean_start: bool,
+    expiry: Option<u32>,
+) -> bool {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(&connect_v5_expiring(client_id, clean_start, expiry))
+        .await
+        .unwrap();
+    let (first, connack) = tokio::time::timeout(STEP, snigate_shared::testing::mqtt::read_packet(&mut stream))
+        .await
+        .expect("a CONNACK in time")
+        .unwrap();
+    assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+    stream.write_all(&[0xe0, 0]).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await;
+    connack[0] & 1 == 1
+}
+
+#[tokio::test]
+async fn mqtt_5_clean_start_and_session_expiry_are_separate() {
+    let broker = Broker::start(&["--allow-anonymous"]);
+    let addr = broker.addr;
+    // No expiry interval: the session ends with the connection, clean start or not.
+    assert!(!session_present_v5(addr, "gone", false, None).await);
+    assert!(!session_present_v5(addr, "gone", false, None).await);
+    // Clean start with an expiry: a fresh session, kept after the connection.
+    assert!(!session_present_v5(addr, "kept", true, Some(60)).await);
+    assert!(session_present_v5(addr, "kept", false, Some(60)).await);
+    // ... until a connection without an expiry ends it.
+    assert!(session_present_v5(addr, "kept", false, None).await);
+    assert!(!session_present_v5(addr, "kept", false, Some(60)).await);
+    // 0xFFFFFFFF: never expires (no persistent_client_expiration is set).
+    assert!(!session_present_v5(addr, "forever", true, Some(u32::MAX)).await);
+    assert!(session_present_v5(addr, "forever", false, Some(u32::MAX)).await);
+}
+
 /// A persistent session's `$SYS` subscription is the broker's own (rumqttd never
 /// sees it), and it comes back with the session like the others.
 #[tokio::test]

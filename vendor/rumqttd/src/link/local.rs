@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // snigate: !clean_session by default
+    persistent: Option<bool>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +64,17 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            persistent: None,
         }
+    }
+
+    /// snigate: keep the session when the connection ends, whatever the clean
+    /// flag (which then only says whether a saved one is taken up): MQTT 5's
+    /// clean start with a session expiry interval, or a session that expires
+    /// at disconnect without clean start.
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = Some(persistent);
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +123,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.persist = self.persistent.unwrap_or(!self.clean_session);
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
@@ -397,6 +410,19 @@ impl LinkRx {
 
         Ok(())
     }
+}
+
+/// snigate: end the saved session of `client_id` unless it is connected: a
+/// persistent session whose client stayed away past its expiry. Events reach
+/// the router in order, so a client that connects after this was sent starts
+/// afresh. Never blocks: with the router's queue full it fails, to be tried
+/// again.
+pub fn discard_session(
+    router_tx: &Sender<(ConnectionId, Event)>,
+    client_id: &str,
+) -> Result<(), LinkError> {
+    router_tx.try_send((0, Event::DiscardSession(client_id.to_owned())))?;
+    Ok(())
 }
 
 #[cfg(test)]

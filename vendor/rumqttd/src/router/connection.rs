@@ -19,6 +19,10 @@ pub struct Connection {
     pub dynamic_filters: bool,
     /// Clean session
     pub clean: bool,
+    /// snigate: whether the session is kept when the connection ends. MQTT
+    /// 3.1.1 ties it to the clean flag; MQTT 5 separates the two (clean start
+    /// and the session expiry interval).
+    pub persist: bool,
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
@@ -59,6 +63,7 @@ impl Connection {
             tenant_prefix,
             dynamic_filters,
             clean,
+            persist: !clean,
             subscriptions: HashSet::default(),
             last_will: None,
             last_will_properties: None,

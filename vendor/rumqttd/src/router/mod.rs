@@ -63,6 +63,9 @@ pub enum Event {
     PrintStatus(Print),
     /// Publish Will message
     PublishWill((String, Option<String>)),
+    /// snigate: end the saved session of this client id, unless it is
+    /// connected (its session has expired).
+    DiscardSession(String),
 }
 
 /// Notification from router to connection

@@ -269,7 +269,25 @@ impl Router {
                 #[cfg(feature = "validate-tenant-prefix")]
                 _tenant_id,
             ),
+            Event::DiscardSession(client_id) => self.discard_session(&client_id),
         }
+    }
+
+    /// snigate: a saved session whose client stayed away past its expiry
+    /// ends, with its subscriptions; a connected client's is left alone.
+    fn discard_session(&mut self, client_id: &str) {
+        if self.connection_map.contains_key(client_id) {
+            return;
+        }
+        let Some(saved) = self.graveyard.retrieve(client_id) else {
+            return;
+        };
+        if let Some(state) = saved.session_state {
+            for filter in state.subscriptions.iter() {
+                self.datalog.remove_subscriber(log_filter(filter));
+            }
+        }
+        debug!(client_id, "Discarded an expired session");
     }
 
     fn handle_new_connection(
@@ -508,7 +526,7 @@ impl Router {
         }
 
         // Save state for persistent sessions
-        if !connection.clean {
+        if connection.persist {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -1795,7 +1813,17 @@ mod snigate_tests {
     }
 
     fn connect(router: &mut Router, client_id: &str, clean: bool) -> ConnectionId {
-        let connection = Connection::new(None, client_id.to_owned(), clean, true);
+        connect_keeping(router, client_id, clean, !clean)
+    }
+
+    fn connect_keeping(
+        router: &mut Router,
+        client_id: &str,
+        clean: bool,
+        persist: bool,
+    ) -> ConnectionId {
+        let mut connection = Connection::new(None, client_id.to_owned(), clean, true);
+        connection.persist = persist;
         let incoming = Incoming::new(client_id.to_owned());
         let (outgoing, _rx) = Outgoing::new(client_id.to_owned());
         router.events(
@@ -1886,6 +1914,39 @@ mod snigate_tests {
             "a clean session discards the saved one"
         );
         router.events(p, Event::Disconnect);
+    }
+
+    #[test]
+    fn an_expired_session_is_discarded_unless_its_client_is_back() {
+        let mut router = router(None);
+        let p = connect(&mut router, "p", false);
+        subscribe(&mut router, p, "kept");
+        router.events(p, Event::Disconnect);
+        let p = connect(&mut router, "p", false);
+        router.events(0, Event::DiscardSession("p".to_owned()));
+        assert_eq!(filters(&router), 1, "connected: left alone");
+        router.events(p, Event::Disconnect);
+        router.events(0, Event::DiscardSession("p".to_owned()));
+        assert_eq!(filters(&router), 0);
+        assert_eq!(router.graveyard.len(), 0);
+        router.events(0, Event::DiscardSession("never-seen".to_owned()));
+    }
+
+    #[test]
+    fn keeping_a_session_is_separate_from_taking_one_up() {
+        let mut router = router(None);
+        // MQTT 5 clean start with an expiry: starts afresh, kept at the end.
+        let a = connect_keeping(&mut router, "a", true, true);
+        subscribe(&mut router, a, "a");
+        router.events(a, Event::Disconnect);
+        assert_eq!(router.graveyard.len(), 1);
+        // MQTT 5 without clean start, expiring at disconnect: takes the saved
+        // one up, and keeps nothing.
+        let a = connect_keeping(&mut router, "a", false, false);
+        assert_eq!(filters(&router), 1, "resumed with its subscription");
+        router.events(a, Event::Disconnect);
+        assert_eq!(router.graveyard.len(), 0);
+        assert_eq!(filters(&router), 0);
     }
 
     #[test]
