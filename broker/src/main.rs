@@ -239,6 +239,15 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
             limits.max_log_bytes >> 20,
             limits.max_match_cache_bytes >> 10
         ),
+        format!(
+            "persistent sessions: {}",
+            config
+                .persistent_client_expiration
+                .map_or("kept until a restart".to_owned(), |after| format!(
+                    "discarded {} h after their client leaves",
+                    after.as_secs() / 3600
+                ))
+        ),
         format!("connect timeout: {:?}", config.connect_timeout),
         format!("drain timeout: {:?}", config.drain_timeout),
         format!("log: {:?} {}", config.log_format, config.log_level),
