@@ -101,7 +101,7 @@ impl Sessions {
     /// session that ended with it, `Some(None)` for one kept until a restart,
     /// `Some(Some(after))` for one that expires `after` from now unless the
     /// client is back. Nothing changes if the client is back already.
-    pub fn left(&self, client_id: &str, expiry: Option<Option<std::time::Duration>>) {
+    pub fn left(&self, client_id: &str, expiry: Option<Option<std::time::Duration>>, engine: &Engine) {
         let connected = self.connected();
         if connected.contains_key(client_id) {
             return;
@@ -111,6 +111,12 @@ impl Sessions {
                 self.persistent_filters().remove(client_id);
             }
             Some(None) => {}
+            // Kept by the router, but to end now (an MQTT 5 DISCONNECT's
+            // interval of 0).
+            Some(Some(after)) if after.is_zero() => {
+                drop(connected);
+                self.discard_if_away(client_id, None, engine);
+            }
             Some(Some(after)) => {
                 self.away()
                     .insert(client_id.to_owned(), std::time::Instant::now() + after);
@@ -129,7 +135,7 @@ impl Sessions {
             .collect();
         expired
             .into_iter()
-            .filter(|client_id| self.discard_if_away(client_id, engine))
+            .filter(|client_id| self.discard_if_away(client_id, Some(now), engine))
             .count()
     }
 
@@ -138,10 +144,17 @@ impl Sessions {
     /// claims its id with, and the router reads its events in order: a client
     /// that connects after this starts afresh, one connected before keeps its
     /// session.
-    fn discard_if_away(&self, client_id: &str, engine: &Engine) -> bool {
+    /// With `due`, only if its deadline is still due then: the client may have
+    /// come back and left again since the deadline was read.
+    fn discard_if_away(&self, client_id: &str, due: Option<std::time::Instant>, engine: &Engine) -> bool {
         let connected = self.connected();
         if connected.contains_key(client_id) {
             self.away().remove(client_id);
+            return false;
+        }
+        if let Some(now) = due
+            && self.away().get(client_id).is_none_or(|deadline| *deadline > now)
+        {
             return false;
         }
         if let Err(error) = engine.discard(client_id) {

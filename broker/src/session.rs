@@ -480,7 +480,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         if !matches!(end, End::TakenOver | End::Shutdown) {
             let expiry = self.persistent.then_some(self.expiry);
-            self.shared.sessions.left(&client_id, expiry);
+            self.shared.sessions.left(&client_id, expiry, &self.shared.engine);
         }
         (end, Some(client_id))
     }
@@ -615,6 +615,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if self.send(Packet::ConnAck(connack, None)).await.is_err() {
             detach(&mut tx, None).await;
             self.shared.sessions.release(&client_id, generation);
+            // rumqttd keeps the session as asked: it expires as any other.
+            self.shared
+                .sessions
+                .left(&client_id, continuity.keep.then_some(expiry), &self.shared.engine);
             return Err((End::NetworkError, Some(client_id)));
         }
         self.shared.metrics.connected.inc();
@@ -624,6 +628,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .is_err()
         {
             self.shared.sessions.release(&client_id, generation);
+            self.shared
+                .sessions
+                .left(&client_id, continuity.keep.then_some(expiry), &self.shared.engine);
             self.shared.metrics.connected.dec();
             return Err((End::RouterError, Some(client_id)));
         }
@@ -696,7 +703,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         match packet {
                             Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
                             // Passed on: it detaches the link and discards the will.
-                            Packet::Disconnect(..) => {
+                            Packet::Disconnect(_, ref props) => {
+                                if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
+                                    && self.expiry_on_disconnect(asked).is_err()
+                                {
+                                    return End::ProtocolError;
+                                }
                                 batch.push(packet);
                                 ended = Some(End::Disconnected);
                                 break;
@@ -1437,6 +1449,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .await
             .map(drop)
             .map_err(drop)
+    }
+
+    /// An MQTT 5 DISCONNECT's session expiry interval replaces the CONNECT's
+    /// (§3.14.2.2.2): 0 ends the session with this connection. A session that
+    /// was to end with the connection cannot be kept this way: a protocol
+    /// error.
+    fn expiry_on_disconnect(&mut self, asked: u32) -> Result<(), ()> {
+        if !self.persistent {
+            return if asked == 0 { Ok(()) } else { Err(()) };
+        }
+        let cap = self.shared.settings.persistent_client_expiration;
+        self.expiry = session_lifetime(5, false, Some(asked), cap).1;
+        Ok(())
     }
 
     /// Whether a saved session is taken up and this one kept, and for how long

@@ -896,6 +896,17 @@ async fn session_present_v5(
     clean_start: bool,
     expiry: Option<u32>,
 ) -> bool {
+    session_present_v5_leaving(addr, client_id, clean_start, expiry, &[0xe0, 0]).await
+}
+
+/// The same, leaving with the DISCONNECT given.
+async fn session_present_v5_leaving(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    clean_start: bool,
+    expiry: Option<u32>,
+    disconnect: &[u8],
+) -> bool {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(&connect_v5_expiring(client_id, clean_start, expiry))
@@ -906,7 +917,7 @@ async fn session_present_v5(
         .expect("a CONNACK in time")
         .unwrap();
     assert_eq!((first, connack[1]), (0x20, 0), "accepted");
-    stream.write_all(&[0xe0, 0]).await.unwrap();
+    stream.write_all(disconnect).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await;
     connack[0] & 1 == 1
@@ -928,6 +939,10 @@ async fn mqtt_5_clean_start_and_session_expiry_are_separate() {
     // 0xFFFFFFFF: never expires (no persistent_client_expiration is set).
     assert!(!session_present_v5(addr, "forever", true, Some(u32::MAX)).await);
     assert!(session_present_v5(addr, "forever", false, Some(u32::MAX)).await);
+    // A DISCONNECT's interval replaces the CONNECT's: 0 ends it there.
+    let ending = [0xe0, 7, 0x00, 5, 0x11, 0, 0, 0, 0];
+    assert!(session_present_v5_leaving(addr, "forever", false, Some(u32::MAX), &ending).await);
+    assert!(!session_present_v5(addr, "forever", false, Some(60)).await);
 }
 
 /// A persistent session's `$SYS` subscription is the broker's own (rumqttd never

@@ -199,6 +199,16 @@ impl Outgoing {
 
     // Here we are assuming that the first unique filter_idx we find while iterating will have the
     // least corresponding cursor because of the way we insert into the inflight_buffer
+    /// snigate: deliveries in flight from `filter_idx`'s log, which this
+    /// connection left, no longer give a cursor to resume from.
+    pub(crate) fn forget_cursors(&mut self, filter_idx: FilterIdx) {
+        for (_, idx, cursor) in self.inflight_buffer.iter_mut() {
+            if *idx == filter_idx {
+                *cursor = None;
+            }
+        }
+    }
+
     pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {
         let mut o = HashMap::new();
         for (_, filter_idx, cursor) in self.inflight_buffer.iter() {

@@ -168,6 +168,11 @@ impl DataLog {
         Some(self.next_native_offset(filter))
     }
 
+    /// snigate: the slot of `filter`'s log, if it has one.
+    pub fn filter_idx(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
     /// snigate: one more session (connected, or persistent and away) reads
     /// this log.
     pub fn add_subscriber(&mut self, filter_idx: FilterIdx) {
@@ -255,18 +260,23 @@ impl DataLog {
     /// snigate: while all logs together hold more than `max_log_bytes`, give
     /// up the oldest messages: first those of the log just written, if it has
     /// older segments than the one written to (a flood on one filter pays for
-    /// itself, at no search), then the largest log's.
+    /// itself, at no search), then the largest other log's. The segment just
+    /// written to goes last, only when nothing else is left: its newest
+    /// message has not reached its subscribers yet.
     fn keep_log_budget(&mut self, written: FilterIdx) {
         let Some(max) = self.config.max_log_bytes else {
             return;
         };
         while self.log_bytes > max {
+            let largest_other = self
+                .native
+                .iter()
+                .filter(|(idx, data)| *idx != written && data.log.size() > 0)
+                .max_by_key(|(_, data)| data.log.size())
+                .map(|(idx, _)| idx);
             let victim = match self.native.get(written) {
                 Some(data) if data.log.len() > 1 => written,
-                _ => match self.native.iter().max_by_key(|(_, data)| data.log.size()) {
-                    Some((idx, _)) => idx,
-                    None => return,
-                },
+                _ => largest_other.unwrap_or(written),
             };
             let (bytes, messages) = self.native[victim].log.drop_oldest();
             if messages == 0 {
@@ -794,6 +804,33 @@ mod test {
         for (_, log) in data.native.iter() {
             assert!(log.log.last().is_some());
         }
+    }
+
+    #[test]
+    fn the_message_just_written_is_the_last_to_go() {
+        let mut data = bounded(None, Some(4096));
+        for filter in ["old", "new"] {
+            let (idx, _) = data.subscription_offset(filter).unwrap();
+            data.add_subscriber(idx);
+        }
+        // "old" holds more than "new" will, in one segment each.
+        publish(&mut data, "old", 900);
+        publish(&mut data, "old", 900);
+        publish(&mut data, "new", 1500);
+        publish(&mut data, "new", 1500);
+        assert!(data.log_bytes <= 4096);
+        let new = data.filter_idx("new").unwrap();
+        assert!(
+            data.native[new].log.last().is_some(),
+            "the newest message is kept"
+        );
+        assert!(data.stats().evicted_messages.load(Ordering::Relaxed) > 0);
+        // With nothing else left, the written log gives up its own.
+        let mut alone = bounded(None, Some(1024));
+        let (idx, _) = alone.subscription_offset("alone").unwrap();
+        alone.add_subscriber(idx);
+        publish(&mut alone, "alone", 2000);
+        assert_eq!(alone.log_bytes, 0);
     }
 
     #[test]

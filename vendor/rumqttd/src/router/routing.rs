@@ -509,6 +509,11 @@ impl Router {
         for filter in connection.subscriptions.iter() {
             if let Some(connections) = self.subscription_map.get_mut(filter) {
                 connections.remove(&id);
+                // snigate: a filter nobody is connected to leaves the map
+                // (upstream kept every filter string ever subscribed).
+                if connections.is_empty() {
+                    self.subscription_map.remove(filter);
+                }
             }
         }
 
@@ -536,12 +541,15 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // snigate: the group is gone when this client was its last
+                    // member (dropped above); upstream's `expect` took the
+                    // router's thread down then.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
@@ -761,6 +769,10 @@ impl Router {
                             if !removed {
                                 continue;
                             }
+                            // snigate: see handle_disconnection.
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
+                            }
 
                             let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
                             meter.unregister_subscription(filter);
@@ -803,6 +815,12 @@ impl Router {
                             self.notifications.retain(|(waiter, request)| {
                                 *waiter != id || request.filter != *filter
                             });
+                            // snigate: deliveries in flight from this filter no
+                            // longer say where a saved session resumes reading:
+                            // its log may be freed and its slot reused.
+                            if let Some(filter_idx) = self.datalog.filter_idx(log_filter(filter)) {
+                                self.obufs[id].forget_cursors(filter_idx);
+                            }
                             self.datalog.remove_subscriber(log_filter(filter));
                             force_ack = true;
                         }
@@ -1947,6 +1965,53 @@ mod snigate_tests {
         router.events(a, Event::Disconnect);
         assert_eq!(router.graveyard.len(), 0);
         assert_eq!(filters(&router), 0);
+    }
+
+    #[test]
+    fn subscription_map_keeps_only_filters_someone_is_connected_to() {
+        let mut router = router(None);
+        let a = connect(&mut router, "a", true);
+        subscribe(&mut router, a, "x");
+        subscribe(&mut router, a, "$share/g/y");
+        let unsubscribe = Unsubscribe {
+            pkid: 2,
+            filters: vec!["x".to_owned()],
+        };
+        send(&mut router, a, Packet::Unsubscribe(unsubscribe, None));
+        assert_eq!(router.subscription_map.len(), 1);
+        router.events(a, Event::Disconnect);
+        assert!(router.subscription_map.is_empty());
+    }
+
+    #[test]
+    fn the_last_member_of_a_shared_group_leaves_with_deliveries_in_flight() {
+        let mut router = router(None);
+        let member = connect(&mut router, "member", false);
+        let filter = SubscriptionFilter {
+            path: "$share/g/t".to_owned(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        };
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![filter],
+        };
+        send(&mut router, member, Packet::Subscribe(subscribe, None));
+        let publisher = connect(&mut router, "publisher", true);
+        let mut publish = Publish::new("t".to_owned(), "m".to_owned(), false);
+        publish.qos = QoS::AtLeastOnce;
+        publish.pkid = 1;
+        send(&mut router, publisher, Packet::Publish(publish, None));
+        while router.consume().is_some() {}
+        assert!(
+            !router.obufs[member].retransmission_map().is_empty(),
+            "a delivery in flight"
+        );
+        // Upstream panicked here ("group must exists"), ending the router.
+        router.events(member, Event::Disconnect);
+        assert_eq!(router.graveyard.len(), 1);
     }
 
     #[test]
