@@ -198,8 +198,13 @@ impl LinkTx {
             buffer.len()
         };
 
+        // snigate: waits without blocking the thread. Upstream's blocking
+        // `send` here stalled an async runtime's worker (all of a 2-core
+        // broker's clients, with two such waits) while the router's queue
+        // was full.
         self.router_tx
-            .send((self.connection_id, Event::DeviceData))?;
+            .send_async((self.connection_id, Event::DeviceData))
+            .await?;
 
         Ok(len)
     }
