@@ -9,9 +9,11 @@ use crate::router::{
 };
 use crate::ConnectionId;
 use bytes::Bytes;
+use flume::r#async::SendFut;
 use flume::{Receiver, RecvError, RecvTimeoutError, SendError, Sender, TrySendError};
 use parking_lot::lock_api::MutexGuard;
 use parking_lot::{Mutex, RawMutex};
+use std::pin::Pin;
 
 use std::collections::VecDeque;
 use std::mem;
@@ -202,11 +204,34 @@ impl LinkTx {
         // `send` here stalled an async runtime's worker (all of a 2-core
         // broker's clients, with two such waits) while the router's queue
         // was full.
-        self.router_tx
-            .send_async((self.connection_id, Event::DeviceData))
-            .await?;
+        // Bound first: the scrutinee of an `if let` (a `Result` whose error
+        // holds an `Event`) would live across the await.
+        let wait = self.wake_router()?;
+        if let Some(wait) = wait {
+            wait.await?;
+        }
 
         Ok(len)
+    }
+
+    /// snigate: tell the router this link has data; when its queue is full,
+    /// the wait for room, boxed. Made here, outside the async `send`: flume's
+    /// send future holds a whole `Event` (over 1 KB), which would otherwise
+    /// take room in every caller's future for its life.
+    #[allow(clippy::type_complexity)]
+    fn wake_router(
+        &self,
+    ) -> Result<Option<Pin<Box<SendFut<'static, (ConnectionId, Event)>>>>, LinkError> {
+        match self
+            .router_tx
+            .try_send((self.connection_id, Event::DeviceData))
+        {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(event)) => Ok(Some(Box::pin(
+                self.router_tx.clone().into_send_async(event),
+            ))),
+            Err(TrySendError::Disconnected(event)) => Err(SendError(event).into()),
+        }
     }
 
     fn try_push(&mut self, data: Packet) -> Result<usize, LinkError> {
@@ -466,5 +491,21 @@ mod test {
         }
 
         // TODO: Write a similar test to benchmark buffer vs channels
+    }
+}
+#[cfg(test)]
+mod snigate_tests {
+    use crate::protocol::{Packet, PingReq};
+
+    /// Every client's session holds this future inside its own for its life
+    /// (its largest await): waiting for the router must not add an `Event`
+    /// (over 1 KB) to it, as an unbound temporary did (1,248 bytes).
+    #[test]
+    fn the_send_future_holds_little_beyond_its_packet() {
+        let (tx, _rx) = flume::bounded(10);
+        let mut link = super::LinkTx::new(0, tx, Default::default());
+        let send = link.send(Packet::PingReq(PingReq));
+        let size = std::mem::size_of_val(&send);
+        assert!(size <= std::mem::size_of::<Packet>() + 64, "{size} bytes");
     }
 }
