@@ -805,7 +805,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 // largest packet for one stalled client). What else rumqttd
                 // sends answers the client's own requests, which are not read
                 // while it is backlogged.
-                notification = rx.next() => {
+                notification = next_notification(rx) => {
                     // Everything rumqttd has already handed this link is taken
                     // in this wake-up (up to a batch), not one message per turn
                     // of the loop.
@@ -825,7 +825,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         if taken == NOTIFICATION_BATCH {
                             break;
                         }
-                        next = ready_now(rx.next());
+                        next = ready_now(next_notification(rx));
                     }
                     self.refill();
                 }
@@ -1600,6 +1600,14 @@ fn ingress_backlogged(tx: &LinkTx) -> bool {
 }
 
 /// Read what the client sent, at most [`READ_CHUNK`] bytes.
+/// The next notification from rumqttd, or whether the link failed. rumqttd's
+/// `LinkError` is 816 bytes (it can carry a whole router event), and the
+/// relay's `select!` output, which holds it, stays alive in the relay's future
+/// through every branch's awaits: 560 bytes more per connection, for life.
+async fn next_notification(rx: &mut LinkRx) -> Result<Option<Notification>, ()> {
+    rx.next().await.map_err(drop)
+}
+
 async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
     reader.take(READ_CHUNK).read_buf(buf).await
 }
