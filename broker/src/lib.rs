@@ -86,10 +86,7 @@ impl Sessions {
             eviction: eviction.clone(),
             login,
         };
-        let mut map = self
-            .by_client_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.connected();
         if let Some(old) = map.insert(client_id.to_owned(), tracked) {
             old.eviction.token.cancel();
         }
@@ -181,10 +178,7 @@ impl Sessions {
     /// login (changed or removed), as Mosquitto does on reload. Returns how many.
     pub fn revoke_changed(&self, auth: &Auth) -> usize {
         let Some(passwords) = &auth.passwords else { return 0 };
-        let map = self
-            .by_client_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = self.connected();
         let mut revoked = 0;
         for tracked in map.values() {
             let Some((user, entry)) = &tracked.login else { continue };
@@ -211,10 +205,7 @@ impl Sessions {
 
     /// Forget `client_id` if it is still this session's.
     pub fn release(&self, client_id: &str, generation: u64) {
-        let mut map = self
-            .by_client_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.connected();
         if map.get(client_id).is_some_and(|t| t.generation == generation) {
             map.remove(client_id);
         }

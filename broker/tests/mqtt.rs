@@ -886,12 +886,7 @@ async fn mqtt_5_clean_start_and_session_expiry_are_separate() {
 #[tokio::test]
 async fn a_persistent_session_keeps_its_sys_subscription() {
     let dir = TempDir::new();
-    std::fs::write(
-        dir.path("broker.toml"),
-        "allow_anonymous = true\nsys_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let broker = Broker::with_config(&dir, "allow_anonymous = true\nsys_interval = \"1s\"\n");
     let login = snigate_shared::testing::mqtt::Login {
         clean_session: false,
         ..Default::default()
@@ -1371,12 +1366,7 @@ async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
     // Only `$` filters: answered by the broker itself, the connection stays
     // (`$SYS` off here, so that nothing but the SUBACK and PINGRESP comes back).
     let dir = TempDir::new();
-    std::fs::write(
-        dir.path("broker.toml"),
-        "allow_anonymous = true\nsys_interval = \"0s\"\n",
-    )
-    .unwrap();
-    let quiet = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let quiet = Broker::with_config(&dir, "allow_anonymous = true\nsys_interval = \"0s\"\n");
     let mut client = connected(quiet.addr, "sys-only", 0).await;
     // SUBSCRIBE pkid 7, "$SYS/#" QoS 0.
     client
@@ -1399,12 +1389,7 @@ async fn a_sys_subscription_does_not_cost_the_client_its_connection() {
 #[tokio::test]
 async fn every_unsubscribe_is_answered_once_and_ends_the_subscription() {
     let dir = TempDir::new();
-    std::fs::write(
-        dir.path("broker.toml"),
-        "allow_anonymous = true\nsys_interval = \"0s\"\n",
-    )
-    .unwrap();
-    let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let broker = Broker::with_config(&dir, "allow_anonymous = true\nsys_interval = \"0s\"\n");
     let mut client = connected(broker.addr, "unsubscriber", 0).await;
     // SUBSCRIBE pkid 7: "$SYS/#" and "a/b", QoS 0.
     let mut subscribe = vec![0x82, 17, 0, 7];
@@ -1659,12 +1644,7 @@ async fn sys_topics_are_published() {
         return;
     };
     let dir = TempDir::new();
-    std::fs::write(
-        dir.path("broker.toml"),
-        "allow_anonymous = true\nsys_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let broker = Broker::start(&["--config", dir.path("broker.toml").to_str().unwrap()]);
+    let broker = Broker::with_config(&dir, "allow_anonymous = true\nsys_interval = \"1s\"\n");
     let port = broker.port();
     let out = run(
         &sub,

@@ -28,6 +28,13 @@ impl Broker {
         Self { process, addr }
     }
 
+    /// The broker with `config` as its `broker.toml`, written in `dir`.
+    pub fn with_config(dir: &TempDir, config: &str) -> Self {
+        let path = dir.path("broker.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start(&["--config", path.to_str().unwrap()])
+    }
+
     pub fn port(&self) -> String {
         self.addr.port().to_string()
     }
