@@ -449,14 +449,26 @@ fn router_scenarios(
             }
             for proxy in [Proxy::Haproxy, Proxy::Snigate] {
                 let dir = next_dir()?;
-                let (rate, rss) = measure(false, all_cpus, async {
+                let (rate, rss, startup) = measure(false, all_cpus, async {
                     let backend = router::Backend::start(material, Mode::Hold).await?;
+                    let started = std::time::Instant::now();
                     let running = router::start(proxy, backend.addr, routes, None, &dir)?;
+                    // Writing the file, loading it, listening: what a restart
+                    // (or, for snigate-router, a reload) of this table costs.
+                    let startup = started.elapsed().as_secs_f64() * 1000.0;
                     let rate =
                         router::handshakes(&running, hybrid.clone(), plan.handshake_concurrency, plan.window).await?;
                     let rss = running.process.as_ref().map_or(0, |p| p.rss_kib());
-                    Ok((rate, rss as f64))
+                    Ok((rate, rss as f64, startup))
                 })?;
+                results.record(
+                    SECTION,
+                    &format!("{routes} routes: start until listening"),
+                    "ms",
+                    "haproxy",
+                    proxy.name(),
+                    startup,
+                );
                 results.record(
                     SECTION,
                     &format!("{routes} routes: TLS handshakes"),

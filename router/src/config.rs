@@ -86,7 +86,7 @@ impl Default for HelloFile {
 }
 
 /// `[defaults]`: per-route settings a route may override.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DefaultsFile {
     /// Deadline for one TCP connect attempt to one endpoint address.
@@ -366,11 +366,7 @@ impl Loader {
     /// Read the file (and `routes_dir`), apply the layers, validate.
     pub fn load(&self) -> Result<RouterConfig, ConfigError> {
         match &self.path {
-            Some(path) => {
-                let source = Source::read(path)?;
-                let file: RouterFile = source.parse()?;
-                RouterConfig::build(file, Some(&source), &self.layers)
-            }
+            Some(path) => RouterConfig::from_source(&Source::read(path)?, &self.layers),
             None => RouterConfig::build(RouterFile::default(), None, &self.layers),
         }
     }
@@ -394,15 +390,32 @@ pub struct RoutesFile {
 }
 
 impl RouterConfig {
+    /// Parse and validate the file in `source` with the override layers
+    /// applied in order, its `[[route]]` tables one at a time.
+    pub fn from_source(source: &Source, layers: &[Overrides]) -> Result<Self, ConfigError> {
+        let (file, routes) = parse_with_routes(source, |file: &mut RouterFile| &mut file.routes, |file| file.defaults)?;
+        Self::assemble(file, routes, Some(source), layers)
+    }
+
     /// Validate a parsed file (whose text is `source`, for error positions) with
     /// the override layers applied in order.
-    pub fn build(file: RouterFile, source: Option<&Source>, layers: &[Overrides]) -> Result<Self, ConfigError> {
-        let defaults = &file.defaults;
+    pub fn build(mut file: RouterFile, source: Option<&Source>, layers: &[Overrides]) -> Result<Self, ConfigError> {
         let mut routes = Vec::new();
         if !file.routes.is_empty() {
             let source = source.ok_or_else(|| ConfigError::flag("--config", "routes without a file"))?;
-            routes.extend(route_specs(file.routes, source, defaults)?);
+            routes = route_specs(std::mem::take(&mut file.routes), source, 0, 0, &file.defaults)?;
         }
+        Self::assemble(file, routes, source, layers)
+    }
+
+    /// The rest of validation, once the file's own routes are.
+    fn assemble(
+        file: RouterFile,
+        mut routes: Vec<RouteSpec>,
+        source: Option<&Source>,
+        layers: &[Overrides],
+    ) -> Result<Self, ConfigError> {
+        let defaults = &file.defaults;
         let mut watched = Vec::new();
         if let Some(source) = source {
             watched.push(source.path().to_owned());
@@ -415,8 +428,9 @@ impl RouterConfig {
         if let Some(dir) = &routes_dir {
             for path in route_files(dir, source)? {
                 let source = Source::read(&path)?;
-                let routes_file: RoutesFile = source.parse()?;
-                routes.extend(route_specs(routes_file.routes, &source, defaults)?);
+                let (_, file_routes) =
+                    parse_with_routes(&source, |file: &mut RoutesFile| &mut file.routes, |_| *defaults)?;
+                routes.extend(file_routes);
                 watched.push(path);
             }
             watched.push(dir.clone());
@@ -516,17 +530,54 @@ fn route_files(dir: &Path, named_in: Option<&Source>) -> Result<Vec<std::path::P
     Ok(files)
 }
 
-/// Validate the `[[route]]` tables of one file.
+/// A file of settings `T` with `[[route]]` tables (the main file, or one in
+/// `routes_dir`), parsed and its routes validated. The tables are deserialized
+/// and validated one at a time, so that 10,000 routes never stand as one TOML
+/// document beside their deserialized and validated copies (a 29 MB resident
+/// peak that glibc then kept). Any error sends the file through the
+/// whole-document parse instead, whose messages name the line and the field.
+fn parse_with_routes<T: serde::de::DeserializeOwned>(
+    source: &Source,
+    routes_of: fn(&mut T) -> &mut Vec<RouteFile>,
+    defaults_of: impl Fn(&T) -> DefaultsFile,
+) -> Result<(T, Vec<RouteSpec>), ConfigError> {
+    let streamed = || -> Option<(T, Vec<RouteSpec>)> {
+        let (mut file, tables) = source.parse_split::<T>("route")?;
+        let defaults = defaults_of(&file);
+        // `route = [...]` inline, when the file has no `[[route]]` tables.
+        let mut specs = route_specs(std::mem::take(routes_of(&mut file)), source, 0, 0, &defaults).ok()?;
+        specs.reserve_exact(tables.len());
+        for (index, table) in tables.into_iter().enumerate() {
+            let start = table.start;
+            let part: RoutesFile = source.parse_part(table)?;
+            specs.extend(route_specs(part.routes, source, start, index, &defaults).ok()?);
+        }
+        Some((file, specs))
+    };
+    if let Some(parsed) = streamed() {
+        return Ok(parsed);
+    }
+    let mut file: T = source.parse()?;
+    let defaults = defaults_of(&file);
+    let specs = route_specs(std::mem::take(routes_of(&mut file)), source, 0, 0, &defaults)?;
+    Ok((file, specs))
+}
+
+/// Validate `[[route]]` tables of one file: `routes`, deserialized from the
+/// text at `offset` (their spans are relative to it), the first being the
+/// file's route number `first_index`.
 fn route_specs(
     routes: Vec<RouteFile>,
     source: &Source,
+    offset: usize,
+    first_index: usize,
     defaults: &DefaultsFile,
 ) -> Result<Vec<RouteSpec>, ConfigError> {
-    let at = |span: std::ops::Range<usize>| source.origin_at(span.start);
+    let at = |span: std::ops::Range<usize>| source.origin_at(offset + span.start);
     let file_error =
         |span: std::ops::Range<usize>, field: String, message: String| ConfigError::new(at(span), Some(field), message);
     let mut specs = Vec::with_capacity(routes.len());
-    for (i, route) in routes.into_iter().enumerate() {
+    for (i, route) in (first_index..).zip(routes) {
         let name_span = route.name.span();
         let name = route.name.into_inner();
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -764,10 +815,65 @@ impl fmt::Display for Endpoint {
 mod tests {
     use super::*;
 
+    /// Parsed a table at a time, and checked against the whole-document
+    /// parse: every test here shows the two agree, values and errors alike.
     fn parse(text: &str) -> Result<RouterConfig, ConfigError> {
         let source = Source::from_text("router.toml", text);
-        let file: RouterFile = source.parse()?;
-        RouterConfig::build(file, Some(&source), &[])
+        let streamed = RouterConfig::from_source(&source, &[]);
+        let whole = source
+            .parse()
+            .and_then(|file| RouterConfig::build(file, Some(&source), &[]));
+        assert_eq!(streamed, whole, "{text}");
+        streamed
+    }
+
+    #[test]
+    fn tables_parsed_one_at_a_time_agree_with_the_whole_document() {
+        let route = |name: &str| {
+            format!("[[route]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\nendpoints = [\"127.0.0.1:1\"]\n")
+        };
+        let (a, b) = (route("a"), route("b"));
+        let accepted = [
+            // Settings before, between and after the tables.
+            format!("listen = [\"127.0.0.1:1\"]\n{a}[log]\nlevel = \"debug\"\n{b}[defaults]\nidle_timeout = \"5s\"\n"),
+            // No tables; inline routes.
+            "route = [{ name = \"a\", hosts = [\"a.test\"], endpoints = [\"127.0.0.1:1\"] }]\n".to_owned(),
+            // A header in a comment is no header.
+            format!("{a}  # [[route]] in a comment\n{b}"),
+            // Quoted header keys, CRLF line ends, a route starting on the first line.
+            format!("[[\"route\"]]\r\nname = \"a\"\r\nhosts = [\"a.test\"]\r\nendpoints = [\"127.0.0.1:1\"]\r\n{b}"),
+        ];
+        for text in &accepted {
+            let config = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert!(!config.routes.is_empty() && config.routes.len() <= 2, "{text}");
+        }
+        let refused = [
+            // A header inside a multi-line string is text, not a table (the
+            // log filter it makes is refused, at the same place either way).
+            format!("{a}[log]\nlevel = \"\"\"\n[[route]]\nname = 'x'\"\"\"\n"),
+            // A route's sub-table, an unknown field: named at its own line.
+            format!("{a}[route.extra]\nx = 1\n{b}"),
+            // The array given twice.
+            format!("route = []\n{a}"),
+            format!("{a}[route]\nname = \"x\"\n"),
+            // Malformed TOML after the tables, and inside one.
+            format!("{a}{b}listen = [\n"),
+            format!("{a}name = \"dup\"\n{b}"),
+            // A bad value in the second table: its line, and route[1].
+            format!("{a}{}", route("b b")),
+        ];
+        for text in &refused {
+            assert!(parse(text).is_err(), "{text}");
+        }
+        // Many tables: each route's position is its own line in the file.
+        let many: String = (0..2000).map(|i| route(&format!("r{i}"))).collect();
+        let config = parse(&format!("listen = [\"127.0.0.1:1\"]\n{many}")).unwrap();
+        assert_eq!(config.routes.len(), 2000);
+        assert_eq!(config.routes[1999].origin.to_string(), "router.toml:7999:8");
+
+        let err = parse(&format!("{a}{}", route("b b"))).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("route[1].hosts[0]"), "{err}");
+        assert!(err.to_string().starts_with("router.toml:7:"), "{err}");
     }
 
     #[test]
@@ -859,7 +965,7 @@ mod tests {
              [[route]]\nname = \"a\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
         )
         .unwrap();
-        let err = crate::route::RouteTable::build(&config.routes).unwrap_err();
+        let err = crate::route::RouteTable::build(config.routes).unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("router.toml:6:8: "), "{text}");
         assert!(text.contains("already used at router.toml:2:8"), "{text}");

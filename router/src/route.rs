@@ -83,8 +83,31 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Index `specs`, refusing any host claimed twice and a second default route.
-    pub fn build(specs: &[RouteSpec]) -> Result<Self, ConfigError> {
+    /// Takes them by value: their strings move into the table rather than being
+    /// copied, and the origins kept for error messages go once it is built.
+    pub fn build(specs: Vec<RouteSpec>) -> Result<Self, ConfigError> {
         let mut table = RouteTable::default();
+        table.index(&specs)?;
+        table.routes = specs
+            .into_iter()
+            .map(|spec| {
+                Arc::new(Route {
+                    hosts: spec.hosts.iter().map(|(h, _)| h.to_string()).collect(),
+                    name: spec.name,
+                    endpoints: spec.endpoints,
+                    connect_timeout: spec.connect_timeout,
+                    idle_timeout: spec.idle_timeout,
+                    max_connections: spec.max_connections,
+                    proxy_protocol: spec.proxy_protocol,
+                })
+            })
+            .collect();
+        Ok(table)
+    }
+
+    /// Fill the host and default indexes from `specs`, or name the first conflict.
+    fn index(&mut self, specs: &[RouteSpec]) -> Result<(), ConfigError> {
+        let table = self;
         // Where each host and the default were claimed, to name both on a conflict.
         let mut claimed: HashMap<&HostPattern, (usize, &str, &Origin)> = HashMap::new();
         let mut default_claim: Option<(&str, &Origin)> = None;
@@ -130,17 +153,8 @@ impl RouteTable {
                 }
                 table.default = Some(index);
             }
-            table.routes.push(Arc::new(Route {
-                name: spec.name.clone(),
-                hosts: spec.hosts.iter().map(|(h, _)| h.to_string()).collect(),
-                endpoints: spec.endpoints.clone(),
-                connect_timeout: spec.connect_timeout,
-                idle_timeout: spec.idle_timeout,
-                max_connections: spec.max_connections,
-                proxy_protocol: spec.proxy_protocol,
-            }));
         }
-        Ok(table)
+        Ok(())
     }
 
     /// The route for a ClientHello's (normalised) SNI.
@@ -220,7 +234,7 @@ mod tests {
 
     #[test]
     fn exact_beats_wildcard_and_wildcard_is_one_label() {
-        let table = RouteTable::build(&[
+        let table = RouteTable::build(vec![
             spec("wild", &["*.apps.test"], false),
             spec("exact", &["special.apps.test"], false),
         ])
@@ -240,7 +254,7 @@ mod tests {
 
     #[test]
     fn default_takes_unknown_and_missing_sni() {
-        let table = RouteTable::build(&[spec("a", &["a.test"], false), spec("fallback", &[], true)]).unwrap();
+        let table = RouteTable::build(vec![spec("a", &["a.test"], false), spec("fallback", &[], true)]).unwrap();
         assert_eq!(
             name_of(&table, Some("zzz.test")),
             Ok(("fallback".into(), MatchKind::DefaultUnknownSni))
@@ -251,21 +265,22 @@ mod tests {
 
     #[test]
     fn conflicts_name_both_routes() {
-        let err = RouteTable::build(&[spec("one", &["x.test"], false), spec("two", &["X.Test."], false)]).unwrap_err();
+        let err =
+            RouteTable::build(vec![spec("one", &["x.test"], false), spec("two", &["X.Test."], false)]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("route `two` and route `one`"), "{text}");
         assert!(text.contains("test one") && text.contains("test two"), "{text}");
 
-        let err = RouteTable::build(&[spec("one", &[], true), spec("two", &[], true)]).unwrap_err();
+        let err = RouteTable::build(vec![spec("one", &[], true), spec("two", &[], true)]).unwrap_err();
         assert!(err.to_string().contains("both the default route"), "{err}");
 
-        let err = RouteTable::build(&[spec("one", &["*.a.test", "*.a.test"], false)]).unwrap_err();
+        let err = RouteTable::build(vec![spec("one", &["*.a.test", "*.a.test"], false)]).unwrap_err();
         assert!(err.to_string().contains("appears twice in route `one`"), "{err}");
     }
 
     #[test]
     fn display_lists_every_route() {
-        let table = RouteTable::build(&[spec("a", &["b.test", "*.a.test"], false), spec("d", &[], true)]).unwrap();
+        let table = RouteTable::build(vec![spec("a", &["b.test", "*.a.test"], false), spec("d", &[], true)]).unwrap();
         let text = table.to_string();
         assert!(text.contains("route a: *.a.test b.test -> 127.0.0.1:1"), "{text}");
         assert!(text.contains("route d: (default) -> 127.0.0.1:1"), "{text}");

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use snigate_router::config::{Overrides, RouterConfig, RouterFile};
+use snigate_router::config::{Overrides, RouterConfig};
 use snigate_shared::config::Source;
 use snigate_shared::shutdown::Shutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -119,13 +119,12 @@ impl TestRouter {
     /// Start listening on `listen` (port 0 for one the OS picks).
     pub async fn start_on(toml: &str, listen: SocketAddr) -> Self {
         let source = Source::from_text("test.toml", toml);
-        let file: RouterFile = source.parse().unwrap_or_else(|e| panic!("{e}"));
         let overrides = Overrides {
             listen: vec![listen],
             admin: Some("127.0.0.1:0".parse().unwrap()),
             ..Overrides::default()
         };
-        let config = RouterConfig::build(file, Some(&source), &[overrides]).unwrap_or_else(|e| panic!("{e}"));
+        let config = RouterConfig::from_source(&source, &[overrides]).unwrap_or_else(|e| panic!("{e}"));
         let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
         Self::run(settings).await
     }
