@@ -24,10 +24,10 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    ConnAck, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Error as ProtocolError, Filter,
-    LastWill, Packet, PingReq, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
-    PubRel, PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-    UnsubAckReason, Unsubscribe,
+    ConnAck, ConnAckProperties, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Error as ProtocolError, Filter, LastWill, Packet, PingReq, PingResp, Protocol, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, QoS, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -548,7 +548,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return Err((End::NotAuthorized, Some(connect.client_id)));
         }
 
-        let client_id = if connect.client_id.is_empty() {
+        let assigned = connect.client_id.is_empty();
+        let client_id = if assigned {
             if !connect.clean_session && self.level == 4 {
                 // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id.
                 let _ = self
@@ -612,7 +613,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             session_present,
             code: ConnectReturnCode::Success,
         };
-        if self.send(Packet::ConnAck(connack, None)).await.is_err() {
+        let properties = (self.level == 5).then(|| {
+            self.connack_properties(
+                assigned.then(|| client_id.clone()),
+                props.as_ref().and_then(|p| p.session_expiry_interval),
+                expiry,
+            )
+        });
+        if self.send(Packet::ConnAck(connack, properties)).await.is_err() {
             detach(&mut tx, None).await;
             self.shared.sessions.release(&client_id, generation);
             // rumqttd keeps the session as asked: it expires as any other.
@@ -1478,6 +1486,28 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             asked,
             self.shared.settings.persistent_client_expiration,
         )
+    }
+
+    /// What an MQTT 5 CONNACK tells the client about this server (§3.2.2.3):
+    /// the id it was given when it sent none (a MUST), the largest packet it
+    /// may send, the session expiry when the server's cap shortened the one
+    /// asked for, and that subscription identifiers are not supported (the
+    /// broker does not echo them). Topic aliases are left at the default 0:
+    /// none.
+    fn connack_properties(
+        &self,
+        assigned_client_identifier: Option<String>,
+        asked_expiry: Option<u32>,
+        expiry: Option<Duration>,
+    ) -> ConnAckProperties {
+        let granted = expiry.map_or(u32::MAX, |e| u32::try_from(e.as_secs()).unwrap_or(u32::MAX));
+        ConnAckProperties {
+            assigned_client_identifier,
+            max_packet_size: Some(u32::try_from(self.shared.settings.max_packet_size).unwrap_or(u32::MAX)),
+            session_expiry_interval: (granted != asked_expiry.unwrap_or(0)).then_some(granted),
+            subscription_identifiers_available: Some(0),
+            ..ConnAckProperties::default()
+        }
     }
 
     /// CONNACK "server unavailable" in this client's MQTT version (rumqttd's

@@ -1319,6 +1319,101 @@ async fn empty_client_ids_are_answered_as_mosquitto_answers_them() {
     broker.process.line_async("client_id=\"auto-").await;
 }
 
+/// The properties of an MQTT 5 CONNACK's body (after the flags and reason),
+/// as (identifier, raw value) pairs.
+fn connack_properties(body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let (mut len, mut at) = (0usize, 2);
+    for shift in [0, 7, 14, 21] {
+        let byte = body[at];
+        at += 1;
+        len |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let end = at + len;
+    let mut properties = Vec::new();
+    while at < end {
+        let id = body[at];
+        at += 1;
+        let size = match id {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            // A string or binary value, then (user properties) a second one.
+            _ => {
+                let first = 2 + usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+                if id == 0x26 {
+                    first + 2 + usize::from(u16::from_be_bytes([body[at + first], body[at + first + 1]]))
+                } else {
+                    first
+                }
+            }
+        };
+        properties.push((id, body[at..at + size].to_vec()));
+        at += size;
+    }
+    properties
+}
+
+/// MQTT 5 §3.2.2.3.7: a client that sent no id is told in the CONNACK the one
+/// it was given, as Mosquitto tells it (side by side). The CONNACK also gives
+/// the largest packet the broker takes, says subscription identifiers are not
+/// supported, and gives the session expiry when the broker's cap shortened it.
+#[tokio::test]
+async fn an_mqtt_5_connack_tells_the_client_what_the_server_decided() {
+    let dir = TempDir::new();
+    let Some((_mosquitto, mosquitto_port)) = start_mosquitto(&dir, "allow_anonymous true\n") else {
+        return;
+    };
+    let broker = Broker::with_config(
+        &dir,
+        "allow_anonymous = true\nmax_packet_size = 4096\npersistent_client_expiration = \"1h\"\n",
+    );
+    let connack = |addr: String, client_id: &'static str, expiry: Option<u32>| async move {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(&connect_v5_expiring(client_id, true, expiry))
+            .await
+            .unwrap();
+        let (first, body) = tokio::time::timeout(STEP, snigate_shared::testing::mqtt::read_packet(&mut stream))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((first, body[1]), (0x20, 0), "{addr}: accepted");
+        connack_properties(&body)
+    };
+    let assigned = |properties: &[(u8, Vec<u8>)]| {
+        let (_, value) = properties.iter().find(|(id, _)| *id == 0x12)?;
+        Some(String::from_utf8_lossy(&value[2..]).into_owned())
+    };
+
+    let theirs = connack(format!("127.0.0.1:{mosquitto_port}"), "", None).await;
+    let ours = connack(broker.addr.to_string(), "", None).await;
+    for (who, properties) in [("Mosquitto", &theirs), ("snigate-broker", &ours)] {
+        let id = assigned(properties).unwrap_or_else(|| panic!("{who}: no assigned client id in {properties:?}"));
+        assert!(id.starts_with("auto-"), "{who}: {id}");
+    }
+    broker
+        .process
+        .line_async(&format!("client_id=\"{}\"", assigned(&ours).unwrap()))
+        .await;
+    assert!(ours.contains(&(0x27, 4096u32.to_be_bytes().to_vec())), "{ours:?}");
+    assert!(ours.contains(&(0x29, vec![0])), "{ours:?}");
+    assert!(
+        !ours.iter().any(|(id, _)| *id == 0x11),
+        "no expiry asked, none changed: {ours:?}"
+    );
+
+    // A client that names itself is not told a name; one that asks for a
+    // session longer than the cap is told the cap (one hour).
+    let named = connack(broker.addr.to_string(), "named", Some(7200)).await;
+    assert_eq!(assigned(&named), None, "{named:?}");
+    assert!(named.contains(&(0x11, 3600u32.to_be_bytes().to_vec())), "{named:?}");
+    let within = connack(broker.addr.to_string(), "within", Some(60)).await;
+    assert!(!within.iter().any(|(id, _)| *id == 0x11), "{within:?}");
+}
+
 /// `mosquitto_sub -t '$SYS/#'` is common; rumqttd alone disconnects a client
 /// for a `$` filter. The broker grants it itself and the client's other
 /// filters work as usual.
