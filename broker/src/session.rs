@@ -57,7 +57,7 @@ const WRITE_BACKLOG_LIMIT: usize = 256 << 10;
 const NOTIFICATION_BATCH: usize = 256;
 /// Most bytes taken from the client in one read: what reaches rumqttd in one
 /// of its turns stays small beside a filter's log (see `max_segment_size`).
-const READ_CHUNK: u64 = 16 << 10;
+const READ_CHUNK: usize = 16 << 10;
 /// Packets, and bytes of messages, waiting in rumqttd's incoming buffer for
 /// this link beyond which the session stops reading from the client:
 /// publishers are slowed by TCP instead of growing rumqttd's unbounded buffer.
@@ -173,34 +173,16 @@ pub async fn serve(
         }
     }
     let busy = matches!(admission, Admission::Busy(_));
+    let arrival = Arrival { peer, deadline, busy };
     let (end, client_id) = match tls {
         // Boxed: a plain and a TLS session are two futures that this one's
         // state would otherwise hold side by side.
-        None => Box::pin(session(stream, Arrival { peer, deadline, busy }, shared.clone(), None)).await,
-        // Boxed, as the CONNECT's handling: the handshake's state is gone once
-        // it is done.
-        Some(acceptor) => match Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream))).await {
-            Ok(Ok(stream)) => {
-                let identity = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(common_name);
-                Box::pin(session(
-                    stream,
-                    Arrival { peer, deadline, busy },
-                    shared.clone(),
-                    identity,
-                ))
-                .await
-            }
-            Ok(Err(error)) => {
-                tracing::info!(%peer, %error, "TLS handshake failed");
-                (End::TlsError, None)
-            }
-            Err(_) => (End::ConnectTimeout, None),
-        },
+        None => Box::pin(session(stream, arrival, shared.clone(), None)).await,
+        // Boxed whole, handshake included: this task would otherwise keep the
+        // TLS stream's storage (1.2 KB) for the connection's life, even after
+        // moving it into the session, and every connection, plain or not,
+        // would pay for it (the task's size is its largest state's).
+        Some(acceptor) => Box::pin(over_tls(stream, acceptor, arrival, shared.clone())).await,
     };
     drop(admission);
     shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
@@ -249,6 +231,48 @@ async fn session<S: Stream>(
         // one's state, and each is most of a connection's memory in user space.
         Ok(Ok(5)) => Box::pin(Session::new(stream, read, V5, 5, arrival, shared).run(identity)).await,
         Ok(Ok(_)) => Box::pin(Session::new(stream, read, V4, 4, arrival, shared).run(identity)).await,
+    }
+}
+
+/// The TLS handshake, then the session over it.
+async fn over_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+) -> (End, Option<String>) {
+    // Boxed, as the CONNECT's handling: the handshake's state is gone once it
+    // is done.
+    let stream = match Box::pin(handshake(stream, acceptor, arrival.deadline)).await {
+        Ok(stream) => stream,
+        Err(Some(error)) => {
+            tracing::info!(peer = %arrival.peer, %error, "TLS handshake failed");
+            return (End::TlsError, None);
+        }
+        Err(None) => return (End::ConnectTimeout, None),
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(common_name);
+    session(stream, arrival, shared, identity).await
+}
+
+/// The server side of a TLS handshake, by `deadline`; `Err(None)` when it ran
+/// out. The stream comes boxed: a 1.2 KB value held by this future's caller
+/// would keep its storage there after being moved on, for the connection's
+/// life, beside the session that owns it.
+async fn handshake(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    deadline: Instant,
+) -> Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, Option<std::io::Error>> {
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(error)) => Err(Some(error)),
+        Err(_) => Err(None),
     }
 }
 
@@ -438,51 +462,57 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// `identity`: the verified client certificate's subject CN, on TLS.
-    async fn run(mut self, identity: Option<String>) -> (End, Option<String>) {
-        // Boxed: the CONNECT's handling is over once the client is in, and only
-        // the relay's state should stay with a connection for its life.
-        let Connected {
-            client_id,
-            generation,
-            eviction,
-            mut tx,
-            mut rx,
-            will,
-            keep_alive,
-        } = match Box::pin(self.admit(identity)).await {
-            Ok(connected) => connected,
-            Err(ended) => return ended,
-        };
-        let end = self.relay(&mut tx, &mut rx, keep_alive, &eviction).await;
-        self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
-        self.shared.sessions.release(&client_id, generation);
-        self.shared.metrics.connected.dec();
-        match end {
-            // The client's DISCONNECT already detached the link.
-            End::Disconnected => {}
-            // rumqttd has already dropped this link, and may have given its
-            // connection id to the client that took over: nothing may be sent
-            // on it now, not even the will.
-            End::TakenOver | End::RouterError => {}
-            // The link is still ours; the will is not sent, as Mosquitto does not.
-            End::Revoked => detach(&mut tx, None).await,
-            End::Shutdown => detach(&mut tx, None).await,
-            _ => {
-                let will = will.map(|mut will| {
-                    if will.retain && !self.shared.retained.admit(&will.topic, will.message.len()) {
-                        self.shared.metrics.refused.with_label_values(&["retained"]).inc();
-                        will.retain = false;
-                    }
-                    will
-                });
-                detach(&mut tx, will).await
+    // Not an `async fn`: those move their arguments into locals of their
+    // future and keep both copies' storage, 728 bytes more per connection for
+    // its life. An async block uses what it captures in place.
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self, identity: Option<String>) -> impl std::future::Future<Output = (End, Option<String>)> {
+        async move {
+            // Boxed: the CONNECT's handling is over once the client is in, and only
+            // the relay's state should stay with a connection for its life.
+            let Connected {
+                client_id,
+                generation,
+                eviction,
+                mut tx,
+                mut rx,
+                will,
+                keep_alive,
+            } = match Box::pin(self.admit(identity)).await {
+                Ok(connected) => connected,
+                Err(ended) => return ended,
+            };
+            let end = self.relay(&mut tx, &mut rx, keep_alive, &eviction).await;
+            self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
+            self.shared.sessions.release(&client_id, generation);
+            self.shared.metrics.connected.dec();
+            match end {
+                // The client's DISCONNECT already detached the link.
+                End::Disconnected => {}
+                // rumqttd has already dropped this link, and may have given its
+                // connection id to the client that took over: nothing may be sent
+                // on it now, not even the will.
+                End::TakenOver | End::RouterError => {}
+                // The link is still ours; the will is not sent, as Mosquitto does not.
+                End::Revoked => detach(&mut tx, None).await,
+                End::Shutdown => detach(&mut tx, None).await,
+                _ => {
+                    let will = will.map(|mut will| {
+                        if will.retain && !self.shared.retained.admit(&will.topic, will.message.len()) {
+                            self.shared.metrics.refused.with_label_values(&["retained"]).inc();
+                            will.retain = false;
+                        }
+                        will
+                    });
+                    detach(&mut tx, will).await
+                }
             }
+            if !matches!(end, End::TakenOver | End::Shutdown) {
+                let expiry = self.persistent.then_some(self.expiry);
+                self.shared.sessions.left(&client_id, expiry, &self.shared.engine);
+            }
+            (end, Some(client_id))
         }
-        if !matches!(end, End::TakenOver | End::Shutdown) {
-            let expiry = self.persistent.then_some(self.expiry);
-            self.shared.sessions.left(&client_id, expiry, &self.shared.engine);
-        }
-        (end, Some(client_id))
     }
 
     /// From CONNECT to CONNACK: the slot, the login, the client id, the link
@@ -673,6 +703,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // (docs/performance.md). The keepalive timer is not moved on each read
         // either: when it fires, it is set again from the last read, if there
         // was one since.
+        self.release_read_buffer();
         let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
         tokio::pin!(silence);
         let stop = self.shared.stop.clone();
@@ -786,6 +817,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     for reply in std::mem::take(&mut self.answer_now) {
                         self.push_control(reply);
                     }
+                    self.release_read_buffer();
                     // A new `$SYS` subscription gets the current values right after
                     // its SUBACK, as retained messages arrive; when the SUBACK is
                     // rumqttd's, that happens when it is passed on.
@@ -1088,11 +1120,22 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.budget_marks.pop_front();
             self.shared.queue_budget.give_back(size);
         }
-        if self.write.is_empty() && self.write.capacity() > 4 * WRITE_CHUNK {
-            // A burst grew it; an idle connection should not keep that.
+        self.refill();
+        if self.write.is_empty() {
+            // All written and nothing queued: a client between messages holds
+            // no write buffer (one that a burst grew, or the CONNACK's). The
+            // next message allocates one again, as big as it needs.
             self.write = BytesMut::new();
         }
-        self.refill();
+    }
+
+    /// Between packets the read buffer is freed: decoded packets copy what they
+    /// keep, and `read_some` reads through the stack, so a quiet client holds
+    /// no read buffer while it waits.
+    fn release_read_buffer(&mut self) {
+        if self.read.is_empty() {
+            self.read = BytesMut::new();
+        }
     }
 
     /// Queue the current `$SYS` values this client's `$` filters match (and its
@@ -1638,8 +1681,22 @@ async fn next_notification(rx: &mut LinkRx) -> Result<Option<Notification>, ()> 
     rx.next().await.map_err(drop)
 }
 
-async fn read_some<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
-    reader.take(READ_CHUNK).read_buf(buf).await
+///
+/// Read through a buffer on the stack of the poll, then copied, rather than
+/// into `buf`'s spare capacity (`read_buf`): that would reserve a buffer as
+/// soon as the read is polled and keep it for as long as the client is quiet,
+/// for every idle client. The copy is of what arrived, once.
+fn read_some<'a, R: AsyncRead + Unpin>(
+    reader: &'a mut R,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut arrived = tokio::io::ReadBuf::uninit(&mut chunk);
+        std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut arrived))?;
+        buf.extend_from_slice(arrived.filled());
+        std::task::Poll::Ready(Ok(arrived.filled().len()))
+    })
 }
 
 /// Write what the socket takes of `pending`, or flush when nothing is pending

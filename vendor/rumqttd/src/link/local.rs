@@ -383,7 +383,7 @@ impl LinkRx {
         // Read from cache first
         // One router_rx trigger signifies a bunch of notifications. So we
         // should always check cache first
-        match self.cache.pop_front() {
+        match self.take_cached() {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
@@ -391,7 +391,7 @@ impl LinkRx {
                 // Collect 'all' the data in the buffer after a notification.
                 // Notification means fresh data which isn't previously collected
                 mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
-                Ok(self.cache.pop_front())
+                Ok(self.take_cached())
             }
         }
     }
@@ -400,13 +400,13 @@ impl LinkRx {
         // Read from cache first
         // One router_rx trigger signifies a bunch of notifications. So we
         // should always check cache first
-        match self.cache.pop_front() {
+        match self.take_cached() {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
                 self.router_rx.recv_deadline(deadline)?;
                 mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
-                Ok(self.cache.pop_front())
+                Ok(self.take_cached())
             }
         }
     }
@@ -415,7 +415,7 @@ impl LinkRx {
         // Read from cache first
         // One router_rx trigger signifies a bunch of notifications. So we
         // should always check cache first
-        match self.cache.pop_front() {
+        match self.take_cached() {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
@@ -423,9 +423,21 @@ impl LinkRx {
                 // Collect 'all' the data in the buffer after a notification.
                 // Notification means fresh data which isn't previously collected
                 mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
-                Ok(self.cache.pop_front())
+                Ok(self.take_cached())
             }
         }
+    }
+
+    /// snigate: the next cached notification. An idle link keeps no queue:
+    /// the one its CONNACK or an occasional message grew (about 1 KB) is freed
+    /// once emptied; a busy link's larger one is kept, swapped back and forth
+    /// with the router's.
+    fn take_cached(&mut self) -> Option<Notification> {
+        let next = self.cache.pop_front();
+        if self.cache.is_empty() && self.cache.capacity() <= crate::router::SMALL_QUEUE {
+            self.cache = VecDeque::new();
+        }
+        next
     }
 
     pub fn ready(&self) -> Result<(), LinkError> {
@@ -507,5 +519,32 @@ mod snigate_tests {
         let send = link.send(Packet::PingReq(PingReq));
         let size = std::mem::size_of_val(&send);
         assert!(size <= std::mem::size_of::<Packet>() + 64, "{size} bytes");
+    }
+
+    /// An idle link keeps no notification queue once it has taken what came;
+    /// a busy one keeps the queue it grew.
+    #[test]
+    fn an_emptied_small_cache_is_freed_and_a_large_one_kept() {
+        use crate::protocol::PingResp;
+        use crate::router::Ack;
+        use crate::Notification;
+        let (router_tx, _router_rx) = flume::bounded(10);
+        let (wake_tx, wake_rx) = flume::bounded(10);
+        let buffer: std::sync::Arc<parking_lot::Mutex<std::collections::VecDeque<Notification>>> =
+            Default::default();
+        let mut link = super::LinkRx::new(0, router_tx, wake_rx, buffer.clone());
+        let ping = || Notification::DeviceAck(Ack::PingResp(PingResp));
+
+        buffer.lock().push_back(ping());
+        wake_tx.send(()).unwrap();
+        assert!(link.recv().unwrap().is_some());
+        assert_eq!(link.cache.capacity(), 0, "the CONNACK's queue is gone");
+
+        buffer.lock().extend((0..32).map(|_| ping()));
+        wake_tx.send(()).unwrap();
+        for _ in 0..32 {
+            assert!(link.recv().unwrap().is_some());
+        }
+        assert!(link.cache.capacity() >= 32, "a busy link keeps its queue");
     }
 }

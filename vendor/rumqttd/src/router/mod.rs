@@ -26,6 +26,7 @@ pub use alertlog::Alert;
 pub use connection::Connection;
 pub use logs::RouterStats;
 pub use routing::Router;
+pub(crate) use routing::SMALL_QUEUE;
 pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;

@@ -1439,9 +1439,19 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
     }
 
     debug!(acks_count = count, "Acks sent to device");
+    // snigate: a client that sent a CONNECT and went quiet should not keep the
+    // queue its CONNACK grew (four acks, about 1 KB); a busy one, whose queue
+    // grew beyond that, keeps it.
+    if acks.capacity() <= SMALL_QUEUE {
+        *acks = VecDeque::new();
+    }
     outgoing.handle.try_send(()).ok();
     true
 }
+
+/// snigate: the capacity up to which an emptied per-link queue is freed
+/// rather than kept: what one or two packets grow a `VecDeque` to.
+pub(crate) const SMALL_QUEUE: usize = 4;
 
 enum ConsumeStatus {
     /// Limit for publishes on outgoing channel reached
@@ -1884,6 +1894,32 @@ mod snigate_tests {
 
     fn filters(router: &Router) -> usize {
         router.stats().filters.load(Ordering::Relaxed)
+    }
+
+    /// A client that connected and went quiet keeps no ack queue once its
+    /// CONNACK is handed to its link; a busy one keeps the queue it grew.
+    #[test]
+    fn an_idle_links_ack_queue_is_freed_once_taken() {
+        let mut router = router(None);
+        let id = connect(&mut router, "idle", true);
+        assert!(
+            router.ackslog[id].readv().capacity() > 0,
+            "the CONNACK waits"
+        );
+        assert!(ack_device_data(
+            &mut router.ackslog[id],
+            &mut router.obufs[id]
+        ));
+        assert_eq!(router.ackslog[id].readv().capacity(), 0);
+
+        for _ in 0..32 {
+            router.ackslog[id].pingresp(PingResp);
+        }
+        assert!(ack_device_data(
+            &mut router.ackslog[id],
+            &mut router.obufs[id]
+        ));
+        assert!(router.ackslog[id].readv().capacity() >= 32);
     }
 
     #[test]
