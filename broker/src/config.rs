@@ -539,7 +539,7 @@ const BASE_MEMORY: u64 = 16 << 20;
 /// One connected client, budgeted: rumqttd's link (its buffers grow as used,
 /// up to 200 packets each way, and keep what they grew to), the session,
 /// socket buffers in user space and TLS state. An idle client measures about
-/// 9.7 KiB (17 with TLS; docs/performance.md): the rest is for a busy one.
+/// 8 KiB (15.5 with TLS; docs/performance.md): the rest is for a busy one.
 pub const CONNECTION_MEMORY: u64 = 64 << 10;
 const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
 const DEFAULT_SEGMENT_COUNT: usize = 4;

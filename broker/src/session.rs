@@ -276,6 +276,37 @@ async fn handshake(
     }
 }
 
+/// What a notification from the router leaves to wait for
+/// ([`Session::finish`]): a few bytes, where the notification is hundreds.
+enum Then {
+    Nothing,
+    /// Acknowledge a QoS 1 or 2 delivery to the router.
+    Ack {
+        qos: u8,
+        pkid: u16,
+    },
+    /// Complete a QoS 2 delivery the session took over.
+    PubComp(u16),
+    /// The router dropped the link (a takeover) or refused what the client
+    /// sent: pass its DISCONNECT on to an MQTT 5 client, and end.
+    RouterDisconnected(Disconnect),
+    /// `queue_full = "disconnect"` ended a slow consumer.
+    SlowConsumer,
+    /// The router paused the link: ask for more.
+    Wake,
+}
+
+impl Then {
+    /// The acknowledgement a delivery at `qos` needs: none at QoS 0.
+    fn ack(qos: u8, pkid: u16) -> Self {
+        if qos > 0 {
+            Then::Ack { qos, pkid }
+        } else {
+            Then::Nothing
+        }
+    }
+}
+
 /// A client's byte stream: plain TCP or TLS over it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -858,7 +889,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             Err(_) if evicted.is_cancelled() => return self.evicted(eviction).await,
                             Err(_) => return End::RouterError,
                         };
-                        if let Err(end) = self.on_notification(notification, tx, rx, eviction).await {
+                        let then = self.on_notification(notification);
+                        if let Err(end) = self.finish(then, tx, rx, eviction).await {
                             return end;
                         }
                         taken += 1;
@@ -900,48 +932,28 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// One notification from the router for this client: passed on,
-    /// answered here, or queued for the socket.
-    async fn on_notification(
-        &mut self,
-        notification: Notification,
-        tx: &mut LinkTx,
-        rx: &LinkRx,
-        eviction: &crate::Eviction,
-    ) -> Result<(), End> {
-        let evicted = &eviction.token;
+    /// answered here, or queued for the socket; what is left to wait for is
+    /// returned, for [`Self::finish`]. Not async: a match on the notification's
+    /// 392-byte packet keeps it in the future through every await of its arms,
+    /// and that future is part of every connection's for its life.
+    fn on_notification(&mut self, notification: Notification) -> Then {
         match Option::<Packet>::from(notification) {
             // rumqttd drops a link when another connection takes its
             // client id over (MQTT §3.1.4-3), and sends DISCONNECT when it
             // refuses a client's publish or subscribe (a bad topic, a
             // protocol error): that one is passed on as it is.
-            Some(disconnect @ Packet::Disconnect(..)) => {
-                if evicted.is_cancelled() {
-                    return Err(self.evicted(eviction).await);
-                }
-                if self.level == 5 {
-                    let _ = self.send(disconnect).await;
-                }
-                return Err(End::RouterError);
-            }
+            Some(Packet::Disconnect(disconnect, _)) => Then::RouterDisconnected(disconnect),
             Some(Packet::Publish(publish, _)) if !self.allowed(&publish.topic, Access::Read) => {
                 self.shared.metrics.acl_denials.with_label_values(&["deliver"]).inc();
-                if self.withhold(publish, tx).await.is_err() {
-                    return Err(End::RouterError);
-                }
+                self.withhold(publish)
             }
             Some(Packet::PubRel(pubrel, _)) => {
                 // The second half of a QoS 2 delivery the session
                 // took over (or withheld).
                 self.withheld_qos2.remove(&pubrel.pkid);
-                let pubcomp = PubComp {
-                    pkid: pubrel.pkid,
-                    reason: PubCompReason::Success,
-                };
-                if tx.send(Packet::PubComp(pubcomp, None)).await.is_err() {
-                    return Err(End::RouterError);
-                }
+                Then::PubComp(pubrel.pkid)
             }
-            Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => {}
+            Some(Packet::SubAck(suback, _)) if suback.pkid == RESUBSCRIBE_PKID => Then::Nothing,
             Some(Packet::SubAck(mut suback, props)) => {
                 self.count_refused_filters(&mut suback);
                 // Put back the answers for `$` filters held back.
@@ -956,21 +968,70 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     self.sys_initial = false;
                     self.queue_sys();
                 }
+                Then::Nothing
             }
-            Some(publish @ Packet::Publish(..)) => {
-                self.push_message(publish, tx).await?;
+            Some(publish @ Packet::Publish(..)) => self.push_message(publish),
+            Some(Packet::UnsubAck(..)) => {
+                self.unsubscribe_acked = true;
+                Then::Nothing
             }
-            Some(Packet::UnsubAck(..)) => self.unsubscribe_acked = true,
-            Some(Packet::PingResp(_)) => self.unsubscribe_marked(),
-            Some(packet) => self.push_control(packet),
+            Some(Packet::PingResp(_)) => {
+                self.unsubscribe_marked();
+                Then::Nothing
+            }
+            Some(packet) => {
+                self.push_control(packet);
+                Then::Nothing
+            }
             // The router paused this link; ask for more.
-            None => {
-                if rx.wake().await.is_err() {
-                    return Err(End::RouterError);
+            None => Then::Wake,
+        }
+    }
+
+    /// What a notification left to wait for: an acknowledgement to the router,
+    /// or last words before the session ends.
+    async fn finish(
+        &mut self,
+        then: Then,
+        tx: &mut LinkTx,
+        rx: &LinkRx,
+        eviction: &crate::Eviction,
+    ) -> Result<(), End> {
+        match then {
+            Then::Nothing => Ok(()),
+            Then::Ack { qos, pkid } => self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError),
+            Then::PubComp(pkid) => {
+                let pubcomp = PubComp {
+                    pkid,
+                    reason: PubCompReason::Success,
+                };
+                match tx.send(Packet::PubComp(pubcomp, None)).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(End::RouterError),
                 }
             }
+            Then::RouterDisconnected(disconnect) => {
+                if eviction.token.is_cancelled() {
+                    return Err(self.evicted(eviction).await);
+                }
+                if self.level == 5 {
+                    let _ = self.send(Packet::Disconnect(disconnect, None)).await;
+                }
+                Err(End::RouterError)
+            }
+            Then::SlowConsumer => {
+                if self.level == 5 {
+                    // After what the write buffer already holds: a client that
+                    // catches up on its reading learns why (MQTT 5 §3.14.2.1).
+                    let quota = Disconnect {
+                        reason_code: DisconnectReasonCode::QuotaExceeded,
+                    };
+                    let _ = self.send(Packet::Disconnect(quota, None)).await;
+                }
+                Err(End::SlowConsumer)
+            }
+            Then::Wake => rx.wake().await.map_err(|_| End::RouterError),
         }
-        Ok(())
     }
 
     /// Queue a packet the client is owed (an ack, a SUBACK, a PINGRESP): never
@@ -986,15 +1047,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Beyond them a QoS 0 message is dropped; a QoS 1 or 2 message is dropped
     /// (and acknowledged to the router, so its window moves on) or ends the
     /// session, as `queue_full` says. Every drop is counted.
-    async fn push_message(&mut self, publish: Packet, tx: &mut LinkTx) -> Result<(), End> {
+    fn push_message(&mut self, publish: Packet) -> Then {
         // Encoded at the end of the write buffer, where it stays when nothing
-        // waits before it: a client that keeps up costs no allocation and no
-        // copy per message. Otherwise it is copied out to the queue.
+        // waits before it: a client that keeps up costs no copy per message
+        // (and no allocation while messages keep coming; an emptied buffer is
+        // freed). Otherwise it is copied out to the queue.
         let at = self.write.len();
         if let Err(error) = self.protocol.write(publish, &mut self.write) {
             self.write.truncate(at);
             tracing::warn!(client_id = self.client_id, %error, "cannot encode a message; skipped");
-            return Ok(());
+            return Then::Nothing;
         }
         let (qos, pkid) = publish_header(&self.write[at..]).unwrap_or((0, 0));
         let limits = &self.shared.settings.limits;
@@ -1017,11 +1079,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.queue.push_back(Queued { bytes, qos });
                 self.queued_bytes += size;
             }
-            return if qos > 0 {
-                self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)
-            } else {
-                Ok(())
-            };
+            return Then::ack(qos, pkid);
         };
         self.write.truncate(at);
         self.shared
@@ -1030,7 +1088,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .with_label_values(&[reason, qos_label(qos)])
             .inc();
         if qos == 0 {
-            return Ok(());
+            return Then::Nothing;
         }
         if limits.queue_full == crate::config::QueueFull::Disconnect {
             tracing::warn!(
@@ -1038,22 +1096,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 reason,
                 "slow consumer: its queue is full; disconnecting"
             );
-            // Given back now, not when the session ends: the last words below
-            // may wait on a client that does not read.
+            // Given back now, not when the session ends: its last words
+            // (`Then::SlowConsumer`) may wait on a client that does not read.
             self.queue.clear();
             self.shared.queue_budget.give_back(self.queued_bytes);
             self.queued_bytes = 0;
-            if self.level == 5 {
-                // After what the write buffer already holds: a client that
-                // catches up on its reading learns why (MQTT 5 §3.14.2.1).
-                let quota = Disconnect {
-                    reason_code: DisconnectReasonCode::QuotaExceeded,
-                };
-                let _ = self.send(Packet::Disconnect(quota, None)).await;
-            }
-            return Err(End::SlowConsumer);
+            return Then::SlowConsumer;
         }
-        self.ack_to_router(qos, pkid, tx).await.map_err(|()| End::RouterError)
+        Then::ack(qos, pkid)
     }
 
     /// Move queued messages into the write buffer, up to [`WRITE_CHUNK`] and
@@ -1390,18 +1440,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Keep a delivery the client may not read from it, acknowledging it to
     /// rumqttd so that its in-flight window moves on.
-    async fn withhold(&mut self, publish: Publish, tx: &mut LinkTx) -> Result<(), ()> {
+    fn withhold(&mut self, publish: Publish) -> Then {
         let mut encoded = BytesMut::new();
         if self
             .protocol
             .write(Packet::Publish(publish, None), &mut encoded)
             .is_err()
         {
-            return Ok(());
+            return Then::Nothing;
         }
         match publish_header(&encoded) {
-            Some((qos, pkid)) if qos > 0 => self.ack_to_router(qos, pkid, tx).await,
-            _ => Ok(()),
+            Some((qos, pkid)) => Then::ack(qos, pkid),
+            None => Then::Nothing,
         }
     }
 

@@ -222,16 +222,7 @@ impl LinkTx {
     fn wake_router(
         &self,
     ) -> Result<Option<Pin<Box<SendFut<'static, (ConnectionId, Event)>>>>, LinkError> {
-        match self
-            .router_tx
-            .try_send((self.connection_id, Event::DeviceData))
-        {
-            Ok(()) => Ok(None),
-            Err(TrySendError::Full(event)) => Ok(Some(Box::pin(
-                self.router_tx.clone().into_send_async(event),
-            ))),
-            Err(TrySendError::Disconnected(event)) => Err(SendError(event).into()),
-        }
+        notify_router(&self.router_tx, self.connection_id, Event::DeviceData)
     }
 
     fn try_push(&mut self, data: Packet) -> Result<usize, LinkError> {
@@ -446,11 +437,31 @@ impl LinkRx {
     }
 
     pub async fn wake(&self) -> Result<(), LinkError> {
-        self.router_tx
-            .send_async((self.connection_id, Event::Ready))
-            .await?;
-
+        // snigate: as `LinkTx::send`: flume's send future, with its `Event`,
+        // is made only when the router's queue is full, and boxed; awaited
+        // inline it took room in every session's future for its life.
+        let wait = notify_router(&self.router_tx, self.connection_id, Event::Ready)?;
+        if let Some(wait) = wait {
+            wait.await?;
+        }
         Ok(())
+    }
+}
+
+/// snigate: send `event` to the router for link `id`; when its queue is full,
+/// the wait for room, boxed (see `LinkTx::wake_router`).
+#[allow(clippy::type_complexity)]
+fn notify_router(
+    router_tx: &Sender<(ConnectionId, Event)>,
+    id: ConnectionId,
+    event: Event,
+) -> Result<Option<Pin<Box<SendFut<'static, (ConnectionId, Event)>>>>, LinkError> {
+    match router_tx.try_send((id, event)) {
+        Ok(()) => Ok(None),
+        Err(TrySendError::Full(event)) => {
+            Ok(Some(Box::pin(router_tx.clone().into_send_async(event))))
+        }
+        Err(TrySendError::Disconnected(event)) => Err(SendError(event).into()),
     }
 }
 
@@ -519,6 +530,18 @@ mod snigate_tests {
         let send = link.send(Packet::PingReq(PingReq));
         let size = std::mem::size_of_val(&send);
         assert!(size <= std::mem::size_of::<Packet>() + 64, "{size} bytes");
+    }
+
+    /// Every session waits on this inside its relay: it must not hold an
+    /// `Event` (840 bytes) while the router's queue has room.
+    #[test]
+    fn the_wake_future_is_small() {
+        let (router_tx, _router_rx) = flume::bounded(10);
+        let (_wake_tx, wake_rx) = flume::bounded(10);
+        let link = super::LinkRx::new(0, router_tx, wake_rx, Default::default());
+        let wake = link.wake();
+        let size = std::mem::size_of_val(&wake);
+        assert!(size <= 128, "{size} bytes");
     }
 
     /// An idle link keeps no notification queue once it has taken what came;
