@@ -835,14 +835,9 @@ async fn session_present_v5(
     session_present_v5_leaving(addr, client_id, clean_start, expiry, &[0xe0, 0]).await
 }
 
-/// The same, leaving with the DISCONNECT given.
-async fn session_present_v5_leaving(
-    addr: std::net::SocketAddr,
-    client_id: &str,
-    clean_start: bool,
-    expiry: Option<u32>,
-    disconnect: &[u8],
-) -> bool {
+/// An MQTT 5 CONNECT (as [`connect_v5_expiring`] makes it) to `addr`, and the
+/// body of its CONNACK, which must accept it.
+async fn accepted_v5(addr: &str, client_id: &str, clean_start: bool, expiry: Option<u32>) -> (TcpStream, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(&connect_v5_expiring(client_id, clean_start, expiry))
@@ -852,7 +847,19 @@ async fn session_present_v5_leaving(
         .await
         .expect("a CONNACK in time")
         .unwrap();
-    assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+    assert_eq!((first, connack[1]), (0x20, 0), "{addr}: accepted");
+    (stream, connack)
+}
+
+/// The same, leaving with the DISCONNECT given.
+async fn session_present_v5_leaving(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    clean_start: bool,
+    expiry: Option<u32>,
+    disconnect: &[u8],
+) -> bool {
+    let (mut stream, connack) = accepted_v5(&addr.to_string(), client_id, clean_start, expiry).await;
     stream.write_all(disconnect).await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await;
@@ -1371,17 +1378,7 @@ async fn an_mqtt_5_connack_tells_the_client_what_the_server_decided() {
         "allow_anonymous = true\nmax_packet_size = 4096\npersistent_client_expiration = \"1h\"\n",
     );
     let connack = |addr: String, client_id: &'static str, expiry: Option<u32>| async move {
-        let mut stream = TcpStream::connect(&addr).await.unwrap();
-        stream
-            .write_all(&connect_v5_expiring(client_id, true, expiry))
-            .await
-            .unwrap();
-        let (first, body) = tokio::time::timeout(STEP, snigate_shared::testing::mqtt::read_packet(&mut stream))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((first, body[1]), (0x20, 0), "{addr}: accepted");
-        connack_properties(&body)
+        connack_properties(&accepted_v5(&addr, client_id, true, expiry).await.1)
     };
     let assigned = |properties: &[(u8, Vec<u8>)]| {
         let (_, value) = properties.iter().find(|(id, _)| *id == 0x12)?;
