@@ -484,7 +484,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             persistent: false,
             expiry: None,
             read,
-            write: BytesMut::with_capacity(1024),
+            // Sized by what is written first (the CONNACK), and freed once
+            // that is written (`wrote`).
+            write: BytesMut::new(),
             protocol,
             level,
             peer: arrival.peer,
@@ -1722,7 +1724,6 @@ fn ingress_backlogged(tx: &LinkTx) -> bool {
             >= INGRESS_BACKLOG_BYTES
 }
 
-/// Read what the client sent, at most [`READ_CHUNK`] bytes.
 /// The next notification from rumqttd, or whether the link failed. rumqttd's
 /// `LinkError` is 816 bytes (it can carry a whole router event), and the
 /// relay's `select!` output, which holds it, stays alive in the relay's future
@@ -1731,6 +1732,7 @@ async fn next_notification(rx: &mut LinkRx) -> Result<Option<Notification>, ()> 
     rx.next().await.map_err(drop)
 }
 
+/// Read what the client sent, at most [`READ_CHUNK`] bytes, appended to `buf`.
 ///
 /// Read through a buffer on the stack of the poll, then copied, rather than
 /// into `buf`'s spare capacity (`read_buf`): that would reserve a buffer as
