@@ -541,6 +541,9 @@ const BASE_MEMORY: u64 = 16 << 20;
 /// socket buffers in user space and TLS state. An idle client measures about
 /// 8 KiB (15.5 with TLS; docs/performance.md): the rest is for a busy one.
 pub const CONNECTION_MEMORY: u64 = 64 << 10;
+
+/// The largest in-flight window: every packet id (Mosquitto's maximum too).
+pub const MAX_INFLIGHT: usize = 65_535;
 const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
 const DEFAULT_SEGMENT_COUNT: usize = 4;
 /// rumqttd refuses smaller segments.
@@ -647,6 +650,14 @@ impl Limits {
         let max_inflight_messages = file.max_inflight_messages.unwrap_or(20);
         if max_inflight_messages == 0 {
             return Err(("max_inflight_messages", "must be at least 1".to_owned()));
+        }
+        // Packet ids are 1..=65535 (MQTT §2.3.1): a larger window would
+        // look forever for a free id to give the next message.
+        if max_inflight_messages > MAX_INFLIGHT {
+            return Err((
+                "max_inflight_messages",
+                format!("must be at most {MAX_INFLIGHT}: a message in flight holds one of the 65,535 packet ids"),
+            ));
         }
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(Self {

@@ -59,6 +59,11 @@ pub struct Engine {
     attach: Attach,
     discard: Discard,
     stats: Arc<RouterStats>,
+    /// Cancelled when the router's thread ends, however it ends: nothing is
+    /// routed after that, and the broker must say so and stop.
+    stopped: tokio_util::sync::CancellationToken,
+    #[cfg(feature = "fault-injection")]
+    inject_panic: Box<dyn Fn() + Send + Sync>,
 }
 
 impl fmt::Debug for Engine {
@@ -69,7 +74,7 @@ impl fmt::Debug for Engine {
 
 impl Engine {
     /// Start the router on its own thread (rumqttd runs it there).
-    pub fn start(limits: EngineLimits) -> Self {
+    pub fn start(limits: EngineLimits) -> std::io::Result<Self> {
         let config = RouterConfig {
             max_connections: limits.max_connections,
             max_outgoing_packet_count: limits.max_outgoing_packet_count,
@@ -84,8 +89,17 @@ impl Engine {
         };
         let router = Router::new(0, config);
         let stats = router.stats();
-        let router_tx = router.spawn();
+        let stopped = tokio_util::sync::CancellationToken::new();
+        let on_exit = stopped.clone();
+        let router_tx = router.spawn_watched(move || on_exit.cancel())?;
         let discard_tx = router_tx.clone();
+        #[cfg(feature = "fault-injection")]
+        let inject_panic = {
+            let router_tx = router_tx.clone();
+            Box::new(move || {
+                let _ = rumqttd::local::inject_panic(&router_tx);
+            })
+        };
         let discard: Discard = Box::new(move |client_id| {
             rumqttd::local::discard_session(&discard_tx, client_id).map_err(|e: LinkError| e.to_string())
         });
@@ -102,7 +116,30 @@ impl Engine {
                 .build()
                 .map_err(|e: LinkError| e.to_string())
         });
-        Self { attach, discard, stats }
+        Ok(Self {
+            attach,
+            discard,
+            stats,
+            stopped,
+            #[cfg(feature = "fault-injection")]
+            inject_panic,
+        })
+    }
+
+    /// Whether the router's thread has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
+    }
+
+    /// Resolves when the router's thread has ended.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
+    }
+
+    /// Panic the router's thread: the test of what the broker does then.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self) {
+        (self.inject_panic)()
     }
 
     /// The router's figures as metrics (filters, log bytes, evictions), read

@@ -3,6 +3,9 @@
 //! Layout:
 //! - [`session`]: one client connection: MQTT framing, CONNECT and login as
 //!   Mosquitto answers them, packets to and from the router, keepalive, will.
+//! - [`validate`]: what a client sends, checked as MQTT requires before
+//!   anything else sees it (pure).
+//! - [`inbound`]: the session driven without sockets, for the fuzz target.
 //! - [`engine`]: the only module that knows rumqttd's router (local links).
 //! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
 //! - [`passwd_cmd`]: the `passwd` subcommand, mosquitto_passwd's twin.
@@ -16,18 +19,23 @@ pub mod budget;
 pub mod certs_cmd;
 pub mod config;
 pub mod engine;
+pub mod inbound;
 pub mod metrics;
 pub mod passwd_cmd;
 pub mod proxy;
 pub mod reload;
 pub mod session;
 pub mod sys;
+pub mod validate;
+
+#[cfg(feature = "fault-injection")]
+mod fault;
 
 use std::io;
 use std::sync::Arc;
 
 use prometheus::Registry;
-use snigate_shared::admin::{self, Admin, Readiness};
+use snigate_shared::admin::{self, Admin, Health, Readiness};
 use snigate_shared::shutdown::{self, Shutdown};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -272,6 +280,60 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What the sessions share, with the message router started on its own
+    /// thread; metrics registered in `registry`. The `$SYS` sender is the
+    /// caller's to keep (and publish on) while sessions run.
+    pub fn start(
+        config: BrokerConfig,
+        material: Material,
+        registry: &Registry,
+        stop: CancellationToken,
+    ) -> anyhow::Result<(Arc<Self>, tokio::sync::watch::Sender<sys::Snapshot>)> {
+        let metrics = Metrics::new(registry)?;
+        let limits = config.limits;
+        let engine = Engine::start(EngineLimits {
+            // Room for a session being taken over while its successor attaches.
+            max_connections: limits.max_connections.saturating_mul(2),
+            max_segment_size: limits.max_segment_size,
+            max_segment_count: limits.max_segment_count,
+            max_outgoing_packet_count: 200,
+            max_filters: limits.max_filters,
+            max_log_bytes: limits.max_log_bytes,
+            max_match_cache_bytes: limits.max_match_cache_bytes,
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the message router: {e}"))?;
+        registry.register(Box::new(engine.metrics()?))?;
+        tracing::info!(
+            memory_limit_mib = limits.memory_limit >> 20,
+            source = limits.memory_limit_source,
+            max_connections = limits.max_connections,
+            max_filters = limits.max_filters,
+            log_mib = limits.max_log_bytes >> 20,
+            queued_mib = limits.queued_bytes_total >> 20,
+            retained_mib = limits.max_retained_bytes >> 20,
+            "memory budget"
+        );
+        let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
+        let shared = Arc::new(Shared {
+            sys: sys_rx,
+            password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
+            material: arc_swap::ArcSwap::from_pointee(material),
+            retained: budget::Retained::new(
+                limits.max_retained_bytes,
+                metrics.retained.clone(),
+                metrics.retained_bytes.clone(),
+            ),
+            queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
+            sessions: Sessions::default(),
+            settings: config,
+            engine: Arc::new(engine),
+            metrics,
+            stop,
+        });
+        Ok((shared, sys_tx))
+    }
     /// Check a login against the password file, on a blocking thread, at most
     /// [`CONCURRENT_PASSWORD_CHECKS`] at once.
     pub async fn check_login(
@@ -436,65 +498,31 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let metrics = Metrics::new(&registry)?;
-    let limits = config.limits;
-    let engine = Engine::start(EngineLimits {
-        // Room for a session being taken over while its successor attaches.
-        max_connections: limits.max_connections.saturating_mul(2),
-        max_segment_size: limits.max_segment_size,
-        max_segment_count: limits.max_segment_count,
-        max_outgoing_packet_count: 200,
-        max_filters: limits.max_filters,
-        max_log_bytes: limits.max_log_bytes,
-        max_match_cache_bytes: limits.max_match_cache_bytes,
-    });
-    registry.register(Box::new(engine.metrics()?))?;
-    tracing::info!(
-        memory_limit_mib = limits.memory_limit >> 20,
-        source = limits.memory_limit_source,
-        max_connections = limits.max_connections,
-        max_filters = limits.max_filters,
-        log_mib = limits.max_log_bytes >> 20,
-        queued_mib = limits.queued_bytes_total >> 20,
-        retained_mib = limits.max_retained_bytes >> 20,
-        "memory budget"
-    );
-    let drain_timeout = config.drain_timeout;
-    let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
-    let sys_task = (!config.sys_interval.is_zero()).then(|| {
-        tokio::spawn(sys::run(
-            metrics.clone(),
-            config.sys_interval,
-            sys_tx.clone(),
-            shutdown.stop.clone(),
-        ))
-    });
-    let shared = Arc::new(Shared {
-        sys: sys_rx,
-        password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
-        material: arc_swap::ArcSwap::from_pointee(material),
-        retained: budget::Retained::new(
-            limits.max_retained_bytes,
-            metrics.retained.clone(),
-            metrics.retained_bytes.clone(),
-        ),
-        queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
-        connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
-        busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
-        sessions: Sessions::default(),
-        settings: config,
-        engine: Arc::new(engine),
-        metrics,
-        stop: shutdown.stop.clone(),
-    });
-    let reload_task = tokio::spawn(reload::run(shared.clone(), shutdown.stop.clone()));
-    let expiry_task = tokio::spawn(expire_sessions(shared.clone()));
+    let (shared, sys_tx) = Shared::start(config, material, &registry, shutdown.stop.clone())?;
+    let drain_timeout = shared.settings.drain_timeout;
+    // The tasks the broker cannot work without. Each runs until the broker
+    // stops: one that ends before (a panic, a bug) fails the broker.
+    let mut components = Components::default();
+    components.spawn("reload", reload::run(shared.clone(), shutdown.stop.clone()));
+    components.spawn("session_expiry", expire_sessions(shared.clone()));
+    if !shared.settings.sys_interval.is_zero() {
+        components.spawn(
+            "sys",
+            sys::run(
+                shared.metrics.clone(),
+                shared.settings.sys_interval,
+                sys_tx.clone(),
+                shutdown.stop.clone(),
+            ),
+        );
+    }
     let readiness = Readiness::default();
+    let health = Health::default();
     let admin_stop = CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
         tokio::spawn(admin::serve(
             listener,
-            Admin::new(registry, readiness.clone()),
+            Admin::new(registry, readiness.clone()).with_health(health.clone()),
             admin_stop.clone(),
         ))
     });
@@ -516,6 +544,8 @@ pub async fn run(
                     () = shutdown.stop.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };
+                // A session's panic is logged and counted by its drop guard
+                // (`Session`'s `Drop`), with its client id.
                 while sessions.try_join_next().is_some() {}
                 match accepted {
                     Ok((stream, peer)) => {
@@ -556,22 +586,79 @@ pub async fn run(
         });
     }
     readiness.set(true);
-    shutdown.stop.cancelled().await;
+    let failed = tokio::select! {
+        biased;
+        () = shutdown.stop.cancelled() => None,
+        () = shared.engine.stopped() => Some("message_router"),
+        // The components end with the broker too: only one that ends before
+        // it is told to stop has failed.
+        component = components.ended() => (!shutdown.stop.is_cancelled()).then_some(component),
+    };
+    if let Some(component) = failed {
+        // Nothing can mend this in the process: say so everywhere a
+        // supervisor looks, drain, and exit non-zero so that it restarts us.
+        tracing::error!(
+            component,
+            "a broker-wide task has ended: the broker cannot work without it; failing /healthz and exiting"
+        );
+        shared.metrics.component_failures.with_label_values(&[component]).inc();
+        health.fail(component);
+        shutdown.stop.cancel();
+    }
     readiness.set(false);
     while accept_loops.join_next().await.is_some() {}
-    let _ = reload_task.await;
-    let _ = expiry_task.await;
-    if let Some(task) = sys_task {
-        let _ = task.await;
-    }
+    components.finish().await;
     // Kept until here even with `$SYS` off, so sessions' receivers never see
     // the channel closed while the broker runs.
     drop(sys_tx);
+    if failed.is_some() {
+        // The admin server answers 503 a little longer, so a probe or scrape
+        // in that window sees why; the exit is what gets the broker restarted.
+        tokio::time::sleep(FAILED_LINGER).await;
+    }
     admin_stop.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;
     }
-    Ok(())
+    match failed {
+        Some(component) => Err(anyhow::anyhow!("the broker's {component} task ended; stopped")),
+        None => Ok(()),
+    }
+}
+
+/// How long `/healthz` answers 503 after a broker-wide failure before the
+/// process exits.
+const FAILED_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Broker-wide tasks by name: which one ended, if one does before the broker
+/// stops.
+#[derive(Default)]
+struct Components {
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Components {
+    fn spawn(&mut self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The name of the first task to end (returned or panicked); pending
+    /// forever while all run.
+    async fn ended(&mut self) -> &'static str {
+        let id = match self.tasks.join_next_with_id().await {
+            Some(Ok((id, ()))) => id,
+            Some(Err(error)) => error.id(),
+            None => return std::future::pending().await,
+        };
+        self.names.get(&id).copied().unwrap_or("unknown")
+    }
+
+    /// Wait for every task (they stop with the broker).
+    async fn finish(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// A connection slot for a new socket, or else one of the few permits to tell

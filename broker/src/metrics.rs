@@ -21,6 +21,9 @@ pub struct Metrics {
     pub queued_bytes: IntGauge,
     pub retained_bytes: IntGauge,
     pub sessions_expired: IntCounter,
+    pub invalid_input: IntCounterVec,
+    pub session_panics: IntCounter,
+    pub component_failures: IntCounterVec,
 }
 
 /// A counter by QoS, its three series made at start (so a dashboard's
@@ -129,7 +132,30 @@ impl Metrics {
                 "snigate_broker_sessions_expired_total",
                 "Persistent sessions discarded because their client stayed away past their expiry.",
             )?,
+            invalid_input: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_invalid_input_total",
+                    "Packets refused for a value MQTT does not allow (docs/broker.md, Validation), by field and problem; \
+                     the connection was closed.",
+                ),
+                &["field", "problem"],
+            )?,
+            session_panics: IntCounter::new(
+                "snigate_broker_session_panics_total",
+                "Connections ended by a bug in their session (a panic): contained to that connection, and cleaned up.",
+            )?,
+            component_failures: IntCounterVec::new(
+                Opts::new(
+                    "snigate_broker_component_failures_total",
+                    "Broker-wide tasks that ended while the broker ran, by component: the broker then fails its health \
+                     checks and exits non-zero.",
+                ),
+                &["component"],
+            )?,
         };
+        registry.register(Box::new(metrics.invalid_input.clone()))?;
+        registry.register(Box::new(metrics.session_panics.clone()))?;
+        registry.register(Box::new(metrics.component_failures.clone()))?;
         for metric in [&metrics.queued_bytes, &metrics.retained_bytes] {
             registry.register(Box::new(metric.clone()))?;
         }
@@ -140,7 +166,7 @@ impl Metrics {
                 metrics.dropped.with_label_values(&[reason, qos]);
             }
         }
-        for limit in ["connections", "filters", "retained"] {
+        for limit in ["connections", "filters", "retained", "will"] {
             metrics.refused.with_label_values(&[limit]);
         }
         registry.register(Box::new(metrics.reloads.clone()))?;

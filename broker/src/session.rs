@@ -63,6 +63,11 @@ const READ_CHUNK: usize = 16 << 10;
 /// publishers are slowed by TCP instead of growing rumqttd's unbounded buffer.
 const INGRESS_BACKLOG_PACKETS: usize = 128;
 const INGRESS_BACKLOG_BYTES: usize = 64 << 10;
+/// `$` filters one client may hold (`mosquitto_sub -t '$SYS/#'` needs one):
+/// beyond, a subscription is refused (0x97 on MQTT 5, 0x80 on 3.1.1) and
+/// counted as a `filters` limit refusal. They are checked at every `$SYS`
+/// tick, and rumqttd's budget never sees them.
+pub const MAX_SYS_FILTERS: usize = 64;
 /// How long final words (a DISCONNECT, a refused CONNACK) may take to write.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -106,6 +111,8 @@ pub enum End {
     ServerBusy,
     /// A PROXY protocol header was expected and not received.
     BadProxyHeader,
+    /// A value MQTT does not allow ([`crate::validate`]).
+    InvalidInput,
 }
 
 impl End {
@@ -126,6 +133,7 @@ impl End {
             End::SlowConsumer => "slow_consumer",
             End::ServerBusy => "server_busy",
             End::BadProxyHeader => "bad_proxy_header",
+            End::InvalidInput => "invalid_input",
         }
     }
 }
@@ -193,6 +201,17 @@ pub async fn serve(
         duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "client disconnected"
     );
+}
+
+/// Serve a connection over any byte stream (no listener, no PROXY header, no
+/// connection slot): how [`crate::inbound`] drives a session without sockets.
+pub async fn serve_stream<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) -> End {
+    let arrival = Arrival {
+        peer,
+        deadline: Instant::now() + shared.settings.connect_timeout,
+        busy: false,
+    };
+    Box::pin(session(stream, arrival, shared, None)).await.0
 }
 
 /// What a socket is let in with, from accept to close.
@@ -402,8 +421,9 @@ struct Session<P, S> {
     unsubscribe_marks: VecDeque<(u16, usize)>,
     /// rumqttd sent an UNSUBACK since the last mark: the filter was there.
     unsubscribe_acked: bool,
-    /// This client's `$` filters, served from the `$SYS` snapshots.
-    sys_filters: Vec<String>,
+    /// This client's `$` filters, served from the `$SYS` snapshots: at most
+    /// [`MAX_SYS_FILTERS`].
+    sys_filters: std::collections::HashSet<String>,
     sys: tokio::sync::watch::Receiver<crate::sys::Snapshot>,
     /// A `$` subscription arrived: send the current values after its SUBACK.
     sys_initial: bool,
@@ -437,15 +457,101 @@ struct Session<P, S> {
     deadline: Instant,
     /// Let in only to be told the server is busy ([`Admission::Busy`]).
     busy: bool,
+    /// This connection's claim on its client id (its generation in
+    /// [`crate::Sessions`]), given up when the session is dropped.
+    claim: Option<u64>,
+    /// Attached to rumqttd: the session is left to [`crate::Sessions::left`]
+    /// when it ends.
+    linked: bool,
+    /// Counted in the connected and subscriptions gauges.
+    counted: bool,
+    /// Bytes of the will, held in the shared queue budget.
+    will_bytes: usize,
+    /// How the session ended; `None` while it runs, and after a panic.
+    finished: Option<End>,
+    /// The DISCONNECT reason an MQTT 5 client is sent when the session ends
+    /// on what it sent ([`Self::decode`]).
+    last_words: Option<DisconnectReasonCode>,
+}
+
+/// The cleanup every session gets however it ends, a panic included: its
+/// client id, gauges, budget and its saved session's expiry. Only the steps
+/// that wait (the will, telling rumqttd) are the normal end's
+/// ([`Link`] does them without waiting after a panic).
+impl<P, S> Drop for Session<P, S> {
+    fn drop(&mut self) {
+        let metrics = &self.shared.metrics;
+        if self.finished.is_none() && !self.shared.stop.is_cancelled() {
+            metrics.session_panics.inc();
+            tracing::error!(
+                peer = %self.peer,
+                client_id = self.client_id,
+                "the session panicked: only its connection is closed, and its state is released"
+            );
+        }
+        // What it still holds of the shared queue budget: its queue, what its
+        // write buffer holds, its will.
+        let held = self.queued_bytes + self.budget_marks.iter().map(|(_, size)| size).sum::<usize>();
+        self.shared
+            .queue_budget
+            .give_back(held + std::mem::take(&mut self.will_bytes));
+        if std::mem::take(&mut self.counted) {
+            metrics.subscriptions.sub(self.subscriptions.len() as i64);
+            metrics.connected.dec();
+        }
+        if let Some(generation) = self.claim.take() {
+            self.shared.sessions.release(&self.client_id, generation);
+        }
+        let replaced = matches!(self.finished, Some(End::TakenOver | End::Shutdown));
+        if std::mem::take(&mut self.linked) && !replaced {
+            let expiry = self.persistent.then_some(self.expiry);
+            self.shared.sessions.left(&self.client_id, expiry, &self.shared.engine);
+        }
+    }
+}
+
+/// A session's link to rumqttd. Detached with its last words (the will) at a
+/// normal end; dropped without that (a panic), it tells rumqttd without
+/// waiting, so the router's connection slot is freed either way.
+struct Link {
+    tx: LinkTx,
+    eviction: Arc<crate::Eviction>,
+    detached: bool,
+}
+
+impl Link {
+    async fn detach(&mut self, will: Option<LastWill>) {
+        self.detached = true;
+        detach(&mut self.tx, will).await;
+    }
+
+    /// rumqttd has let go of the link already (the client's DISCONNECT, a
+    /// takeover, a router error).
+    fn forget(&mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // A link taken over may have given its connection id to the client
+        // that took it: nothing may be sent on it.
+        if self.detached || self.eviction.token.is_cancelled() {
+            return;
+        }
+        let disconnect = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        if self.tx.try_send(Packet::Disconnect(disconnect, None)).is_err() {
+            tracing::warn!("could not tell the message router that a session ended");
+        }
+    }
 }
 
 /// A client let in: what the relay and the end of the session need.
 struct Connected {
-    client_id: String,
-    /// This connection's claim on its client id ([`crate::Sessions`]).
-    generation: u64,
     eviction: Arc<crate::Eviction>,
-    tx: LinkTx,
+    link: Link,
     rx: LinkRx,
     will: Option<LastWill>,
     keep_alive: u16,
@@ -466,13 +572,19 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             unflushed: false,
             deadline: arrival.deadline,
             busy: arrival.busy,
+            claim: None,
+            linked: false,
+            counted: false,
+            will_bytes: 0,
+            finished: None,
+            last_words: None,
             held_back: std::collections::HashMap::new(),
             awaiting_suback: std::collections::HashMap::new(),
             answer_now: Vec::new(),
             unsubscribing: std::collections::HashMap::new(),
             unsubscribe_marks: VecDeque::new(),
             unsubscribe_acked: false,
-            sys_filters: Vec::new(),
+            sys_filters: std::collections::HashSet::new(),
             sys: shared.sys.clone(),
             sys_initial: false,
             user: None,
@@ -504,48 +616,52 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // Boxed: the CONNECT's handling is over once the client is in, and only
             // the relay's state should stay with a connection for its life.
             let Connected {
-                client_id,
-                generation,
                 eviction,
-                mut tx,
+                mut link,
                 mut rx,
                 will,
                 keep_alive,
             } = match Box::pin(self.admit(identity)).await {
                 Ok(connected) => connected,
-                Err(ended) => return ended,
+                Err(ended) => return self.ended(ended),
             };
-            let end = self.relay(&mut tx, &mut rx, keep_alive, &eviction).await;
-            self.shared.metrics.subscriptions.sub(self.subscriptions.len() as i64);
-            self.shared.sessions.release(&client_id, generation);
-            self.shared.metrics.connected.dec();
+            let end = self.relay(&mut link.tx, &mut rx, keep_alive, &eviction).await;
+            self.finished = Some(end);
             match end {
                 // The client's DISCONNECT already detached the link.
-                End::Disconnected => {}
+                End::Disconnected => link.forget(),
                 // rumqttd has already dropped this link, and may have given its
                 // connection id to the client that took over: nothing may be sent
                 // on it now, not even the will.
-                End::TakenOver | End::RouterError => {}
+                End::TakenOver | End::RouterError => link.forget(),
                 // The link is still ours; the will is not sent, as Mosquitto does not.
-                End::Revoked => detach(&mut tx, None).await,
-                End::Shutdown => detach(&mut tx, None).await,
+                End::Revoked | End::Shutdown => link.detach(None).await,
                 _ => {
-                    let will = will.map(|mut will| {
+                    let will = will.and_then(|mut will| {
+                        // The ACL of now, as Mosquitto checks it when the will
+                        // is sent (`context__send_will`).
+                        if !self.allowed(&will.topic, Access::Write) {
+                            self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
+                            tracing::info!(client_id = self.client_id, "the ACL refuses the will's topic; not sent");
+                            return None;
+                        }
                         if will.retain && !self.shared.retained.admit(&will.topic, will.message.len()) {
                             self.shared.metrics.refused.with_label_values(&["retained"]).inc();
                             will.retain = false;
                         }
-                        will
+                        Some(will)
                     });
-                    detach(&mut tx, will).await
+                    link.detach(will).await
                 }
             }
-            if !matches!(end, End::TakenOver | End::Shutdown) {
-                let expiry = self.persistent.then_some(self.expiry);
-                self.shared.sessions.left(&client_id, expiry, &self.shared.engine);
-            }
-            (end, Some(client_id))
+            (end, Some(self.client_id.clone()))
         }
+    }
+
+    /// The session is over, as `ended` says (read by the drop guard).
+    fn ended(&mut self, ended: (End, Option<String>)) -> (End, Option<String>) {
+        self.finished = Some(ended.0);
+        ended
     }
 
     /// From CONNECT to CONNACK: the slot, the login, the client id, the link
@@ -557,9 +673,27 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             Ok(Err(end)) => return Err((end, None)),
             Ok(Ok(packet)) => packet,
         };
-        let Packet::Connect(connect, props, will, _will_props, login) = connect else {
+        let Packet::Connect(connect, props, will, will_props, login) = connect else {
             return Err((End::ProtocolError, None));
         };
+        // Closed without a CONNACK, as Mosquitto closes it.
+        if let Err(invalid) = crate::validate::connect(
+            &connect.client_id,
+            props.as_ref(),
+            will.as_ref(),
+            will_props.as_ref(),
+            login.as_ref(),
+        ) {
+            self.invalid(invalid);
+            return Err((End::InvalidInput, None));
+        }
+        // Copied out: the codec's topic and message are slices of the whole
+        // CONNECT (user name, password and all), which they would keep alive.
+        let will = will.map(|will| LastWill {
+            topic: Bytes::copy_from_slice(&will.topic),
+            message: Bytes::copy_from_slice(&will.message),
+            ..will
+        });
         // Answered before the (expensive) login: a full broker should not
         // spend a password check on a refusal.
         if self.busy {
@@ -628,6 +762,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             connect.client_id.clone()
         };
 
+        // The will waits as a queued message does, in the same budget.
+        let will_bytes = will.as_ref().map_or(0, |w| w.topic.len() + w.message.len());
+        if !self.shared.queue_budget.try_take(will_bytes) {
+            self.shared.metrics.refused.with_label_values(&["will"]).inc();
+            tracing::warn!(peer = %self.peer, client_id, will_bytes, "the will does not fit in the memory budget; refused");
+            let full = if self.level == 5 {
+                ConnectReturnCode::QuotaExceeded
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let _ = self.send(Packet::ConnAck(refused(full), None)).await;
+            return Err((End::ServerBusy, Some(client_id)));
+        }
+        self.will_bytes = will_bytes;
+
         // MQTT §3.1.4-3: a second connection with this client id takes the
         // session over; the first is closed (0x8E on MQTT 5). rumqttd drops the
         // old link itself when the new one attaches; the token tells the old
@@ -640,27 +789,33 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.user.clone_from(&user);
         self.client_id.clone_from(&client_id);
         let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
+        self.claim = Some(generation);
 
         let engine = self.shared.engine.clone();
         let id = client_id.clone();
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
         self.expiry = expiry;
         let attached = tokio::task::spawn_blocking(move || engine.attach(&id, continuity)).await;
-        let (mut tx, rx, ack) = match attached {
+        let (tx, rx, ack) = match attached {
             Ok(Ok(link)) => link,
             Ok(Err(error)) => {
                 tracing::error!(client_id, error, "the message router refused the client");
                 let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
-                self.shared.sessions.release(&client_id, generation);
                 return Err((End::RouterError, Some(client_id)));
             }
             Err(error) => {
                 tracing::error!(client_id, %error, "attaching to the message router failed");
                 let _ = self.send(Packet::ConnAck(refused(self.unavailable()), None)).await;
-                self.shared.sessions.release(&client_id, generation);
                 return Err((End::RouterError, Some(client_id)));
             }
         };
+        let mut link = Link {
+            tx,
+            eviction: eviction.clone(),
+            detached: false,
+        };
+        self.linked = true;
+        self.persistent = continuity.keep;
         // rumqttd does not export its ack type; its packet form says the same.
         let session_present = matches!(
             Option::<Packet>::from(ack),
@@ -684,33 +839,25 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             )
         });
         if self.send(Packet::ConnAck(connack, properties)).await.is_err() {
-            detach(&mut tx, None).await;
-            self.shared.sessions.release(&client_id, generation);
-            // rumqttd keeps the session as asked: it expires as any other.
-            self.shared
-                .sessions
-                .left(&client_id, continuity.keep.then_some(expiry), &self.shared.engine);
+            // rumqttd keeps the session as asked: it expires as any other
+            // (when this session is dropped).
+            link.detach(None).await;
             return Err((End::NetworkError, Some(client_id)));
         }
         self.shared.metrics.connected.inc();
+        self.counted = true;
         tracing::info!(peer = %self.peer, client_id, user, mqtt = self.level, keepalive = connect.keep_alive, "client connected");
-        if Box::pin(self.resume_subscriptions(continuity.keep, session_present, &mut tx))
+        if Box::pin(self.resume_subscriptions(continuity.keep, session_present, &mut link.tx))
             .await
             .is_err()
         {
-            self.shared.sessions.release(&client_id, generation);
-            self.shared
-                .sessions
-                .left(&client_id, continuity.keep.then_some(expiry), &self.shared.engine);
-            self.shared.metrics.connected.dec();
+            link.forget();
             return Err((End::RouterError, Some(client_id)));
         }
 
         Ok(Connected {
-            client_id,
-            generation,
             eviction,
-            tx,
+            link,
             rx,
             will,
             keep_alive: connect.keep_alive,
@@ -736,6 +883,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // (docs/performance.md). The keepalive timer is not moved on each read
         // either: when it fires, it is set again from the last read, if there
         // was one since.
+        // Packets sent right behind the CONNECT, before its CONNACK (MQTT
+        // §3.1.4 lets a client), are in the read buffer already.
+        if !self.read.is_empty()
+            && let Err(end) = self.on_readable(tx).await
+        {
+            return end;
+        }
         self.release_read_buffer();
         let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
         tokio::pin!(silence);
@@ -762,110 +916,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         Ok(_) => last_heard = Instant::now(),
                         Err(_) => return End::NetworkError,
                     }
-                    // Everything decoded from this read goes to the router as one
-                    // batch with one wake-up, as rumqttd's own network link does.
-                    let mut batch = Vec::new();
-                    let mut ended = None;
-                    loop {
-                        let packet = match self.decode() {
-                            Ok(Some(packet)) => packet,
-                            Ok(None) => break,
-                            Err(end) => return end,
-                        };
-                        match packet {
-                            Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
-                            // Passed on: it detaches the link and discards the will.
-                            Packet::Disconnect(_, ref props) => {
-                                if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
-                                    && self.expiry_on_disconnect(asked).is_err()
-                                {
-                                    return End::ProtocolError;
-                                }
-                                batch.push(packet);
-                                ended = Some(End::Disconnected);
-                                break;
-                            }
-                            Packet::Connect(..) | Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(_) => {
-                                return End::ProtocolError;
-                            }
-                            Packet::Publish(mut publish, props) => {
-                                if !self.allowed(&publish.topic, Access::Write) {
-                                    self.refuse_publish();
-                                    continue;
-                                }
-                                // Copies: the router may keep a message long after
-                                // this read, and a slice would pin the whole read
-                                // buffer it came in with.
-                                publish.topic = Bytes::copy_from_slice(&publish.topic);
-                                publish.payload = Bytes::copy_from_slice(&publish.payload);
-                                // rumqttd clears a topic's retained message on any
-                                // empty publish, retained or not: so does the count.
-                                if publish.payload.is_empty() {
-                                    self.shared.retained.admit(&publish.topic, 0);
-                                } else if publish.retain && !self.shared.retained.admit(&publish.topic, publish.payload.len()) {
-                                    self.shared.metrics.refused.with_label_values(&["retained"]).inc();
-                                    tracing::warn!(client_id = self.client_id, "retained messages are at max_retained_bytes; delivered, not retained");
-                                    publish.retain = false;
-                                }
-                                let packet = Packet::Publish(publish, props);
-                                self.observe(&packet);
-                                batch.push(packet);
-                            }
-                            Packet::PubRel(pubrel, _) if self.refused_qos2.remove(&pubrel.pkid) => {
-                                let pubcomp = PubComp { pkid: pubrel.pkid, reason: PubCompReason::Success };
-                                self.answer_now.push(Packet::PubComp(pubcomp, None));
-                            }
-                            Packet::Subscribe(subscribe, props) => {
-                                let Some(subscribe) = self.hold_back(subscribe) else {
-                                    continue;
-                                };
-                                let packet = Packet::Subscribe(subscribe, props);
-                                self.observe(&packet);
-                                batch.push(packet);
-                            }
-                            Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe(unsubscribe, &mut batch),
-                            packet => {
-                                // The client acknowledged a delivery: room in its
-                                // in-flight window.
-                                // Acknowledgements of the session's deliveries end
-                                // here: the router's were answered on receipt.
-                                match packet {
-                                    Packet::PubAck(ack, _) => { self.inflight.remove(&ack.pkid); }
-                                    Packet::PubRec(rec, _) => {
-                                        if let Some(released) = self.inflight.get_mut(&rec.pkid) {
-                                            *released = true;
-                                            let pubrel = PubRel { pkid: rec.pkid, reason: PubRelReason::Success };
-                                            self.push_control(Packet::PubRel(pubrel, None));
-                                        }
-                                    }
-                                    Packet::PubComp(comp, _) => { self.inflight.remove(&comp.pkid); }
-                                    packet => {
-                                        self.observe(&packet);
-                                        batch.push(packet);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    for reply in std::mem::take(&mut self.answer_now) {
-                        self.push_control(reply);
-                    }
-                    self.release_read_buffer();
-                    // A new `$SYS` subscription gets the current values right after
-                    // its SUBACK, as retained messages arrive; when the SUBACK is
-                    // rumqttd's, that happens when it is passed on.
-                    if self.sys_initial && self.held_back.is_empty() {
-                        self.sys_initial = false;
-                        self.queue_sys();
-                    }
-                    self.refill();
-                    if let Some(last) = batch.pop() {
-                        tx.buffer().extend(batch);
-                        if tx.send(last).await.is_err() {
-                            return End::RouterError;
-                        }
-                    }
-                    if let Some(end) = ended {
+                    if let Err(end) = self.on_readable(tx).await {
                         return end;
                     }
                 }
@@ -930,6 +981,138 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     return End::Shutdown;
                 }
             }
+        }
+    }
+
+    /// Handle every complete packet in the read buffer: answered here, or
+    /// passed to the router in one batch with one wake-up, as rumqttd's own
+    /// network link does. `Err`: the session ends.
+    async fn on_readable(&mut self, tx: &mut LinkTx) -> Result<(), End> {
+        // Everything decoded from this read goes to the router as one
+        // batch with one wake-up, as rumqttd's own network link does.
+        let mut batch = Vec::new();
+        let mut ended = None;
+        loop {
+            let packet = match self.decode() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(end) => return Err(self.refuse(end).await),
+            };
+            match packet {
+                Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
+                // Passed on: it detaches the link and discards the will.
+                Packet::Disconnect(_, ref props) => {
+                    if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
+                        && self.expiry_on_disconnect(asked).is_err()
+                    {
+                        return Err(End::ProtocolError);
+                    }
+                    batch.push(packet);
+                    ended = Some(End::Disconnected);
+                    break;
+                }
+                Packet::Connect(..)
+                | Packet::ConnAck(..)
+                | Packet::SubAck(..)
+                | Packet::UnsubAck(..)
+                | Packet::PingResp(_) => {
+                    return Err(End::ProtocolError);
+                }
+                Packet::Publish(mut publish, props) => {
+                    #[cfg(feature = "fault-injection")]
+                    crate::fault::on_publish(&publish.topic, &self.shared);
+                    if !self.allowed(&publish.topic, Access::Write) {
+                        self.refuse_publish();
+                        continue;
+                    }
+                    // Copies: the router may keep a message long after
+                    // this read, and a slice would pin the whole read
+                    // buffer it came in with.
+                    publish.topic = Bytes::copy_from_slice(&publish.topic);
+                    publish.payload = Bytes::copy_from_slice(&publish.payload);
+                    // rumqttd clears a topic's retained message on any
+                    // empty publish, retained or not: so does the count.
+                    if publish.payload.is_empty() {
+                        self.shared.retained.admit(&publish.topic, 0);
+                    } else if publish.retain && !self.shared.retained.admit(&publish.topic, publish.payload.len()) {
+                        self.shared.metrics.refused.with_label_values(&["retained"]).inc();
+                        tracing::warn!(
+                            client_id = self.client_id,
+                            "retained messages are at max_retained_bytes; delivered, not retained"
+                        );
+                        publish.retain = false;
+                    }
+                    let packet = Packet::Publish(publish, props);
+                    self.observe(&packet);
+                    batch.push(packet);
+                }
+                Packet::PubRel(pubrel, _) if self.refused_qos2.remove(&pubrel.pkid) => {
+                    let pubcomp = PubComp {
+                        pkid: pubrel.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.answer_now.push(Packet::PubComp(pubcomp, None));
+                }
+                Packet::Subscribe(subscribe, props) => {
+                    let Some(subscribe) = self.hold_back(subscribe) else {
+                        continue;
+                    };
+                    let packet = Packet::Subscribe(subscribe, props);
+                    self.observe(&packet);
+                    batch.push(packet);
+                }
+                Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe(unsubscribe, &mut batch),
+                packet => {
+                    // The client acknowledged a delivery: room in its
+                    // in-flight window.
+                    // Acknowledgements of the session's deliveries end
+                    // here: the router's were answered on receipt.
+                    match packet {
+                        Packet::PubAck(ack, _) => {
+                            self.inflight.remove(&ack.pkid);
+                        }
+                        Packet::PubRec(rec, _) => {
+                            if let Some(released) = self.inflight.get_mut(&rec.pkid) {
+                                *released = true;
+                                let pubrel = PubRel {
+                                    pkid: rec.pkid,
+                                    reason: PubRelReason::Success,
+                                };
+                                self.push_control(Packet::PubRel(pubrel, None));
+                            }
+                        }
+                        Packet::PubComp(comp, _) => {
+                            self.inflight.remove(&comp.pkid);
+                        }
+                        packet => {
+                            self.observe(&packet);
+                            batch.push(packet);
+                        }
+                    }
+                }
+            }
+        }
+        for reply in std::mem::take(&mut self.answer_now) {
+            self.push_control(reply);
+        }
+        self.release_read_buffer();
+        // A new `$SYS` subscription gets the current values right after
+        // its SUBACK, as retained messages arrive; when the SUBACK is
+        // rumqttd's, that happens when it is passed on.
+        if self.sys_initial && self.held_back.is_empty() {
+            self.sys_initial = false;
+            self.queue_sys();
+        }
+        self.refill();
+        if let Some(last) = batch.pop() {
+            tx.buffer().extend(batch);
+            if tx.send(last).await.is_err() {
+                return Err(End::RouterError);
+            }
+        }
+        match ended {
+            Some(end) => Err(end),
+            None => Ok(()),
         }
     }
 
@@ -1233,10 +1416,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .as_ref()
                 .is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, path))
         };
-        let failure = if self.level == 5 {
-            SubscribeReasonCode::NotAuthorized
+        let (failure, quota) = if self.level == 5 {
+            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
         } else {
-            SubscribeReasonCode::Failure
+            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
         };
         let mut acl_refused = false;
         let held: Vec<(usize, SubscribeReasonCode)> = subscribe
@@ -1248,9 +1431,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     acl_refused = true;
                     Some((i, failure))
                 } else if reserved(&f.path) {
-                    if !self.sys_filters.contains(&f.path) {
-                        self.sys_filters.push(f.path.clone());
+                    if self.sys_filters.len() >= MAX_SYS_FILTERS && !self.sys_filters.contains(&f.path) {
+                        self.shared.metrics.refused.with_label_values(&["filters"]).inc();
+                        return Some((i, quota));
                     }
+                    self.sys_filters.insert(f.path.clone());
                     if self.persistent {
                         // Kept with the session's other filters, to be served
                         // again when it resumes (rumqttd never sees it).
@@ -1353,9 +1538,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.shared.metrics.subscriptions.dec();
             }
             if filter.starts_with('$') && !filter.starts_with("$share/") {
-                let before = self.sys_filters.len();
-                self.sys_filters.retain(|f| *f != filter);
-                reasons.push(if self.sys_filters.len() < before {
+                reasons.push(if self.sys_filters.remove(&filter) {
                     UnsubAckReason::Success
                 } else {
                     UnsubAckReason::NoSubscriptionExisted
@@ -1650,14 +1833,42 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     metrics.messages_received.at(qos).inc();
                     metrics.bytes_received.at(qos).inc_by((before - self.read.len()) as u64);
                 }
+                if let Err(invalid) = crate::validate::packet(&packet) {
+                    self.invalid(invalid);
+                    self.last_words = Some(invalid.reason_code());
+                    return Err(End::InvalidInput);
+                }
                 Ok(Some(packet))
             }
             Err(ProtocolError::InsufficientBytes(_)) => Ok(None),
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "malformed or oversized packet; closing");
+                self.last_words = Some(match e {
+                    ProtocolError::PayloadSizeLimitExceeded(_) => DisconnectReasonCode::PacketTooLarge,
+                    _ => DisconnectReasonCode::MalformedPacket,
+                });
                 Err(End::ProtocolError)
             }
         }
+    }
+
+    /// Count and log a packet [`crate::validate`] refused.
+    fn invalid(&self, invalid: crate::validate::Invalid) {
+        self.shared
+            .metrics
+            .invalid_input
+            .with_label_values(&[invalid.field.label(), invalid.problem.label()])
+            .inc();
+        tracing::info!(peer = %self.peer, client_id = self.client_id, %invalid, "invalid input; closing");
+    }
+
+    /// End the session on what the client sent: an MQTT 5 client is told why
+    /// (MQTT 5 §4.13), a 3.1.1 client's connection is closed.
+    async fn refuse(&mut self, end: End) -> End {
+        if let (5, Some(reason_code)) = (self.level, self.last_words.take()) {
+            let _ = self.send(Packet::Disconnect(Disconnect { reason_code }, None)).await;
+        }
+        end
     }
 
     /// Read until one packet is complete (used for CONNECT).
@@ -1698,15 +1909,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let n = self.write.len();
         self.wrote(n);
         written
-    }
-}
-
-impl<P, S> Drop for Session<P, S> {
-    /// What the session still holds of the shared queue budget goes back with
-    /// it, however it ended.
-    fn drop(&mut self) {
-        let held = self.queued_bytes + self.budget_marks.iter().map(|(_, size)| size).sum::<usize>();
-        self.shared.queue_budget.give_back(held);
     }
 }
 

@@ -531,23 +531,6 @@ async fn retained_messages_and_qos_2_with_mosquitto_clients() {
 }
 
 /// Debian's Mosquitto on a free loopback port, with `config` lines added.
-fn start_mosquitto(dir: &TempDir, config: &str) -> Option<(Process, u16)> {
-    let mosquitto = tool("mosquitto", "mosquitto")?;
-    // Mosquitto cannot listen on port 0; take a free port and hand it over.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let path = dir.path("mosquitto.conf");
-    std::fs::write(&path, format!("listener {port} 127.0.0.1\nlog_dest stderr\n{config}")).unwrap();
-    let mut command = Command::new(mosquitto);
-    command.arg("-c").arg(&path);
-    let process = Process::spawn("mosquitto", command);
-    process.line(" running");
-    Some((process, port))
-}
-
 /// The same refused logins against Debian's Mosquitto 2.0 and snigate-broker,
 /// side by side: the client must see the same thing.
 #[tokio::test]

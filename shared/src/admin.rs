@@ -2,9 +2,11 @@
 //!
 //! Endpoints (GET or HEAD):
 //! - `/metrics`: the component's own registry, Prometheus text format.
-//! - `/healthz`: 200 while the process serves at all (liveness).
+//! - `/healthz`: 200 while the process serves at all (liveness); 503 once a
+//!   part it cannot work without has died ([`Health::fail`]), until it exits.
 //! - `/readyz`: 200 once the component is listening with a valid config, 503
-//!   before that and while draining (readiness: take it out of the Service).
+//!   before that, while draining and after a failure (readiness: take it out
+//!   of the Service).
 //! - whatever the component adds with [`Admin::route`] (the router's `/routes`).
 //!
 //! HTTP/1.1 only, through hyper; a client gets 10 s to send its request head,
@@ -42,6 +44,23 @@ impl Readiness {
     }
 }
 
+/// Whether the component still works: a part it cannot do without (the
+/// broker's message router, say) has died. Set once; cheap to share.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<std::sync::OnceLock<String>>);
+
+impl Health {
+    /// Mark the component failed, with what failed. The first failure stays.
+    pub fn fail(&self, what: impl Into<String>) {
+        let _ = self.0.set(what.into());
+    }
+
+    /// What failed, if anything did.
+    pub fn failure(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
 /// A body and its content type, produced on each request.
 pub type Handler = Arc<dyn Fn() -> (&'static str, String) + Send + Sync>;
 
@@ -50,6 +69,7 @@ pub type Handler = Arc<dyn Fn() -> (&'static str, String) + Send + Sync>;
 pub struct Admin {
     registry: Registry,
     readiness: Readiness,
+    health: Health,
     extra: HashMap<&'static str, Handler>,
 }
 
@@ -58,8 +78,15 @@ impl Admin {
         Self {
             registry,
             readiness,
+            health: Health::default(),
             extra: HashMap::new(),
         }
+    }
+
+    /// Answer `/healthz` (and `/readyz`) from `health`.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// Serve `path` with `handler`'s output.
@@ -81,6 +108,10 @@ impl Admin {
                 );
                 response
             }
+            "/healthz" | "/readyz" if self.health.failure().is_some() => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("failed: {}\n", self.health.failure().unwrap_or_default()),
+            ),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),

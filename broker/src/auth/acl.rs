@@ -13,7 +13,8 @@
 //! access word means `readwrite`; nothing matched means denied; a `deny` that
 //! matches wins; a topic starting with `$` is matched only by entries starting
 //! with `$`; `pattern` entries apply to every client, a `%u` one only to clients
-//! with a user name. Read access is checked when each message is delivered.
+//! with a user name, and none to a client whose id or user name holds `+` or
+//! `#` (CVE-2017-7650). Read access is checked when each message is delivered.
 //! Better than Mosquitto, whose acl_file never refuses a SUBSCRIBE: a filter
 //! none of whose topics could be readable is refused ([`Acl::may_subscribe`]).
 
@@ -117,9 +118,19 @@ impl Acl {
             Some(user) => self.users.get(user).map_or(&[][..], Vec::as_slice),
             None => &self.anonymous[..],
         };
+        // A client id or user name holding a wildcard would widen every
+        // pattern it is put into (`devices/%c/#` for the client `+`: every
+        // device's topics). Such a client gets no pattern rule at all, as
+        // with Mosquitto since CVE-2017-7650: only its own rules apply.
+        let wild = |s: &str| s.contains(['+', '#']);
+        let patterns = if wild(client_id) || user.is_some_and(wild) {
+            &[][..]
+        } else {
+            &self.patterns[..]
+        };
         let user = user.map(str::to_owned);
         let client_id = client_id.to_owned();
-        own.iter().cloned().chain(self.patterns.iter().filter_map(move |rule| {
+        own.iter().cloned().chain(patterns.iter().filter_map(move |rule| {
             if rule.filter.contains("%u") && user.is_none() {
                 return None;
             }
@@ -326,5 +337,32 @@ mod tests {
         assert!(!intersects("a/b", "a/c"));
         assert!(covers("a/#", "a/+/c"));
         assert!(!covers("a/+", "a/#"));
+    }
+
+    #[test]
+    fn wildcards_in_a_client_id_or_user_name_get_no_pattern_rules() {
+        let acl = Acl::parse(
+            "topic read public/#\n\
+             user eve+\n\
+             topic readwrite eve/#\n\
+             pattern readwrite devices/%c/#\n\
+             pattern readwrite users/%u/#\n\
+             pattern read everyone/#\n",
+        )
+        .unwrap();
+        assert!(acl.allows(None, "d1", "devices/d1/x", Access::Write));
+        assert!(!acl.allows(None, "+", "devices/d1/x", Access::Write), "%c = + widens");
+        assert!(!acl.allows(None, "#", "devices/d1/x", Access::Read), "%c = # widens");
+        assert!(!acl.may_subscribe(None, "+", "devices/+/#"));
+        assert!(!acl.allows(None, "+", "everyone/x", Access::Read), "no pattern at all");
+        assert!(
+            acl.allows(None, "+", "public/x", Access::Read),
+            "its own rules still apply"
+        );
+        assert!(!acl.allows(Some("eve+"), "c", "users/bob/x", Access::Read), "%u = eve+");
+        assert!(
+            acl.allows(Some("eve+"), "c", "eve/x", Access::Write),
+            "the user's own rules apply"
+        );
     }
 }

@@ -40,6 +40,25 @@ impl Broker {
     }
 }
 
+/// Debian's Mosquitto 2.0 on a free loopback port, with `config` after its
+/// `listener` line (so listener options apply to it).
+pub fn start_mosquitto(dir: &TempDir, config: &str) -> Option<(Process, u16)> {
+    let mosquitto = tool("mosquitto", "mosquitto")?;
+    // Mosquitto cannot listen on port 0; take a free port and hand it over.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path("mosquitto.conf");
+    std::fs::write(&path, format!("listener {port} 127.0.0.1\nlog_dest stderr\n{config}")).unwrap();
+    let mut command = Command::new(mosquitto);
+    command.arg("-c").arg(&path);
+    let process = Process::spawn("mosquitto", command);
+    process.line(" running");
+    Some((process, port))
+}
+
 /// Debian's mosquitto_pub and mosquitto_sub.
 pub fn mosquitto_clients() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     Some((

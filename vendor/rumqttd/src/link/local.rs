@@ -225,6 +225,12 @@ impl LinkTx {
         notify_router(&self.router_tx, self.connection_id, Event::DeviceData)
     }
 
+    /// snigate: `send` that never waits: fails when the router's queue is
+    /// full. For a session's last words from a drop guard, which cannot wait.
+    pub fn try_send(&mut self, data: Packet) -> Result<usize, LinkError> {
+        self.try_push(data)
+    }
+
     fn try_push(&mut self, data: Packet) -> Result<usize, LinkError> {
         let len = {
             let mut buffer = self.recv_buffer.lock();
@@ -475,6 +481,13 @@ pub fn discard_session(
     client_id: &str,
 ) -> Result<(), LinkError> {
     router_tx.try_send((0, Event::DiscardSession(client_id.to_owned())))?;
+    Ok(())
+}
+
+/// snigate: panic the router's thread (see `Event::InjectPanic`).
+#[cfg(feature = "fault-injection")]
+pub fn inject_panic(router_tx: &Sender<(ConnectionId, Event)>) -> Result<(), LinkError> {
+    router_tx.try_send((0, Event::InjectPanic))?;
     Ok(())
 }
 

@@ -655,7 +655,9 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // snigate: `starts_with`, not `topic[..1]`: a topic whose first character
+    // takes more than one byte (`é/x`) panicked the router's thread here.
+    if topic.starts_with('$') {
         return false;
     }
 
@@ -748,4 +750,47 @@ pub enum Error {
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
+}
+
+// snigate: tests of the fork's changes to the codecs (PATCHES.md).
+#[cfg(test)]
+mod snigate_tests {
+    use super::v4::V4;
+    use super::v5::V5;
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn a_topic_whose_first_character_is_multibyte_matches() {
+        assert!(matches("é/x", "#"));
+        assert!(matches("é/x", "é/+"));
+        assert!(!matches("$SYS/x", "#"));
+        assert!(!matches("", "a"));
+    }
+
+    #[test]
+    fn the_v4_encoder_leaves_properties_out() {
+        let publish = Publish::new("t", "m", false);
+        let properties = PublishProperties {
+            user_properties: vec![("k".into(), "v".into())],
+            ..PublishProperties::default()
+        };
+        let (mut with, mut without) = (BytesMut::new(), BytesMut::new());
+        V4.write(
+            Packet::Publish(publish.clone(), Some(properties)),
+            &mut with,
+        )
+        .unwrap();
+        V4.write(Packet::Publish(publish, None), &mut without)
+            .unwrap();
+        assert_eq!(with, without);
+    }
+
+    #[test]
+    fn a_client_sending_server_packets_gets_an_error() {
+        for bytes in [&[0x20, 2, 0, 0][..], &[0xb0, 3, 0, 1, 0][..]] {
+            let mut stream = BytesMut::from(bytes);
+            assert!(V5.read_mut(&mut stream, 1024).is_err(), "{bytes:x?}");
+        }
+    }
 }

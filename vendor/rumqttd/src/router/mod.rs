@@ -67,6 +67,11 @@ pub enum Event {
     /// snigate: end the saved session of this client id, unless it is
     /// connected (its session has expired).
     DiscardSession(String),
+    /// snigate: panic the router's thread, for the broker's test of what
+    /// happens when it dies. Compiled only with the `fault-injection` feature,
+    /// which no release build enables.
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
 }
 
 /// Notification from router to connection

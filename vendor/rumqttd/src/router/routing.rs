@@ -169,16 +169,35 @@ impl Router {
     /// For that reason, all the public methods should start the router in the
     /// background
     #[tracing::instrument(skip_all)]
-    pub fn spawn(mut self) -> Sender<(ConnectionId, Event)> {
+    pub fn spawn(self) -> Sender<(ConnectionId, Event)> {
+        self.spawn_watched(|| {})
+            .unwrap_or_else(|e| panic!("cannot start the router: {e}"))
+    }
+
+    /// snigate: start the router's thread and call `on_exit` when it ends,
+    /// however it ends (its loop returned or it panicked): the caller learns
+    /// that routing stopped. Upstream's `spawn` ended the thread silently and
+    /// every link then failed with nothing to say why.
+    pub fn spawn_watched(
+        mut self,
+        on_exit: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Sender<(ConnectionId, Event)>> {
+        struct OnExit<F: FnOnce()>(Option<F>);
+        impl<F: FnOnce()> Drop for OnExit<F> {
+            fn drop(&mut self) {
+                if let Some(on_exit) = self.0.take() {
+                    on_exit();
+                }
+            }
+        }
         let router = thread::Builder::new().name(format!("router-{}", self.id));
         let link = self.link();
-        router
-            .spawn(move || {
-                let e = self.run(0);
-                error!(reason=?e, "Router done!");
-            })
-            .unwrap();
-        link
+        router.spawn(move || {
+            let _exit = OnExit(Some(on_exit));
+            let e = self.run(0);
+            error!(reason=?e, "Router done!");
+        })?;
+        Ok(link)
     }
 
     /// Waits on incoming events when ready queue is empty.
@@ -270,6 +289,8 @@ impl Router {
                 _tenant_id,
             ),
             Event::DiscardSession(client_id) => self.discard_session(&client_id),
+            #[cfg(feature = "fault-injection")]
+            Event::InjectPanic => panic!("snigate: a panic injected into the router for a test"),
         }
     }
 

@@ -417,6 +417,10 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::UseAnotherServer => 156,
         ConnectReturnCode::ServerMoved => 157,
         ConnectReturnCode::ConnectionRateExceeded => 159,
-        _ => unreachable!(),
+        // snigate: the two MQTT 3.1.1 names for what MQTT 5 calls
+        // "unsupported protocol version" and "server unavailable" (upstream:
+        // `unreachable!`, a panic).
+        ConnectReturnCode::RefusedProtocolVersion => 132,
+        ConnectReturnCode::ServiceUnavailable => 136,
     }
 }

@@ -426,7 +426,12 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // snigate: an error, not `unreachable!`: these are the server's
+            // packets, and a client that sends one (with a body) panicked the
+            // codec. The codec reads what a server receives.
+            PacketType::ConnAck | PacketType::UnsubAck => {
+                return Err(Error::InvalidPacketType(fixed_header.byte1 >> 4))
+            }
         };
 
         Ok(packet)
@@ -469,7 +474,6 @@ impl Protocol for V5 {
             }
             Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(),
         };
         Ok(size)
     }
