@@ -273,8 +273,11 @@ impl Router {
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
+            // snigate: `get_mut`, not indexing: the link may be gone already.
             Event::Shadow(request) => {
-                retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
+                if let Some(outgoing) = self.obufs.get_mut(id) {
+                    retrieve_shadow(&mut self.datalog, outgoing, request)
+                }
             }
             Event::SendAlerts => {
                 self.send_alerts();
@@ -1846,6 +1849,19 @@ mod snigate_tests {
     };
     use crate::router::Ack;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_link_waking_the_router_after_it_was_dropped_is_ignored() {
+        let mut router = router(None);
+        let id = connect(&mut router, "gone", true);
+        router.events(id, Event::Disconnect);
+        // The link's last `LinkRx::wake`, after the router dropped it: this
+        // panicked the router's thread (`Scheduler::reschedule`).
+        router.events(id, Event::Ready);
+        router.events(7, Event::Ready);
+        let again = connect(&mut router, "next", true);
+        router.events(again, Event::Ready);
+    }
 
     fn router(max_filters: Option<usize>) -> Router {
         Router::new(

@@ -60,7 +60,14 @@ impl Scheduler {
     }
 
     pub fn reschedule(&mut self, id: ConnectionId, reason: ScheduleReason) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        // snigate: a link may wake the router (`Event::Ready`) after the
+        // router has dropped it (a takeover, a DISCONNECT it sent in the same
+        // batch): its tracker is gone. Upstream's `unwrap` here panicked the
+        // router's thread (found by broker/fuzz). If the id was given to a new
+        // connection since, it gets a spurious wake, which it survives.
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            return;
+        };
         if let Some(v) = tracker.try_ready(reason) {
             trace!(tracker_id = tracker.id, "reschedule {:?} -> Ready", v);
             self.readyqueue.push_back(id);
