@@ -912,7 +912,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
                 read = read_some(&mut self.reader, &mut self.read), if !backlogged && !ingress_full => {
                     match read {
-                        Ok(0) => return End::Closed,
+                        // A client may close its sending half and still read
+                        // (TCP half-close): what it is owed already (replies,
+                        // messages placed in the write buffer) goes out first,
+                        // as Mosquitto, which writes each packet as it queues
+                        // it, has sent it by then. Without this, a PINGRESP
+                        // was lost whenever the end of input won the select.
+                        Ok(0) => {
+                            if !self.write.is_empty() {
+                                let _ = Box::pin(self.write_final()).await;
+                            }
+                            return End::Closed;
+                        }
                         Ok(_) => last_heard = Instant::now(),
                         Err(_) => return End::NetworkError,
                     }
@@ -1899,6 +1910,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.protocol
             .write(packet, &mut self.write)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        self.write_final().await
+    }
+
+    /// Write out the whole write buffer, within [`FINAL_WRITE_TIMEOUT`].
+    async fn write_final(&mut self) -> std::io::Result<()> {
         let write = async {
             self.writer.write_all(&self.write).await?;
             self.writer.flush().await
