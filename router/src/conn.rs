@@ -28,9 +28,10 @@ use tracing::Instrument;
 use crate::error::ConnError;
 use crate::hello::{self, HelloLimits};
 use crate::metrics::Metrics;
+use crate::pool::Active;
 use crate::route::{Route, RouteTable};
 use crate::splice::{self, End, Side};
-use crate::upstream::Connector;
+use crate::upstream::{Connected, Connector};
 use crate::{proxy_protocol, reject};
 
 /// After sending an alert, how long to wait for the client to close before we do:
@@ -146,6 +147,8 @@ pub struct Access {
     pub alpn: Option<String>,
     pub route: Option<Arc<Route>>,
     pub matched: Option<&'static str>,
+    /// The endpoint connected to, as configured (its index in the route's).
+    pub endpoint: Option<usize>,
     pub backend: Option<SocketAddr>,
 }
 
@@ -158,6 +161,7 @@ impl Access {
             alpn: None,
             route: None,
             matched: None,
+            endpoint: None,
             backend: None,
         }
     }
@@ -206,6 +210,12 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, local: SocketAddr, 
         alpn = access.alpn,
         route = access.route.as_ref().map(|r| r.name.as_str()),
         matched = access.matched,
+        endpoint = access
+            .route
+            .as_ref()
+            .zip(access.endpoint)
+            .and_then(|(r, i)| r.pool.endpoints().get(i))
+            .map(|e| tracing::field::display(&e.spec.endpoint)),
         backend = access.backend.map(tracing::field::display),
         outcome,
         bytes_in,
@@ -229,6 +239,7 @@ async fn serve(client: &mut TcpStream, shared: &Shared, access: &mut Access) -> 
         backend,
         forwarded,
         _guard,
+        _active,
     } = established;
     let bytes_in = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "in"]);
     let bytes_out = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "out"]);
@@ -250,6 +261,7 @@ struct Established {
     /// header is ours, not the client's, and not counted).
     forwarded: u64,
     _guard: RouteGuard,
+    _active: Active,
 }
 
 /// hello -> route -> upstream, then forward the hello.
@@ -279,12 +291,18 @@ async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access)
     let guard = shared.admit_route(&route)?;
 
     let connecting = Instant::now();
-    let (mut backend, addr) = shared.connector.connect(&route).await?;
+    let Connected {
+        stream: mut backend,
+        addr,
+        endpoint,
+        active,
+    } = shared.connector.connect(&route, access.peer.ip()).await?;
     shared
         .metrics
         .connect_seconds
         .with_label_values(&[route.name.as_str()])
         .observe(connecting.elapsed().as_secs_f64());
+    access.endpoint = Some(endpoint);
     access.backend = Some(addr);
     // One write, so the header and the hello leave in one segment.
     let (first, header_len) = match route.proxy_protocol {
@@ -303,6 +321,7 @@ async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access)
         backend,
         forwarded: forwarded as u64,
         _guard: guard,
+        _active: active,
     })
 }
 

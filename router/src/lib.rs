@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! listener ──► conn ──► hello ─► route ─► upstream ─► splice
-//!                         │        │
-//!                   hello::parse   └─ reject (alert when no route matches)
+//!                         │        │         │
+//!                   hello::parse   │        pool (pick, health)
+//!                                  └─ reject (alert when no route matches)
 //! ```
 //!
 //! - [`listener`]: accept loop per socket, one task and span per connection, drain.
@@ -14,7 +15,11 @@
 //! - [`hello`]: read the ClientHello under a deadline and a size cap;
 //!   [`hello::parse`] is the pure parser.
 //! - [`route`]: the route table (exact, `*.suffix`, default) and its lookup.
-//! - [`upstream`]: resolve and connect to a route's endpoints, failing over.
+//! - [`upstream`]: resolve a route's names, connect to the address its pool
+//!   picks, retry others under one deadline.
+//! - [`pool`]: a route's endpoints and their addresses, balancing and passive
+//!   health; its state outlives reloads.
+//! - [`status`]: `/routes` and the per-endpoint metrics, read from the pools.
 //! - [`splice`]: relay bytes both ways with half-close and an idle timeout,
 //!   holding no buffer while idle.
 //! - [`reject`]: the `unrecognized_name` alert.
@@ -32,11 +37,13 @@ pub mod error;
 pub mod hello;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod proxy_protocol;
 pub mod reject;
 pub mod reload;
 pub mod route;
 pub mod splice;
+pub mod status;
 pub mod upstream;
 
 use std::io;
@@ -45,13 +52,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use prometheus::Registry;
-use serde::Serialize;
 use snigate_shared::admin::{self, Admin, Readiness};
 use snigate_shared::config::ConfigError;
 use snigate_shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use crate::config::{Endpoint, Loader, RouterConfig};
+use crate::config::{Loader, RouterConfig};
 use crate::conn::{Shared, Snapshot};
 use crate::hello::HelloLimits;
 use crate::metrics::Metrics;
@@ -75,8 +81,18 @@ pub struct Settings {
 
 impl Settings {
     /// Validate `config` and build its route table.
-    pub fn new(mut config: RouterConfig) -> Result<Self, ConfigError> {
-        let table = RouteTable::build(std::mem::take(&mut config.routes))?;
+    pub fn new(config: RouterConfig) -> Result<Self, ConfigError> {
+        Self::build(config, None)
+    }
+
+    /// As [`Settings::new`], for a table that replaces `running`: routes that
+    /// stay keep what their endpoints have learnt.
+    pub fn replacing(config: RouterConfig, running: &RouteTable) -> Result<Self, ConfigError> {
+        Self::build(config, Some(running))
+    }
+
+    fn build(mut config: RouterConfig, running: Option<&RouteTable>) -> Result<Self, ConfigError> {
+        let table = RouteTable::build_after(std::mem::take(&mut config.routes), running)?;
         Ok(Self {
             config,
             table,
@@ -162,13 +178,14 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     let loader = settings.loader.clone();
     let running = settings.config.clone();
     let shared = Arc::new(Shared::new(snapshot_of(settings), metrics));
+    registry.register(Box::new(status::BackendMetrics::new(shared.clone())?))?;
     let readiness = Readiness::default();
 
     // The admin server outlives the drain, so /readyz can say "not ready" while
     // connections finish; it stops when everything else has.
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
-        let admin = Admin::new(registry, readiness.clone()).route("/routes", routes_handler(shared.clone()));
+        let admin = Admin::new(registry, readiness.clone()).route("/routes", status::routes_handler(shared.clone()));
         tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
     let reload_task =
@@ -193,49 +210,4 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
         let _ = task.await;
     }
     Ok(())
-}
-
-/// `/routes`: the live route table as JSON.
-fn routes_handler(shared: Arc<Shared>) -> admin::Handler {
-    #[derive(Serialize)]
-    struct RouteView<'a> {
-        name: &'a str,
-        hosts: &'a [String],
-        default: bool,
-        endpoints: Vec<String>,
-        connect_timeout_ms: u128,
-        idle_timeout_ms: u128,
-        max_connections: Option<usize>,
-        proxy_protocol: Option<&'static str>,
-    }
-    Arc::new(move || {
-        let snapshot = shared.snapshot.load();
-        let default = snapshot.table.default_route().map(|r| r.name.as_str());
-        let routes: Vec<RouteView<'_>> = snapshot
-            .table
-            .routes()
-            .iter()
-            .map(|r| RouteView {
-                name: &r.name,
-                hosts: &r.hosts,
-                default: default == Some(r.name.as_str()),
-                endpoints: r.endpoints.iter().map(Endpoint::to_string).collect(),
-                connect_timeout_ms: r.connect_timeout.as_millis(),
-                idle_timeout_ms: r.idle_timeout.as_millis(),
-                max_connections: r.max_connections,
-                proxy_protocol: r.proxy_protocol.map(|v| match v {
-                    config::ProxyProtocol::V1 => "v1",
-                    config::ProxyProtocol::V2 => "v2",
-                }),
-            })
-            .collect();
-        #[derive(Serialize)]
-        struct Body<'a> {
-            routes: Vec<RouteView<'a>>,
-        }
-        // Serialized straight from the views: a `serde_json::Value` of 10,000
-        // routes would be megabytes that the allocator then keeps.
-        let body = serde_json::to_string_pretty(&Body { routes }).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-        ("application/json", body + "\n")
-    })
 }

@@ -77,7 +77,8 @@ pub async fn run(shared: Arc<Shared>, loader: Loader, mut running: RouterConfig,
 /// Load, validate and swap in. Returns the configuration now in use (its
 /// routes are in the table swapped in) and how many routes it has.
 pub fn reload(shared: &Shared, loader: &Loader, running: &RouterConfig) -> Result<(RouterConfig, usize), ConfigError> {
-    let mut settings = Settings::new(loader.load()?)?;
+    // The new table takes over what the running one's endpoints have learnt.
+    let mut settings = Settings::replacing(loader.load()?, &shared.snapshot.load().table)?;
     let config = &mut settings.config;
     if config.listen != running.listen {
         tracing::warn!(

@@ -14,17 +14,24 @@ use std::time::Duration;
 
 use snigate_shared::config::{ConfigError, Origin};
 
-use crate::config::{Endpoint, HostPattern, ProxyProtocol, RouteSpec};
+use crate::config::{HostPattern, ProxyProtocol, RouteSpec};
+use crate::pool::Pool;
 
 /// A route, as connections use it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Route {
     pub name: String,
     /// The host patterns, as configured (for `check` and the logs).
     pub hosts: Vec<String>,
-    /// Tried in order; a connection fails over to the next on a connect error.
-    pub endpoints: Vec<Endpoint>,
+    /// Its endpoints, how connections are spread over them and what is known
+    /// of their health.
+    pub pool: Pool,
+    /// One attempt: a TCP connect, or a DNS lookup.
     pub connect_timeout: Duration,
+    /// All attempts of one connection together.
+    pub connect_deadline: Duration,
+    /// Attempts after the first, each to an address not tried yet.
+    pub connect_retries: u32,
     pub idle_timeout: Duration,
     /// Most connections routed here at once.
     pub max_connections: Option<usize>,
@@ -86,16 +93,34 @@ impl RouteTable {
     /// Takes them by value: their strings move into the table rather than being
     /// copied, and the origins kept for error messages go once it is built.
     pub fn build(specs: Vec<RouteSpec>) -> Result<Self, ConfigError> {
+        Self::build_after(specs, None)
+    }
+
+    /// As [`RouteTable::build`], replacing `previous`: a route of the same
+    /// name takes over what its endpoints that stay have learnt (health,
+    /// addresses, open connections, counters).
+    pub fn build_after(specs: Vec<RouteSpec>, previous: Option<&RouteTable>) -> Result<Self, ConfigError> {
         let mut table = RouteTable::default();
         table.index(&specs)?;
+        let previous: HashMap<&str, &Pool> = previous
+            .map(|p| p.routes.iter().map(|r| (r.name.as_str(), &r.pool)).collect())
+            .unwrap_or_default();
         table.routes = specs
             .into_iter()
             .map(|spec| {
+                let pool = Pool::new(
+                    spec.endpoints,
+                    spec.balance,
+                    spec.health,
+                    previous.get(spec.name.as_str()).copied(),
+                );
                 Arc::new(Route {
                     hosts: spec.hosts.iter().map(|(h, _)| h.to_string()).collect(),
                     name: spec.name,
-                    endpoints: spec.endpoints,
+                    pool,
                     connect_timeout: spec.connect_timeout,
+                    connect_deadline: spec.connect_deadline,
+                    connect_retries: spec.connect_retries,
                     idle_timeout: spec.idle_timeout,
                     max_connections: spec.max_connections,
                     proxy_protocol: spec.proxy_protocol,
@@ -194,14 +219,17 @@ impl fmt::Display for RouteTable {
             if self.default == Some(i) {
                 hosts.push("(default)".to_owned());
             }
-            let endpoints: Vec<String> = route.endpoints.iter().map(ToString::to_string).collect();
+            let endpoints: Vec<String> = route.pool.endpoints().iter().map(|e| e.spec.to_string()).collect();
             writeln!(
                 f,
-                "route {}: {} -> {} (connect timeout {}, idle timeout {})",
+                "route {}: {} -> {} ({}; connect timeout {}, deadline {}, {} retries; idle timeout {})",
                 route.name,
                 hosts.join(" "),
                 endpoints.join(", "),
+                route.pool.balance.label(),
                 humantime::format_duration(route.connect_timeout),
+                humantime::format_duration(route.connect_deadline),
+                route.connect_retries,
                 humantime::format_duration(route.idle_timeout),
             )?;
         }
@@ -218,9 +246,13 @@ mod tests {
         RouteSpec {
             name: name.into(),
             hosts: hosts.iter().map(|h| (h.parse().unwrap(), origin.clone())).collect(),
-            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            endpoints: vec![crate::config::Endpoint::Addr("127.0.0.1:1".parse().unwrap()).into()],
             default: default.then(|| origin.clone()),
+            balance: crate::config::Balance::RoundRobin,
             connect_timeout: Duration::from_secs(1),
+            connect_deadline: Duration::from_secs(2),
+            connect_retries: 3,
+            health: crate::config::PassiveHealth::DEFAULT,
             idle_timeout: Duration::from_secs(1),
             max_connections: None,
             proxy_protocol: None,

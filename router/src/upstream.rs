@@ -1,9 +1,12 @@
-//! Connecting to a route's backend: resolve, connect, fail over.
+//! Connecting to a route's backend: resolve, pick, connect, retry.
 //!
-//! A connection starts at the route's first endpoint and moves to the next on a
-//! connect error or timeout; a DNS name is resolved at connect time and every
-//! address it returns is tried in turn. Nothing has been sent to a backend until
-//! a connect succeeds, so failing over is always safe.
+//! A name endpoint is resolved first (its answer becomes its addresses in the
+//! route's pool); then the pool picks an address by the route's balancing,
+//! and a failed connect moves on to another address not tried yet, up to
+//! `connect_retries` times, every attempt bounded by `connect_timeout` and
+//! all of them by `connect_deadline`. Nothing has been sent to a backend until
+//! a connect succeeds, so trying another is always safe. Each outcome is
+//! reported to the pool, which learns health from it.
 //!
 //! Names are resolved by hickory-resolver from `/etc/hosts` and
 //! `/etc/resolv.conf`, not by glibc: our images are static binaries `FROM
@@ -11,14 +14,16 @@
 //! first use, so a router whose endpoints are all addresses never needs one.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::Endpoint;
+use crate::pool::{Active, Pick};
 use crate::route::Route;
 
 /// Connects to backends; shared by all connections.
@@ -42,14 +47,19 @@ pub struct Attempt {
     pub error: String,
 }
 
-/// Every endpoint of the route failed.
+/// No attempt succeeded.
 #[derive(Debug, thiserror::Error)]
-#[error("all endpoints failed: {}", display_attempts(.attempts))]
-pub struct ConnectError {
-    pub attempts: Vec<Attempt>,
+pub enum ConnectError {
+    #[error("all endpoints failed: {}", display_attempts(.attempts))]
+    Failed { attempts: Vec<Attempt> },
+    #[error("connect_deadline of {} passed: {}", humantime::format_duration(*.deadline), display_attempts(.attempts))]
+    Deadline { deadline: Duration, attempts: Vec<Attempt> },
 }
 
 fn display_attempts(attempts: &[Attempt]) -> String {
+    if attempts.is_empty() {
+        return "no attempt".to_owned();
+    }
     let parts: Vec<String> = attempts
         .iter()
         .map(|a| format!("{}: {}", a.endpoint, a.error))
@@ -57,43 +67,116 @@ fn display_attempts(attempts: &[Attempt]) -> String {
     parts.join("; ")
 }
 
+/// A connected backend.
+#[derive(Debug)]
+pub struct Connected {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// Which of the route's endpoints (by index).
+    pub endpoint: usize,
+    /// Counts the connection on its endpoint and address while it lives.
+    pub active: Active,
+}
+
 impl Connector {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Connect to the first endpoint of `route` that accepts, returning the stream
-    /// and the address connected to.
-    pub async fn connect(&self, route: &Route) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    /// Connect to an address of `route` for a client at `client`, as its
+    /// balancing picks, trying others on failure.
+    pub async fn connect(&self, route: &Route, client: IpAddr) -> Result<Connected, ConnectError> {
+        let started = Instant::now();
+        let deadline = started + route.connect_deadline;
+        let pool = &route.pool;
         let mut attempts = Vec::new();
-        for endpoint in &route.endpoints {
-            let addrs = match endpoint {
-                Endpoint::Addr(addr) => vec![*addr],
-                Endpoint::Name { host, port } => match self.resolve(host, *port, route.connect_timeout).await {
-                    Ok(addrs) => addrs,
-                    Err(error) => {
-                        attempts.push(Attempt {
-                            endpoint: endpoint.to_string(),
-                            error,
-                        });
-                        continue;
-                    }
-                },
+        let past_deadline = |attempts| ConnectError::Deadline {
+            deadline: route.connect_deadline,
+            attempts,
+        };
+        for endpoint in pool.endpoints() {
+            let Endpoint::Name { host, port } = &endpoint.spec.endpoint else {
+                continue;
             };
-            for addr in addrs {
-                match connect_one(addr, route.connect_timeout).await {
-                    Ok(stream) => return Ok((stream, addr)),
-                    Err(error) => attempts.push(Attempt {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return Err(past_deadline(attempts));
+            };
+            match self.resolve(host, *port, route.connect_timeout.min(left)).await {
+                Ok(answer) => endpoint.state.resolved(&answer),
+                // Its last answer, if any, is kept and tried.
+                Err(error) => attempts.push(Attempt {
+                    endpoint: endpoint.spec.endpoint.to_string(),
+                    error,
+                }),
+            }
+        }
+        let mut tried = Vec::new();
+        let most = 1 + route.connect_retries as usize;
+        while tried.len() < most {
+            let now = Instant::now();
+            let Some(left) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+                return Err(past_deadline(attempts));
+            };
+            let Some(pick) = pool.pick(client, &tried, now) else {
+                break;
+            };
+            self.note_failing_open(route, &pick);
+            let timeout = route.connect_timeout.min(left);
+            match connect_one(pick.address.addr, timeout).await {
+                Ok(stream) => {
+                    return Ok(Connected {
+                        stream,
+                        addr: pick.address.addr,
+                        endpoint: pick.endpoint,
+                        active: pool.connected(&pick),
+                    });
+                }
+                Err(error) => {
+                    self.note_failure(route, &pick, &error);
+                    let endpoint = &pool.endpoints()[pick.endpoint].spec.endpoint;
+                    attempts.push(Attempt {
                         endpoint: match endpoint {
-                            Endpoint::Addr(_) => addr.to_string(),
-                            Endpoint::Name { .. } => format!("{endpoint} ({addr})"),
+                            Endpoint::Addr(_) => pick.address.addr.to_string(),
+                            Endpoint::Name { .. } => format!("{endpoint} ({})", pick.address.addr),
                         },
                         error,
-                    }),
+                    });
+                    tried.push(pick.address);
                 }
             }
         }
-        Err(ConnectError { attempts })
+        if Instant::now() >= deadline {
+            return Err(past_deadline(attempts));
+        }
+        Err(ConnectError::Failed { attempts })
+    }
+
+    /// One log line when a route starts failing open, one when it stops.
+    fn note_failing_open(&self, route: &Route, pick: &Pick) {
+        match route.pool.failing_open(pick.fail_open) {
+            Some(true) => tracing::warn!(
+                route = route.name,
+                "no healthy address: trying ejected ones (failing open)"
+            ),
+            Some(false) => tracing::info!(route = route.name, "a healthy address again: no longer failing open"),
+            None => {}
+        }
+    }
+
+    fn note_failure(&self, route: &Route, pick: &Pick, error: &str) {
+        let Some(backoff) = route.pool.failed(pick, Instant::now()) else {
+            return;
+        };
+        let endpoint = &route.pool.endpoints()[pick.endpoint].spec.endpoint;
+        tracing::warn!(
+            route = route.name,
+            endpoint = %endpoint,
+            address = %pick.address.addr,
+            failures = route.pool.health.failures,
+            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            error,
+            "backend address ejected"
+        );
     }
 
     async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {

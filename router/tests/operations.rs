@@ -25,18 +25,6 @@ async fn relayed(router: &TestRouter, backend: &TcpListener) -> (TcpStream, TcpS
     (client, server)
 }
 
-/// Poll `probe` until it is true or `within` passes.
-async fn eventually(within: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if probe().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn metrics_count_the_traffic_and_pass_promtool() {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,10 +137,25 @@ async fn routes_lists_the_live_table() {
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0]["name"], "a");
     assert_eq!(routes[0]["hosts"], serde_json::json!(["a.test", "*.apps.test"]));
+    let endpoints: Vec<&str> = routes[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints, ["127.0.0.1:1", "b.internal:8883"]);
+    assert_eq!(routes[0]["balance"], "round-robin");
+    assert_eq!(routes[0]["endpoints"][0]["weight"], 1);
     assert_eq!(
-        routes[0]["endpoints"],
-        serde_json::json!(["127.0.0.1:1", "b.internal:8883"])
+        routes[0]["endpoints"][0]["addresses"],
+        serde_json::json!([{"address": "127.0.0.1:1", "state": "healthy", "active": 0, "failures": 0, "ejected_for_ms": null}])
     );
+    // A name is resolved at its first connection: no address yet.
+    assert_eq!(routes[0]["endpoints"][1]["addresses"], serde_json::json!([]));
+    assert_eq!(routes[0]["connect_deadline_ms"], 10_000);
+    assert_eq!(routes[0]["connect_retries"], 3);
+    assert_eq!(routes[0]["health"]["failures"], 3);
+    assert_eq!(routes[0]["healthy"], true);
     assert_eq!(routes[0]["max_connections"], 5);
     assert_eq!(routes[0]["proxy_protocol"], "v2");
     assert_eq!(routes[1]["default"], true);

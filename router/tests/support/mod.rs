@@ -35,6 +35,11 @@ impl Drop for TlsBackend {
 
 impl TlsBackend {
     pub async fn start(ca: &Ca, host: &str, name: &str) -> Self {
+        Self::start_at(ca, host, name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// As [`TlsBackend::start`], on `addr` (a backend revived where it was).
+    pub async fn start_at(ca: &Ca, host: &str, name: &str, addr: SocketAddr) -> Self {
         let (certs, key) = ca.issue(host);
         let config = rustls::ServerConfig::builder_with_provider(snigate_shared::tls::provider())
             .with_safe_default_protocol_versions()
@@ -43,7 +48,7 @@ impl TlsBackend {
             .with_single_cert(certs, key)
             .unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let name = format!("{name}\n");
         let task = tokio::spawn(async move {
@@ -225,6 +230,32 @@ pub async fn backend_for(ca: &Ca, router: SocketAddr, sni: &str) -> std::io::Res
     let tcp = TcpStream::connect(router).await?;
     let (_, greeting) = tokio::time::timeout(STEP, tls_connect(ca, tcp, sni)).await??;
     Ok(greeting)
+}
+
+/// Which backend answers `sni` through `router` for a client at `source`
+/// (any of 127.0.0.0/8), and the stream, kept open.
+pub async fn connect_from(
+    ca: &Ca,
+    router: SocketAddr,
+    sni: &str,
+    source: std::net::IpAddr,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, String)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(router).await?;
+    tokio::time::timeout(STEP, tls_connect(ca, tcp, sni)).await?
+}
+
+/// Poll `probe` until it is true or `within` passes.
+pub async fn eventually(within: Duration, mut probe: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }
 
 /// Deterministic bytes that are not all alike, for transfer checks.

@@ -8,10 +8,14 @@
 //! (two routes claiming one host, in `route::RouteTable::build`) can name both.
 //! Precedence: built-in defaults < file < environment < flags.
 //!
-//! This module is a leaf: it imports nothing else from the router.
+//! This module is a leaf: it imports nothing else from the router. Its parts:
+//! [`names`] (host patterns, endpoints) and [`backends`] (weights, balancing,
+//! the connect budget, passive health).
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+mod backends;
+mod names;
+
+use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,9 +25,10 @@ use snigate_shared::config::{ConfigError, Origin, Source};
 use snigate_shared::logging::{LogFormat, LogSettings};
 use toml::Spanned;
 
-/// RFC 1035 limits, applied to configured host names as to SNI.
-const MAX_HOSTNAME_LEN: usize = 253;
-const MAX_LABEL_LEN: usize = 63;
+pub use backends::{Balance, HealthFile, MAX_CONNECT_RETRIES, MAX_WEIGHT, PassiveHealth, WeightedEndpoint};
+pub use names::{Endpoint, HostPattern};
+
+const DEFAULT_CONNECT_RETRIES: u32 = 3;
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 // === the file ===
@@ -92,17 +97,31 @@ pub struct DefaultsFile {
     /// Deadline for one TCP connect attempt to one endpoint address.
     #[serde(deserialize_with = "checked::duration")]
     pub connect_timeout: Duration,
+    /// Deadline for all of a connection's attempts together (DNS included).
+    /// Default: twice `connect_timeout`.
+    #[serde(deserialize_with = "checked::some_duration")]
+    pub connect_deadline: Option<Duration>,
+    /// Attempts after the first, each to an address not tried yet.
+    #[serde(deserialize_with = "checked::connect_retries")]
+    pub connect_retries: u32,
     /// Close a relayed connection after this long with no bytes either way.
     #[serde(deserialize_with = "checked::duration")]
     pub idle_timeout: Duration,
+    pub balance: Balance,
+    pub health: HealthFile,
 }
 
 impl Default for DefaultsFile {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
+            connect_deadline: None,
+            // OpenShift's router: `retries 3`.
+            connect_retries: DEFAULT_CONNECT_RETRIES,
             // OpenShift's passthrough routes: `timeout tunnel 1h`.
             idle_timeout: Duration::from_secs(3600),
+            balance: Balance::default(),
+            health: HealthFile::default(),
         }
     }
 }
@@ -135,12 +154,19 @@ pub struct RouteFile {
     /// Exact host names and `*.suffix` wildcards.
     #[serde(default)]
     pub hosts: Vec<Spanned<HostPattern>>,
-    pub endpoints: Spanned<Vec<Endpoint>>,
+    pub endpoints: Spanned<Vec<WeightedEndpoint>>,
     /// Receive ClientHellos with no SNI or an SNI no route matches.
     #[serde(default)]
     pub default: Option<Spanned<bool>>,
+    pub balance: Option<Balance>,
     #[serde(default, deserialize_with = "checked::some_duration")]
     pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "checked::some_duration")]
+    pub connect_deadline: Option<Duration>,
+    #[serde(default, deserialize_with = "checked::some_connect_retries")]
+    pub connect_retries: Option<u32>,
+    #[serde(default)]
+    pub health: Option<Spanned<HealthFile>>,
     #[serde(default, deserialize_with = "checked::some_duration")]
     pub idle_timeout: Option<Duration>,
     /// Most connections relayed on this route at once.
@@ -186,15 +212,53 @@ pub struct RouterConfig {
 pub struct RouteSpec {
     pub name: String,
     pub hosts: Vec<(HostPattern, Origin)>,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<WeightedEndpoint>,
     /// `Some` for the default route: where it was declared.
     pub default: Option<Origin>,
+    pub balance: Balance,
+    /// One attempt (one TCP connect, or one DNS lookup).
     pub connect_timeout: Duration,
+    /// All attempts of one connection together.
+    pub connect_deadline: Duration,
+    pub connect_retries: u32,
+    pub health: PassiveHealth,
     pub idle_timeout: Duration,
     pub max_connections: Option<usize>,
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Where the route was declared (its `name`, or the flag).
     pub origin: Origin,
+}
+
+impl RouteSpec {
+    /// A route of flags or variables: `[defaults]` for everything they cannot
+    /// say, no hosts, no endpoints yet.
+    fn from_defaults(defaults: &DefaultsFile, origin: Origin) -> Result<Self, ConfigError> {
+        let connect_deadline = defaults
+            .connect_deadline
+            .unwrap_or(defaults.connect_timeout.saturating_mul(2));
+        let bad = |field: &str, why: String| ConfigError::new(origin.clone(), Some(format!("defaults.{field}")), why);
+        if connect_deadline < defaults.connect_timeout {
+            return Err(bad(
+                "connect_deadline",
+                "connect_deadline is shorter than connect_timeout".into(),
+            ));
+        }
+        Ok(Self {
+            name: String::new(),
+            hosts: Vec::new(),
+            endpoints: Vec::new(),
+            default: None,
+            balance: defaults.balance,
+            connect_timeout: defaults.connect_timeout,
+            connect_deadline,
+            connect_retries: defaults.connect_retries,
+            health: defaults.health.resolve().map_err(|why| bad("health", why))?,
+            idle_timeout: defaults.idle_timeout,
+            max_connections: None,
+            proxy_protocol: None,
+            origin,
+        })
+    }
 }
 
 /// Where an override layer comes from: the environment, or the command line
@@ -416,6 +480,9 @@ impl RouterConfig {
         layers: &[Overrides],
     ) -> Result<Self, ConfigError> {
         let defaults = &file.defaults;
+        // Checked once for every configuration, whether or not a route takes
+        // them as they are.
+        RouteSpec::from_defaults(defaults, origin_of(source))?;
         let mut watched = Vec::new();
         if let Some(source) = source {
             watched.push(source.path().to_owned());
@@ -476,27 +543,18 @@ impl RouterConfig {
                 config.routes.push(RouteSpec {
                     name: flag.host.to_string(),
                     hosts: vec![(flag.host.clone(), origin.clone())],
-                    endpoints: flag.endpoints.clone(),
+                    endpoints: flag.endpoints.iter().cloned().map(WeightedEndpoint::from).collect(),
                     default: None,
-                    connect_timeout: defaults.connect_timeout,
-                    idle_timeout: defaults.idle_timeout,
-                    max_connections: None,
-                    proxy_protocol: None,
-                    origin,
+                    ..RouteSpec::from_defaults(defaults, origin)?
                 });
             }
             if let Some(endpoints) = &layer.default_route {
                 let origin = layer.origin("--default-route");
                 config.routes.push(RouteSpec {
                     name: "default".to_owned(),
-                    hosts: Vec::new(),
-                    endpoints: endpoints.clone(),
+                    endpoints: endpoints.iter().cloned().map(WeightedEndpoint::from).collect(),
                     default: Some(origin.clone()),
-                    connect_timeout: defaults.connect_timeout,
-                    idle_timeout: defaults.idle_timeout,
-                    max_connections: None,
-                    proxy_protocol: None,
-                    origin,
+                    ..RouteSpec::from_defaults(defaults, origin)?
                 });
             }
         }
@@ -598,6 +656,39 @@ fn route_specs(
                 "a route needs at least one endpoint".into(),
             ));
         }
+        for (j, entry) in endpoints.iter().enumerate() {
+            if endpoints[..j].iter().any(|e| e.endpoint == entry.endpoint) {
+                return Err(file_error(
+                    endpoints_span,
+                    format!("route[{i}].endpoints"),
+                    format!("endpoint `{}` appears twice in route `{name}`", entry.endpoint),
+                ));
+            }
+        }
+        let connect_timeout = route.connect_timeout.unwrap_or(defaults.connect_timeout);
+        let connect_deadline = route
+            .connect_deadline
+            .or(defaults.connect_deadline)
+            .unwrap_or(connect_timeout.saturating_mul(2));
+        if connect_deadline < connect_timeout {
+            return Err(file_error(
+                name_span,
+                format!("route[{i}].connect_deadline"),
+                format!(
+                    "route `{name}`: connect_deadline ({}) is shorter than connect_timeout ({})",
+                    humantime::format_duration(connect_deadline),
+                    humantime::format_duration(connect_timeout)
+                ),
+            ));
+        }
+        let (health_span, health) = match route.health {
+            Some(health) => (health.span(), health.into_inner()),
+            None => (name_span.clone(), HealthFile::default()),
+        };
+        let health = health
+            .over(defaults.health)
+            .resolve()
+            .map_err(|why| file_error(health_span, format!("route[{i}].health"), why))?;
         let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
         let is_default = route.default.is_some_and(Spanned::into_inner);
         if route.hosts.is_empty() && !is_default {
@@ -620,7 +711,11 @@ fn route_specs(
                 .collect(),
             endpoints,
             default: is_default.then(|| at(default_span)),
-            connect_timeout: route.connect_timeout.unwrap_or(defaults.connect_timeout),
+            balance: route.balance.unwrap_or(defaults.balance),
+            connect_timeout,
+            connect_deadline,
+            connect_retries: route.connect_retries.unwrap_or(defaults.connect_retries),
+            health,
             idle_timeout: route.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_connections: route.max_connections,
             proxy_protocol: route.proxy_protocol,
@@ -658,6 +753,21 @@ mod checked {
         duration(d).map(Some)
     }
 
+    pub fn connect_retries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let value: u32 = serde::Deserialize::deserialize(d)?;
+        if value > super::MAX_CONNECT_RETRIES {
+            return Err(D::Error::custom(format!(
+                "{value} is out of range 0..={}",
+                super::MAX_CONNECT_RETRIES
+            )));
+        }
+        Ok(value)
+    }
+
+    pub fn some_connect_retries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        connect_retries(d).map(Some)
+    }
+
     pub fn some_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
         let value: usize = serde::Deserialize::deserialize(d)?;
         if value == 0 {
@@ -672,142 +782,6 @@ mod checked {
             return Err(D::Error::custom(format!("{value} is out of range 1024..=1048576")));
         }
         Ok(value)
-    }
-}
-
-// === host patterns ===
-
-/// A host a route answers for: an exact name, or `*.suffix`, which matches exactly
-/// one more label (`*.apps.example.com` matches `a.apps.example.com`, not
-/// `a.b.apps.example.com`: OpenShift's Subdomain wildcard policy). Stored
-/// lower-cased and without a trailing dot.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
-pub enum HostPattern {
-    Exact(String),
-    /// The suffix after `*.`.
-    Wildcard(String),
-}
-
-impl FromStr for HostPattern {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // One trailing dot (the root) is dropped, as for SNI; more is an empty label.
-        let lower = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-        if lower == "*" {
-            return Err("`*` is not a host pattern: give the route `default = true` (or use --default-route)".into());
-        }
-        let (wildcard, name) = match lower.strip_prefix("*.") {
-            Some(suffix) => (true, suffix),
-            None => (false, lower.as_str()),
-        };
-        validate_hostname(name).map_err(|why| format!("`{s}` is not a valid host pattern: {why}"))?;
-        Ok(if wildcard {
-            Self::Wildcard(name.to_owned())
-        } else {
-            Self::Exact(name.to_owned())
-        })
-    }
-}
-
-impl TryFrom<String> for HostPattern {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Exact(name) => f.write_str(name),
-            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
-        }
-    }
-}
-
-fn validate_hostname(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty name");
-    }
-    if name.len() > MAX_HOSTNAME_LEN {
-        return Err("longer than 253 characters");
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label");
-        }
-        if label.len() > MAX_LABEL_LEN {
-            return Err("a label is longer than 63 characters");
-        }
-        if label.contains('*') {
-            return Err("`*` may only stand alone as the first label");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err("only letters, digits, `-` and `_` may appear in a label");
-        }
-    }
-    Ok(())
-}
-
-// === endpoints ===
-
-/// Where a route's connections go: an address, or a DNS name resolved at each
-/// connect (so a Kubernetes Service name follows its ClusterIP).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Endpoint {
-    Addr(SocketAddr),
-    Name { host: String, port: u16 },
-}
-
-impl FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            |why: &str| format!("`{s}` is not a valid endpoint: {why} (expected HOST:PORT, IPV4:PORT or [IPV6]:PORT)");
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            if addr.port() == 0 {
-                return Err(bad("port 0"));
-            }
-            return Ok(Self::Addr(addr));
-        }
-        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| bad("the port is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err(bad("port 0"));
-        }
-        if host.parse::<IpAddr>().is_ok() || host.contains(':') {
-            return Err(bad("an IPv6 address needs brackets"));
-        }
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        validate_hostname(&host).map_err(bad)?;
-        Ok(Self::Name { host, port })
-    }
-}
-
-impl TryFrom<String> for Endpoint {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Addr(addr) => write!(f, "{addr}"),
-            Self::Name { host, port } => write!(f, "{host}:{port}"),
-        }
     }
 }
 
@@ -883,46 +857,6 @@ mod tests {
         assert_eq!(config.hello_timeout, Duration::from_secs(5));
         assert_eq!(config.hello_max_bytes, 17 * 1024);
         assert!(config.routes.is_empty());
-    }
-
-    #[test]
-    fn host_patterns_normalise_and_validate() {
-        assert_eq!(
-            "Broker.Example.COM.".parse(),
-            Ok(HostPattern::Exact("broker.example.com".into()))
-        );
-        assert_eq!("*.Apps.Test".parse(), Ok(HostPattern::Wildcard("apps.test".into())));
-        for bad in ["", "*", "a..b", "*.*.b", "a.*.b", "x*.b", "a b", "*.", &"a".repeat(64)] {
-            assert!(bad.parse::<HostPattern>().is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn endpoints_parse() {
-        assert_eq!(
-            "127.0.0.1:8883".parse(),
-            Ok(Endpoint::Addr("127.0.0.1:8883".parse().unwrap()))
-        );
-        assert_eq!("[::1]:8883".parse(), Ok(Endpoint::Addr("[::1]:8883".parse().unwrap())));
-        assert_eq!(
-            "Broker.svc.cluster.local:8883".parse(),
-            Ok(Endpoint::Name {
-                host: "broker.svc.cluster.local".into(),
-                port: 8883
-            })
-        );
-        for bad in [
-            "broker",
-            "broker:",
-            "broker:0",
-            "127.0.0.1:0",
-            "broker:70000",
-            "::1:8883",
-            "a b:1",
-            "a..:1",
-        ] {
-            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} should be refused");
-        }
     }
 
     #[test]
@@ -1057,6 +991,72 @@ mod tests {
         assert_eq!(config.hello_timeout, Duration::from_millis(250));
         assert_eq!(config.routes[0].idle_timeout, Duration::from_secs(10));
         assert_eq!(config.routes[1].idle_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn balancing_weights_and_health_per_route_over_defaults() {
+        let config = parse(
+            "[defaults]\nbalance = \"least-connections\"\nconnect_retries = 1\n\
+             [defaults.health]\nfailures = 5\nbackoff = \"2s\"\n\
+             [[route]]\nname = \"a\"\nhosts = [\"a.test\"]\n\
+             endpoints = [\"127.0.0.1:1\", { address = \"pods.test:2\", weight = 9 }]\n\
+             balance = \"source\"\nconnect_timeout = \"1s\"\nhealth = { failures = 0 }\n\
+             [[route]]\nname = \"b\"\nhosts = [\"b.test\"]\nendpoints = [{ address = \"127.0.0.1:1\" }]\n\
+             connect_deadline = \"30s\"\nconnect_retries = 0\n",
+        )
+        .unwrap();
+        let (a, b) = (&config.routes[0], &config.routes[1]);
+        assert_eq!(a.balance, Balance::Source);
+        assert_eq!(
+            a.endpoints
+                .iter()
+                .map(|e| (e.endpoint.to_string(), e.weight))
+                .collect::<Vec<_>>(),
+            [("127.0.0.1:1".to_owned(), 1), ("pods.test:2".to_owned(), 9)]
+        );
+        assert_eq!(a.connect_deadline, Duration::from_secs(2), "twice connect_timeout");
+        assert_eq!(a.connect_retries, 1);
+        assert_eq!(
+            (a.health.failures, a.health.backoff),
+            (0, Duration::from_secs(2)),
+            "the route's key, then [defaults.health]'s"
+        );
+        assert_eq!(b.balance, Balance::LeastConnections);
+        assert_eq!(b.endpoints[0].weight, 1);
+        assert_eq!((b.connect_deadline, b.connect_retries), (Duration::from_secs(30), 0));
+        assert_eq!(b.health.failures, 5);
+        assert_eq!(b.health.max_backoff, PassiveHealth::DEFAULT.max_backoff);
+    }
+
+    #[test]
+    fn bad_balancing_and_health_settings_are_refused_where_they_are() {
+        let route = |extra: &str| {
+            format!("[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n{extra}")
+        };
+        let refused = [
+            (route("balance = \"leastconn\"\n"), "router.toml:5:11: field `route[0].balance`: unknown variant"),
+            (route("connect_retries = 33\n"), "router.toml:5:19: field `route[0].connect_retries`: 33 is out of range 0..=32"),
+            (route("connect_timeout = \"5s\"\nconnect_deadline = \"1s\"\n"), "connect_deadline (1s) is shorter than connect_timeout (5s)"),
+            (route("health = { backoff = \"1m\", max_backoff = \"10s\" }\n"), "field `route[0].health`: max_backoff (10s) is shorter than backoff (1m)"),
+            (route("health = { fails = 1 }\n"), "unknown field `fails`"),
+            (
+                "[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [{ address = \"127.0.0.1:1\", weight = 0 }]\n".to_owned(),
+                "weight 0 is out of range 1..=256",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"b.test:1\", { address = \"B.test:1\" }]\n".to_owned(),
+                "endpoint `b.test:1` appears twice in route `a`",
+            ),
+            (
+                "[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [{ weight = 2 }]\n".to_owned(),
+                "missing field `address`",
+            ),
+            ("[defaults]\nconnect_deadline = \"1s\"\n".to_owned(), "connect_deadline is shorter than connect_timeout"),
+        ];
+        for (text, expected) in &refused {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
     }
 
     #[test]
