@@ -47,6 +47,12 @@ struct Cli {
     /// "fan-out"): to repeat or profile one.
     #[arg(long)]
     only: Option<String>,
+    /// An earlier snigate-router binary (main's, built in a worktree), run
+    /// beside the candidate in every router scenario as
+    /// `snigate-router@baseline`; the report then ends with the candidate's
+    /// ratio to it, scenario by scenario.
+    #[arg(long)]
+    router_baseline: Option<PathBuf>,
     /// Where the markdown table goes (also printed).
     #[arg(long, default_value = "target/bench/results.md")]
     out: PathBuf,
@@ -66,9 +72,24 @@ struct Plan {
     fan_out_rate: u32,
     qos1_window: usize,
     only: Option<String>,
+    router_baseline: Option<PathBuf>,
 }
 
 impl Plan {
+    /// The router targets of a scenario: `direct` too where the physical
+    /// limit means something; the baseline router when one is given.
+    fn proxies(&self, direct: bool) -> Vec<Proxy> {
+        let mut proxies = Vec::new();
+        if direct {
+            proxies.push(Proxy::Direct);
+        }
+        proxies.extend([Proxy::Haproxy, Proxy::Snigate]);
+        if self.router_baseline.is_some() {
+            proxies.push(Proxy::Baseline);
+        }
+        proxies
+    }
+
     /// Whether the scenario named `name` is to run.
     fn wants(&self, name: &str) -> bool {
         self.only.as_deref().is_none_or(|only| name.contains(only))
@@ -91,6 +112,7 @@ impl Plan {
             fan_out_rate: if quick { 100 } else { 200 },
             qos1_window: 20,
             only: cli.only.clone(),
+            router_baseline: cli.router_baseline.clone(),
         }
     }
 
@@ -196,6 +218,27 @@ impl Results {
                     "| {} ({}; baseline {}) | {target} | {m:.2} | {min:.2} | {max:.2} | {ratio} |",
                     row.scenario, row.unit, row.baseline
                 );
+            }
+        }
+        let (candidate, baseline) = (Proxy::Snigate.name(), Proxy::Baseline.name());
+        let versus: Vec<&Row> = self
+            .rows
+            .iter()
+            .filter(|r| r.values.contains_key(candidate) && r.values.contains_key(baseline))
+            .collect();
+        if !versus.is_empty() {
+            let _ = write!(
+                out,
+                "\n### {candidate} against {baseline}\n\n| scenario | {candidate} | {baseline} | x baseline |\n|---|---:|---:|---:|\n"
+            );
+            for row in versus {
+                let (c, b) = (median(&row.values[candidate]), median(&row.values[baseline]));
+                let ratio = if b == 0.0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.3}", c / b)
+                };
+                let _ = writeln!(out, "| {} ({}) | {c:.2} | {b:.2} | {ratio} |", row.scenario, row.unit);
             }
         }
         out
@@ -316,8 +359,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-const PROXIES: [Proxy; 3] = [Proxy::Direct, Proxy::Haproxy, Proxy::Snigate];
-
 fn router_scenarios(
     plan: &Plan,
     material: &tls::Material,
@@ -357,13 +398,20 @@ fn router_scenarios(
                     if !plan.wants(&scenario) {
                         continue;
                     }
-                    for proxy in PROXIES {
+                    for proxy in plan.proxies(true) {
                         let dir = next_dir()?;
                         let value = measure(pinned, all_cpus, async {
                             let backend =
                                 router::Backend::start(material, if upload { Mode::Sink } else { Mode::Source })
                                     .await?;
-                            let running = router::start(proxy, backend.addr, 3, pinned.then_some(1), &dir)?;
+                            let running = router::start(
+                                proxy,
+                                backend.addr,
+                                3,
+                                pinned.then_some(1),
+                                &dir,
+                                plan.router_baseline.as_deref(),
+                            )?;
                             router::bulk(&running, &backend, classic.clone(), conns, upload, plan.window).await
                         })?;
                         results.record(SECTION, &scenario, "MB/s", "direct", proxy.name(), value.mb_per_s);
@@ -381,11 +429,15 @@ fn router_scenarios(
                 }
             }
         }
-        for proxy in PROXIES.into_iter().filter(|_| plan.wants("round trip, 64 bytes")) {
+        for proxy in plan
+            .proxies(true)
+            .into_iter()
+            .filter(|_| plan.wants("round trip, 64 bytes"))
+        {
             let dir = next_dir()?;
             let (p50, p99) = measure(false, all_cpus, async {
                 let backend = router::Backend::start(material, Mode::Echo).await?;
-                let running = router::start(proxy, backend.addr, 3, None, &dir)?;
+                let running = router::start(proxy, backend.addr, 3, None, &dir, plan.router_baseline.as_deref())?;
                 router::round_trips(&running, classic.clone(), plan.round_trips).await
             })?;
             results.record(SECTION, "round trip p50, 64 bytes", "us", "direct", proxy.name(), p50);
@@ -398,11 +450,11 @@ fn router_scenarios(
             if !plan.wants(&format!("TLS handshakes, {label}")) {
                 continue;
             }
-            for proxy in PROXIES {
+            for proxy in plan.proxies(true) {
                 let dir = next_dir()?;
                 let rate = measure(false, all_cpus, async {
                     let backend = router::Backend::start(material, Mode::Hold).await?;
-                    let running = router::start(proxy, backend.addr, 3, None, &dir)?;
+                    let running = router::start(proxy, backend.addr, 3, None, &dir, plan.router_baseline.as_deref())?;
                     router::handshakes(&running, config.clone(), plan.handshake_concurrency, plan.window).await
                 })?;
                 results.record(
@@ -415,14 +467,15 @@ fn router_scenarios(
                 );
             }
         }
-        for proxy in [Proxy::Haproxy, Proxy::Snigate]
+        for proxy in plan
+            .proxies(false)
             .into_iter()
             .filter(|_| plan.wants("idle TLS connections"))
         {
             let dir = next_dir()?;
             let (per_conn, cpu) = measure(false, all_cpus, async {
                 let backend = router::Backend::start(material, Mode::Hold).await?;
-                let running = router::start(proxy, backend.addr, 3, None, &dir)?;
+                let running = router::start(proxy, backend.addr, 3, None, &dir, plan.router_baseline.as_deref())?;
                 router::idle(&running, classic.clone(), &plan.router_idle_steps).await
             })?;
             let steps = format!("{:?}", plan.router_idle_steps);
@@ -447,12 +500,13 @@ fn router_scenarios(
             if !plan.wants(&format!("{routes} routes")) {
                 continue;
             }
-            for proxy in [Proxy::Haproxy, Proxy::Snigate] {
+            for proxy in plan.proxies(false) {
                 let dir = next_dir()?;
                 let (rate, rss, startup) = measure(false, all_cpus, async {
                     let backend = router::Backend::start(material, Mode::Hold).await?;
                     let started = std::time::Instant::now();
-                    let running = router::start(proxy, backend.addr, routes, None, &dir)?;
+                    let running =
+                        router::start(proxy, backend.addr, routes, None, &dir, plan.router_baseline.as_deref())?;
                     // Writing the file, loading it, listening: what a restart
                     // (or, for snigate-router, a reload) of this table costs.
                     let startup = started.elapsed().as_secs_f64() * 1000.0;

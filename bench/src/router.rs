@@ -1,7 +1,8 @@
 //! Router scenarios: TLS clients through a proxy to a TLS backend chosen by
 //! SNI, against three targets: no proxy (`direct`, the physical limit),
-//! HAProxy in TCP mode on `req.ssl_sni`, and snigate-router. Clients and the
-//! backend run in this process; the proxy is a fresh process per run.
+//! HAProxy in TCP mode on `req.ssl_sni`, and snigate-router (and, with
+//! `--router-baseline`, an earlier snigate-router binary beside it). Clients
+//! and the backend run in this process; the proxy is a fresh process per run.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +23,8 @@ pub enum Proxy {
     Direct,
     Haproxy,
     Snigate,
+    /// An earlier snigate-router binary (`--router-baseline`).
+    Baseline,
 }
 
 impl Proxy {
@@ -30,6 +33,7 @@ impl Proxy {
             Proxy::Direct => "direct",
             Proxy::Haproxy => "haproxy",
             Proxy::Snigate => "snigate-router",
+            Proxy::Baseline => "snigate-router@baseline",
         }
     }
 }
@@ -122,6 +126,7 @@ pub fn start(
     routes: usize,
     cpu: Option<usize>,
     dir: &Path,
+    baseline: Option<&Path>,
 ) -> anyhow::Result<Running> {
     let sni = if routes > 3 {
         format!("h{}.{}", routes / 2, tls::HOST)
@@ -170,8 +175,12 @@ pub fn start(
                 &dir.join("haproxy.log"),
             )?
         }
-        Proxy::Snigate => {
-            let router = sys::ours("snigate-router")?;
+        Proxy::Snigate | Proxy::Baseline => {
+            let router = match (proxy, baseline) {
+                (Proxy::Baseline, Some(path)) => path.to_owned(),
+                (Proxy::Baseline, None) => anyhow::bail!("no --router-baseline binary given"),
+                _ => sys::ours("snigate-router")?,
+            };
             let mut config = format!(
                 "listen = [\"{addr}\"]\n\
                  # As HAProxy here: no access log (errors still logged).\n\

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::config::DnsSettings;
 use crate::error::ConnError;
 use crate::hello::{self, HelloLimits};
 use crate::metrics::Metrics;
@@ -49,6 +50,7 @@ pub struct Snapshot {
     /// Most connections open at once, in any stage.
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    pub dns: Arc<DnsSettings>,
 }
 
 /// What every connection shares: the current snapshot (swapped whole by a
@@ -287,6 +289,7 @@ async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access)
             return Err(no_route.into());
         }
     };
+    let dns = snapshot.dns.clone();
     drop(snapshot);
     let guard = shared.admit_route(&route)?;
 
@@ -296,7 +299,7 @@ async fn establish(client: &mut TcpStream, shared: &Shared, access: &mut Access)
         addr,
         endpoint,
         active,
-    } = shared.connector.connect(&route, access.peer.ip()).await?;
+    } = shared.connector.connect(&route, access.peer.ip(), &dns).await?;
     shared
         .metrics
         .connect_seconds
@@ -361,6 +364,7 @@ mod tests {
             },
             max_connections: 10,
             drain_timeout: Duration::from_secs(1),
+            dns: Arc::new(crate::config::DnsFile::default().resolve().unwrap()),
         };
         let metrics = crate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
         let shared = Arc::new(super::Shared::new(snapshot, metrics));

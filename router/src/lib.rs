@@ -15,10 +15,13 @@
 //! - [`hello`]: read the ClientHello under a deadline and a size cap;
 //!   [`hello::parse`] is the pure parser.
 //! - [`route`]: the route table (exact, `*.suffix`, default) and its lookup.
-//! - [`upstream`]: resolve a route's names, connect to the address its pool
-//!   picks, retry others under one deadline.
+//! - [`upstream`]: connect to the address a route's pool picks, retry others
+//!   under one deadline.
+//! - [`resolve`]: look names up when their TTL ends, in the background, so
+//!   connections do not wait for DNS.
 //! - [`pool`]: a route's endpoints and their addresses, balancing and passive
 //!   health; its state outlives reloads.
+//! - [`check`]: active TCP checks of every address, for routes that ask.
 //! - [`status`]: `/routes` and the per-endpoint metrics, read from the pools.
 //! - [`splice`]: relay bytes both ways with half-close and an idle timeout,
 //!   holding no buffer while idle.
@@ -31,6 +34,7 @@
 //! [`run`] takes bound listeners and a [`Shutdown`], so tests drive the same code
 //! as `main` on port 0 with their own stop trigger.
 
+pub mod check;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -41,6 +45,7 @@ pub mod pool;
 pub mod proxy_protocol;
 pub mod reject;
 pub mod reload;
+pub mod resolve;
 pub mod route;
 pub mod splice;
 pub mod status;
@@ -117,6 +122,7 @@ pub(crate) fn snapshot_of(settings: Settings) -> Snapshot {
             timeout: settings.config.hello_timeout,
             max_bytes: settings.config.hello_max_bytes,
         },
+        dns: Arc::new(settings.config.dns),
         table: settings.table,
     }
 }
@@ -190,6 +196,8 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     });
     let reload_task =
         loader.map(|loader| tokio::spawn(reload::run(shared.clone(), loader, running, shutdown.stop.clone())));
+    let refresh_task = tokio::spawn(resolve::run(shared.clone(), shutdown.stop.clone()));
+    let check_task = tokio::spawn(check::run(shared.clone(), shutdown.stop.clone()));
 
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners.tls {
@@ -205,6 +213,8 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     if let Some(task) = reload_task {
         let _ = task.await;
     }
+    let _ = refresh_task.await;
+    let _ = check_task.await;
     admin_stop.cancel();
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Balance, Endpoint, PassiveHealth, WeightedEndpoint};
+use crate::config::{Balance, Endpoint, HealthSettings, WeightedEndpoint};
 
 /// A route's backends, as configured, with the state they have built up.
 #[derive(Debug)]
 pub struct Pool {
     pub balance: Balance,
-    pub health: PassiveHealth,
+    pub health: HealthSettings,
     endpoints: Vec<PoolEndpoint>,
     state: Arc<PoolState>,
 }
@@ -69,6 +69,19 @@ pub struct EndpointState {
     pub connections: AtomicU64,
     pub connect_failures: AtomicU64,
     pub ejections: AtomicU64,
+    /// Lookups of its name that got no answer (its last answer stood).
+    pub lookup_failures: AtomicU64,
+    pub checks_passed: AtomicU64,
+    pub checks_failed: AtomicU64,
+    /// When its name is looked up next (`resolve`).
+    refresh: Mutex<Refresh>,
+}
+
+#[derive(Debug, Default)]
+struct Refresh {
+    /// `None`: never answered yet.
+    next: Option<Instant>,
+    in_flight: bool,
 }
 
 /// One address of an endpoint.
@@ -77,6 +90,8 @@ pub struct Address {
     pub addr: SocketAddr,
     pub active: AtomicU64,
     health: Mutex<Health>,
+    /// When it is checked next (active checks); `None`: not yet.
+    check: Mutex<Refresh>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -141,7 +156,24 @@ impl Address {
             addr,
             active: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
+            check: Mutex::new(Refresh::default()),
         })
+    }
+
+    /// Whether a check is due at `now` and none is in flight; if so, one is
+    /// now, and the next is due `interval` later.
+    pub fn start_check(&self, now: Instant, interval: Duration) -> bool {
+        let mut check = lock(&self.check);
+        if check.in_flight || check.next.is_some_and(|next| now < next) {
+            return false;
+        }
+        check.in_flight = true;
+        check.next = Some(now + interval);
+        true
+    }
+
+    pub fn end_check(&self) {
+        lock(&self.check).in_flight = false;
     }
 
     fn ejected(&self, now: Instant) -> bool {
@@ -162,6 +194,36 @@ impl Address {
 }
 
 impl EndpointState {
+    /// Whether it has an address to connect to (a name may have none yet,
+    /// or none now).
+    pub fn has_addresses(&self) -> bool {
+        !lock(&self.addresses).is_empty()
+    }
+
+    /// Its name is to be looked up again at `at`.
+    pub fn refresh_at(&self, at: Instant) {
+        lock(&self.refresh).next = Some(at);
+    }
+
+    /// Whether its name is due for a lookup at `now` and none is in flight;
+    /// if so, one now is (until [`EndpointState::end_refresh`]).
+    pub fn start_refresh(&self, now: Instant) -> bool {
+        let mut refresh = lock(&self.refresh);
+        if refresh.in_flight || refresh.next.is_some_and(|next| now < next) {
+            return false;
+        }
+        refresh.in_flight = true;
+        true
+    }
+
+    pub fn end_refresh(&self) {
+        lock(&self.refresh).in_flight = false;
+    }
+
+    pub fn lookup_failed(&self) {
+        self.lookup_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The addresses it stands for now.
     pub fn addresses(&self) -> Vec<Arc<Address>> {
         lock(&self.addresses).clone()
@@ -190,7 +252,7 @@ impl Pool {
     pub fn new(
         endpoints: Vec<WeightedEndpoint>,
         balance: Balance,
-        health: PassiveHealth,
+        health: HealthSettings,
         previous: Option<&Pool>,
     ) -> Self {
         let endpoints = endpoints
@@ -301,12 +363,7 @@ impl Pool {
         endpoint.connections.fetch_add(1, Ordering::Relaxed);
         endpoint.active.fetch_add(1, Ordering::Relaxed);
         pick.address.active.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut health = lock(&pick.address.health);
-            if health.failures != 0 || health.ejected_until.is_some() {
-                *health = Health::default();
-            }
-        }
+        restore(&pick.address);
         Active {
             endpoint: endpoint.clone(),
             address: pick.address.clone(),
@@ -316,8 +373,37 @@ impl Pool {
     /// A connect to `pick` failed. Returns the back-off when this failure
     /// ejected its address.
     pub fn failed(&self, pick: &Pick, now: Instant) -> Option<Duration> {
+        self.endpoints[pick.endpoint]
+            .state
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.failure(pick, now)
+    }
+
+    /// An active check of `pick` passed. Returns whether that ended an
+    /// ejection.
+    pub fn check_passed(&self, pick: &Pick, now: Instant) -> bool {
+        self.endpoints[pick.endpoint]
+            .state
+            .checks_passed
+            .fetch_add(1, Ordering::Relaxed);
+        let was_ejected = pick.address.ejected(now);
+        restore(&pick.address);
+        was_ejected
+    }
+
+    /// An active check of `pick` failed: as a failed connect. Returns the
+    /// back-off when this ejected its address.
+    pub fn check_failed(&self, pick: &Pick, now: Instant) -> Option<Duration> {
+        self.endpoints[pick.endpoint]
+            .state
+            .checks_failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.failure(pick, now)
+    }
+
+    fn failure(&self, pick: &Pick, now: Instant) -> Option<Duration> {
         let endpoint = &self.endpoints[pick.endpoint].state;
-        endpoint.connect_failures.fetch_add(1, Ordering::Relaxed);
         if self.health.failures == 0 {
             return None;
         }
@@ -337,6 +423,14 @@ impl Pool {
         health.failures = self.health.failures - 1;
         endpoint.ejections.fetch_add(1, Ordering::Relaxed);
         Some(backoff)
+    }
+}
+
+/// A success: the address is healthy, its back-off back to the first.
+fn restore(address: &Address) {
+    let mut health = lock(&address.health);
+    if health.failures != 0 || health.ejected_until.is_some() {
+        *health = Health::default();
     }
 }
 
@@ -504,7 +598,7 @@ mod tests {
     }
 
     fn pool(endpoints: Vec<WeightedEndpoint>, balance: Balance) -> Pool {
-        Pool::new(endpoints, balance, PassiveHealth::DEFAULT, None)
+        Pool::new(endpoints, balance, HealthSettings::DEFAULT, None)
     }
 
     fn client(n: u8) -> IpAddr {
@@ -588,10 +682,11 @@ mod tests {
 
     #[test]
     fn failures_in_a_row_eject_for_a_growing_backoff_and_a_success_restores() {
-        let health = PassiveHealth {
+        let health = HealthSettings {
             failures: 2,
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(300),
+            check: None,
         };
         let pool = Pool::new(vec![endpoint(1, 1), endpoint(2, 1)], Balance::RoundRobin, health, None);
         let t0 = Instant::now();
@@ -649,7 +744,7 @@ mod tests {
         let new = Pool::new(
             vec![endpoint(pick.address.addr.port(), 5), endpoint(3, 1)],
             Balance::LeastConnections,
-            PassiveHealth::DEFAULT,
+            HealthSettings::DEFAULT,
             Some(&old),
         );
         let kept = &new.endpoints()[0];

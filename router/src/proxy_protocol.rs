@@ -36,9 +36,41 @@ pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr, sni
     }
 }
 
+/// The header of a connection that carries no client (a health check):
+/// v2 `LOCAL` with no addresses, v1 `PROXY UNKNOWN`. A backend that expects
+/// PROXY protocol takes it as its own check, not as a malformed client.
+pub fn local_header(version: ProxyProtocol) -> Vec<u8> {
+    match version {
+        ProxyProtocol::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        ProxyProtocol::V2 => Builder::with_addresses(
+            Version::Two | Command::Local,
+            Protocol::Unspecified,
+            ppp::v2::Addresses::Unspecified,
+        )
+        .build()
+        // Without addresses or TLVs there is nothing to fail; the fixed
+        // 16 bytes are the same.
+        .unwrap_or_else(|_| {
+            let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            header.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            header
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_sends_a_local_header() {
+        let v2 = local_header(ProxyProtocol::V2);
+        assert_eq!(v2.len(), 16);
+        assert_eq!(&v2[12..], &[0x20, 0x00, 0x00, 0x00]);
+        let parsed = ppp::v2::Header::try_from(&v2[..]).unwrap();
+        assert_eq!(parsed.command, Command::Local);
+        assert_eq!(local_header(ProxyProtocol::V1), b"PROXY UNKNOWN\r\n");
+    }
 
     #[test]
     fn v1_names_both_addresses() {

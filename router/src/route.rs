@@ -252,7 +252,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             connect_deadline: Duration::from_secs(2),
             connect_retries: 3,
-            health: crate::config::PassiveHealth::DEFAULT,
+            health: crate::config::HealthSettings::DEFAULT,
             idle_timeout: Duration::from_secs(1),
             max_connections: None,
             proxy_protocol: None,

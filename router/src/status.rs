@@ -49,6 +49,9 @@ struct HealthView {
     failures: u32,
     backoff_ms: u64,
     max_backoff_ms: u64,
+    /// Active checks; `null` when off.
+    check_interval_ms: Option<u64>,
+    check_timeout_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +62,9 @@ struct EndpointView {
     connections: u64,
     connect_failures: u64,
     ejections: u64,
+    lookup_failures: u64,
+    checks_passed: u64,
+    checks_failed: u64,
     addresses: Vec<AddressView>,
 }
 
@@ -75,7 +81,7 @@ struct AddressView {
 /// Whether `route` has an address to send a connection to without failing
 /// open: one not ejected, or no address known yet (a name not yet resolved).
 fn healthy(route: &Route, now: Instant) -> bool {
-    let known = route.pool.endpoints().iter().any(|e| !e.state.addresses().is_empty());
+    let known = route.pool.endpoints().iter().any(|e| e.state.has_addresses());
     !known || route.pool.healthy(now)
 }
 
@@ -91,6 +97,9 @@ fn route_view<'a>(route: &'a Route, default: bool, now: Instant) -> RouteView<'a
             connections: e.state.connections.load(Ordering::Relaxed),
             connect_failures: e.state.connect_failures.load(Ordering::Relaxed),
             ejections: e.state.ejections.load(Ordering::Relaxed),
+            lookup_failures: e.state.lookup_failures.load(Ordering::Relaxed),
+            checks_passed: e.state.checks_passed.load(Ordering::Relaxed),
+            checks_failed: e.state.checks_failed.load(Ordering::Relaxed),
             addresses: e
                 .state
                 .addresses()
@@ -128,6 +137,8 @@ fn route_view<'a>(route: &'a Route, default: bool, now: Instant) -> RouteView<'a
             failures: route.pool.health.failures,
             backoff_ms: millis(route.pool.health.backoff),
             max_backoff_ms: millis(route.pool.health.max_backoff),
+            check_interval_ms: route.pool.health.check.map(|c| millis(c.interval)),
+            check_timeout_ms: route.pool.health.check.map(|c| millis(c.timeout)),
         },
         idle_timeout_ms: millis(route.idle_timeout),
         max_connections: route.max_connections,
@@ -172,6 +183,8 @@ pub struct BackendMetrics {
     addresses: IntGaugeVec,
     healthy: IntGaugeVec,
     fail_opens: IntCounterVec,
+    lookup_failures: IntCounterVec,
+    checks: IntCounterVec,
     /// One scrape at a time: each resets and refills the vectors.
     scraping: Mutex<()>,
 }
@@ -230,12 +243,28 @@ impl BackendMetrics {
                 ),
                 &["route"],
             )?,
+            lookup_failures: IntCounterVec::new(
+                Opts::new(
+                    "snigate_router_endpoint_lookup_failures_total",
+                    "DNS lookups of a name endpoint that got no answer (its last answer was kept), by route and endpoint.",
+                ),
+                endpoint,
+            )?,
+            checks: IntCounterVec::new(
+                Opts::new(
+                    "snigate_router_endpoint_checks_total",
+                    "Active checks of an endpoint's addresses, by route, endpoint and result (passed, failed).",
+                ),
+                &["route", "endpoint", "result"],
+            )?,
             scraping: Mutex::new(()),
         })
     }
 
-    fn vectors(&self) -> [&dyn Collector; 7] {
+    fn vectors(&self) -> [&dyn Collector; 9] {
         [
+            &self.lookup_failures,
+            &self.checks,
             &self.active,
             &self.connections,
             &self.connect_failures,
@@ -261,6 +290,8 @@ impl Collector for BackendMetrics {
                 &self.connect_failures,
                 &self.ejections,
                 &self.fail_opens,
+                &self.lookup_failures,
+                &self.checks,
             ],
         );
         gauges.iter().for_each(|v| v.reset());
@@ -292,6 +323,18 @@ impl Collector for BackendMetrics {
                 self.ejections
                     .with_label_values(&labels)
                     .inc_by(count(&state.ejections));
+                if matches!(endpoint.spec.endpoint, crate::config::Endpoint::Name { .. }) {
+                    self.lookup_failures
+                        .with_label_values(&labels)
+                        .inc_by(count(&state.lookup_failures));
+                }
+                if route.pool.health.check.is_some() {
+                    for (result, n) in [("passed", &state.checks_passed), ("failed", &state.checks_failed)] {
+                        self.checks
+                            .with_label_values(&[name, label.as_str(), result])
+                            .inc_by(count(n));
+                    }
+                }
                 let addresses = state.addresses();
                 let ejected = addresses.iter().filter(|a| a.status(now).ejected_for.is_some()).count();
                 let as_gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);

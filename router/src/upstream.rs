@@ -1,43 +1,29 @@
 //! Connecting to a route's backend: resolve, pick, connect, retry.
 //!
-//! A name endpoint is resolved first (its answer becomes its addresses in the
-//! route's pool); then the pool picks an address by the route's balancing,
+//! A name endpoint without an address yet is looked up first (its answer becomes
+//! its addresses in the route's pool; `resolve` keeps them current after
+//! that); then the pool picks an address by the route's balancing,
 //! and a failed connect moves on to another address not tried yet, up to
 //! `connect_retries` times, every attempt bounded by `connect_timeout` and
 //! all of them by `connect_deadline`. Nothing has been sent to a backend until
 //! a connect succeeds, so trying another is always safe. Each outcome is
 //! reported to the pool, which learns health from it.
-//!
-//! Names are resolved by hickory-resolver from `/etc/hosts` and
-//! `/etc/resolv.conf`, not by glibc: our images are static binaries `FROM
-//! scratch`, where glibc's NSS modules cannot be loaded. The resolver is built on
-//! first use, so a router whose endpoints are all addresses never needs one.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::Endpoint;
+use crate::config::{DnsSettings, Endpoint};
 use crate::pool::{Active, Pick};
+use crate::resolve::Resolver;
 use crate::route::Route;
 
 /// Connects to backends; shared by all connections.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Connector {
-    /// Built on first use; a failure is not kept, so a resolv.conf that appears
-    /// later (or a transient error) is picked up by the next connection.
-    resolver: OnceLock<TokioResolver>,
-}
-
-impl fmt::Debug for Connector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connector").finish_non_exhaustive()
-    }
+    pub resolver: Resolver,
 }
 
 /// One failed attempt: which endpoint (and address), and why.
@@ -85,7 +71,7 @@ impl Connector {
 
     /// Connect to an address of `route` for a client at `client`, as its
     /// balancing picks, trying others on failure.
-    pub async fn connect(&self, route: &Route, client: IpAddr) -> Result<Connected, ConnectError> {
+    pub async fn connect(&self, route: &Route, client: IpAddr, dns: &DnsSettings) -> Result<Connected, ConnectError> {
         let started = Instant::now();
         let deadline = started + route.connect_deadline;
         let pool = &route.pool;
@@ -98,16 +84,20 @@ impl Connector {
             let Endpoint::Name { host, port } = &endpoint.spec.endpoint else {
                 continue;
             };
+            // Kept current by `resolve`; looked up here only while it has no
+            // address (hickory caches a negative answer, so this is cheap).
+            if endpoint.state.has_addresses() {
+                continue;
+            }
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
                 return Err(past_deadline(attempts));
             };
-            match self.resolve(host, *port, route.connect_timeout.min(left)).await {
-                Ok(answer) => endpoint.state.resolved(&answer),
-                // Its last answer, if any, is kept and tried.
-                Err(error) => attempts.push(Attempt {
+            let timeout = route.connect_timeout.min(left);
+            if let Err(error) = self.resolver.refresh(dns, &endpoint.state, host, *port, timeout).await {
+                attempts.push(Attempt {
                     endpoint: endpoint.spec.endpoint.to_string(),
-                    error,
-                }),
+                    error: error.to_string(),
+                });
             }
         }
         let mut tried = Vec::new();
@@ -164,43 +154,9 @@ impl Connector {
     }
 
     fn note_failure(&self, route: &Route, pick: &Pick, error: &str) {
-        let Some(backoff) = route.pool.failed(pick, Instant::now()) else {
-            return;
-        };
-        let endpoint = &route.pool.endpoints()[pick.endpoint].spec.endpoint;
-        tracing::warn!(
-            route = route.name,
-            endpoint = %endpoint,
-            address = %pick.address.addr,
-            failures = route.pool.health.failures,
-            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-            error,
-            "backend address ejected"
-        );
-    }
-
-    async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
-        let resolver = match self.resolver.get() {
-            Some(resolver) => resolver,
-            None => {
-                let built = TokioResolver::builder_tokio()
-                    .map_err(|e| format!("no DNS resolver (reading /etc/resolv.conf): {e}"))?
-                    .build()
-                    .map_err(|e| format!("no DNS resolver: {e}"))?;
-                self.resolver.get_or_init(|| built)
-            }
-        };
-        // Search domains and `ndots` from resolv.conf apply as they would with
-        // glibc, so a short Kubernetes Service name resolves inside a cluster.
-        let lookup = tokio::time::timeout(timeout, resolver.lookup_ip(host))
-            .await
-            .map_err(|_| format!("DNS lookup timed out after {timeout:?}"))?
-            .map_err(|e| format!("DNS lookup failed: {e}"))?;
-        let addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-        if addrs.is_empty() {
-            return Err("DNS lookup returned no addresses".to_owned());
+        if let Some(backoff) = route.pool.failed(pick, Instant::now()) {
+            log_ejection(route, pick, backoff, "connect", error);
         }
-        Ok(addrs)
     }
 }
 
@@ -213,4 +169,19 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, S
     // latency-sensitive, and we forward each read as soon as it arrives.
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     Ok(stream)
+}
+
+/// The log line of an ejection, from a failed connect or a failed check.
+pub fn log_ejection(route: &Route, pick: &Pick, backoff: Duration, by: &'static str, error: &str) {
+    let endpoint = &route.pool.endpoints()[pick.endpoint].spec.endpoint;
+    tracing::warn!(
+        route = route.name,
+        endpoint = %endpoint,
+        address = %pick.address.addr,
+        failures = route.pool.health.failures,
+        by,
+        backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+        error,
+        "backend address ejected"
+    );
 }

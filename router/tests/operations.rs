@@ -127,7 +127,9 @@ async fn readyz_turns_not_ready_while_draining() {
 
 #[tokio::test]
 async fn routes_lists_the_live_table() {
-    let config = "[[route]]\nname = \"a\"\nhosts = [\"a.test\", \"*.apps.test\"]\nendpoints = [\"127.0.0.1:1\", \"b.internal:8883\"]\nmax_connections = 5\nproxy_protocol = \"v2\"\n\
+    // No name server listens on 127.0.0.1:9: `b.internal` stays unresolved,
+    // and nothing leaves the machine.
+    let config = "[dns]\nservers = [\"127.0.0.1:9\"]\n[[route]]\nname = \"a\"\nhosts = [\"a.test\", \"*.apps.test\"]\nendpoints = [\"127.0.0.1:1\", \"b.internal:8883\"]\nmax_connections = 5\nproxy_protocol = \"v2\"\n\
                   [[route]]\nname = \"d\"\ndefault = true\nendpoints = [\"127.0.0.1:2\"]\n";
     let router = TestRouter::start(config).await;
     let (status, body) = http_get(router.admin, "/routes").await.unwrap();
@@ -150,7 +152,7 @@ async fn routes_lists_the_live_table() {
         routes[0]["endpoints"][0]["addresses"],
         serde_json::json!([{"address": "127.0.0.1:1", "state": "healthy", "active": 0, "failures": 0, "ejected_for_ms": null}])
     );
-    // A name is resolved at its first connection: no address yet.
+    // A name with no answer has no address.
     assert_eq!(routes[0]["endpoints"][1]["addresses"], serde_json::json!([]));
     assert_eq!(routes[0]["connect_deadline_ms"], 10_000);
     assert_eq!(routes[0]["connect_retries"], 3);

@@ -429,9 +429,11 @@ async fn a_name_endpoint_is_resolved_and_every_address_tried() {
     let router = TestRouter::start(&config).await;
     assert_eq!(backend_for(&ca, router.addr, "named.test").await.unwrap(), "named");
 
-    // A name that does not resolve fails over to the next endpoint.
+    // A name that does not resolve fails over to the next endpoint. (Asked of
+    // a port on loopback where no name server listens: nothing leaves the
+    // machine.)
     let config = format!(
-        "[[route]]\nname = \"named\"\nhosts = [\"named.test\"]\nendpoints = [\"no-such-host.invalid:1\", \"{}\"]\nconnect_timeout = \"2s\"\n",
+        "[dns]\nservers = [\"127.0.0.1:9\"]\n[[route]]\nname = \"named\"\nhosts = [\"named.test\"]\nendpoints = [\"no-such-host.invalid:1\", \"{}\"]\nconnect_timeout = \"2s\"\n",
         backend.addr
     );
     let router2 = TestRouter::start(&config).await;

@@ -58,6 +58,12 @@ pub struct HealthFile {
     /// The longest an ejection lasts.
     #[serde(default, deserialize_with = "super::checked::some_duration")]
     pub max_backoff: Option<Duration>,
+    /// Active checks: a TCP connect to every address this often. Off unless set.
+    #[serde(default, deserialize_with = "super::checked::some_duration")]
+    pub check_interval: Option<Duration>,
+    /// How long one check may take. Default: the interval, at most 5 s.
+    #[serde(default, deserialize_with = "super::checked::some_duration")]
+    pub check_timeout: Option<Duration>,
 }
 
 impl HealthFile {
@@ -67,16 +73,25 @@ impl HealthFile {
             failures: self.failures.or(under.failures),
             backoff: self.backoff.or(under.backoff),
             max_backoff: self.max_backoff.or(under.max_backoff),
+            check_interval: self.check_interval.or(under.check_interval),
+            check_timeout: self.check_timeout.or(under.check_timeout),
         }
     }
 
     /// With the built-in values for what is left out, checked.
-    pub fn resolve(self) -> Result<PassiveHealth, String> {
-        let health = PassiveHealth {
-            failures: self.failures.unwrap_or(PassiveHealth::DEFAULT.failures),
-            backoff: self.backoff.unwrap_or(PassiveHealth::DEFAULT.backoff),
-            max_backoff: self.max_backoff.unwrap_or(PassiveHealth::DEFAULT.max_backoff),
+    pub fn resolve(self) -> Result<HealthSettings, String> {
+        let health = HealthSettings {
+            failures: self.failures.unwrap_or(HealthSettings::DEFAULT.failures),
+            backoff: self.backoff.unwrap_or(HealthSettings::DEFAULT.backoff),
+            max_backoff: self.max_backoff.unwrap_or(HealthSettings::DEFAULT.max_backoff),
+            check: self.check_interval.map(|interval| ActiveCheck {
+                interval,
+                timeout: self.check_timeout.unwrap_or(interval.min(ActiveCheck::DEFAULT_TIMEOUT)),
+            }),
         };
+        if self.check_timeout.is_some() && self.check_interval.is_none() {
+            return Err("check_timeout is set but check_interval is not: checks are off".to_owned());
+        }
         if health.max_backoff < health.backoff {
             return Err(format!(
                 "max_backoff ({}) is shorter than backoff ({})",
@@ -88,23 +103,37 @@ impl HealthFile {
     }
 }
 
-/// Passive health, validated: an address whose connects fail `failures` times
-/// in a row is skipped for `backoff`, doubled for each ejection in a row up to
-/// `max_backoff`.
+/// Health, validated: an address whose connects (or checks) fail `failures`
+/// times in a row is skipped for `backoff`, doubled for each ejection in a row
+/// up to `max_backoff`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PassiveHealth {
+pub struct HealthSettings {
     pub failures: u32,
     pub backoff: Duration,
     pub max_backoff: Duration,
+    /// Active checks, when on.
+    pub check: Option<ActiveCheck>,
 }
 
-impl PassiveHealth {
+/// Active checks: a TCP connect to each address every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl ActiveCheck {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+impl HealthSettings {
     /// Three in a row, as HAProxy's `fall`; a first back-off short enough for
     /// a restarting pod, growing to Envoy's `max_ejection_time`.
-    pub const DEFAULT: PassiveHealth = PassiveHealth {
+    pub const DEFAULT: HealthSettings = HealthSettings {
         failures: 3,
         backoff: Duration::from_secs(10),
         max_backoff: Duration::from_secs(300),
+        check: None,
     };
 
     /// How long the `n`th ejection in a row (from 0) lasts.
@@ -186,10 +215,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
-        let health = PassiveHealth {
+        let health = HealthSettings {
             failures: 3,
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
+            check: None,
         };
         let seconds: Vec<u64> = (0..5).map(|n| health.backoff_for(n).as_secs()).collect();
         assert_eq!(seconds, [10, 20, 40, 60, 60]);
@@ -201,7 +231,7 @@ mod tests {
         let defaults = HealthFile {
             failures: Some(5),
             backoff: Some(Duration::from_secs(1)),
-            max_backoff: None,
+            ..HealthFile::default()
         };
         let route = HealthFile {
             failures: Some(0),
@@ -210,7 +240,7 @@ mod tests {
         let health = route.over(defaults).resolve().unwrap();
         assert_eq!(health.failures, 0);
         assert_eq!(health.backoff, Duration::from_secs(1));
-        assert_eq!(health.max_backoff, PassiveHealth::DEFAULT.max_backoff);
+        assert_eq!(health.max_backoff, HealthSettings::DEFAULT.max_backoff);
         let shorter = HealthFile {
             max_backoff: Some(Duration::from_secs(1)),
             ..HealthFile::default()

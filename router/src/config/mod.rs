@@ -25,7 +25,9 @@ use snigate_shared::config::{ConfigError, Origin, Source};
 use snigate_shared::logging::{LogFormat, LogSettings};
 use toml::Spanned;
 
-pub use backends::{Balance, HealthFile, MAX_CONNECT_RETRIES, MAX_WEIGHT, PassiveHealth, WeightedEndpoint};
+pub use backends::{
+    ActiveCheck, Balance, HealthFile, HealthSettings, MAX_CONNECT_RETRIES, MAX_WEIGHT, WeightedEndpoint,
+};
 pub use names::{Endpoint, HostPattern};
 
 const DEFAULT_CONNECT_RETRIES: u32 = 3;
@@ -57,6 +59,8 @@ pub struct RouterFile {
     pub drain_timeout: Option<Duration>,
     #[serde(default)]
     pub hello: HelloFile,
+    #[serde(default)]
+    pub dns: DnsFile,
     #[serde(default)]
     pub defaults: DefaultsFile,
     #[serde(default)]
@@ -124,6 +128,76 @@ impl Default for DefaultsFile {
             health: HealthFile::default(),
         }
     }
+}
+
+/// `[dns]`: how name endpoints are resolved and kept current.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsFile {
+    /// Name servers to ask instead of `/etc/resolv.conf`'s (then without its
+    /// search domains): `IP:PORT` or `IP` (port 53).
+    pub servers: Vec<NameServer>,
+    /// A name is looked up again when its answer's TTL ends, but no sooner
+    /// than this after the last lookup...
+    #[serde(deserialize_with = "checked::duration")]
+    pub min_ttl: Duration,
+    /// ...and no later than this.
+    #[serde(deserialize_with = "checked::duration")]
+    pub max_ttl: Duration,
+}
+
+impl Default for DnsFile {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DnsFile {
+    pub fn resolve(self) -> Result<DnsSettings, String> {
+        if self.max_ttl < self.min_ttl {
+            return Err(format!(
+                "max_ttl ({}) is shorter than min_ttl ({})",
+                humantime::format_duration(self.max_ttl),
+                humantime::format_duration(self.min_ttl)
+            ));
+        }
+        Ok(DnsSettings {
+            servers: self.servers.into_iter().map(|s| s.0).collect(),
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+        })
+    }
+}
+
+/// A name server address: `IP:PORT`, or `IP` for port 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NameServer(pub SocketAddr);
+
+impl TryFrom<String> for NameServer {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Self(SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("`{s}` is not a name server address (expected IP or IP:PORT, [IPV6]:PORT)"))
+    }
+}
+
+/// `[dns]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
 }
 
 /// `[reload]`: picking up changed files without a signal.
@@ -197,6 +271,7 @@ pub struct RouterConfig {
     pub max_connections: Option<usize>,
     pub hello_timeout: Duration,
     pub hello_max_bytes: usize,
+    pub dns: DnsSettings,
     pub log_format: LogFormat,
     pub log_level: String,
     /// `None` when watching is off.
@@ -221,7 +296,7 @@ pub struct RouteSpec {
     /// All attempts of one connection together.
     pub connect_deadline: Duration,
     pub connect_retries: u32,
-    pub health: PassiveHealth,
+    pub health: HealthSettings,
     pub idle_timeout: Duration,
     pub max_connections: Option<usize>,
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -512,6 +587,10 @@ impl RouterConfig {
             max_connections: file.max_connections,
             hello_timeout: file.hello.timeout,
             hello_max_bytes: file.hello.max_bytes,
+            dns: file
+                .dns
+                .resolve()
+                .map_err(|why| ConfigError::new(origin_of(source), Some("dns".into()), why))?,
             log_format: file.log.format,
             log_level: file.log.level,
             reload_interval: file.reload.watch.then_some(file.reload.interval),
@@ -1025,7 +1104,56 @@ mod tests {
         assert_eq!(b.endpoints[0].weight, 1);
         assert_eq!((b.connect_deadline, b.connect_retries), (Duration::from_secs(30), 0));
         assert_eq!(b.health.failures, 5);
-        assert_eq!(b.health.max_backoff, PassiveHealth::DEFAULT.max_backoff);
+        assert_eq!(b.health.max_backoff, HealthSettings::DEFAULT.max_backoff);
+    }
+
+    #[test]
+    fn dns_servers_ttls_and_active_checks() {
+        let config = parse(
+            "[dns]\nservers = [\"10.96.0.10\", \"[::1]:5353\"]\nmin_ttl = \"2s\"\n\
+             [defaults.health]\ncheck_interval = \"30s\"\n\
+             [[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[route]]\nname = \"b\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n\
+             health = { check_interval = \"1s\", check_timeout = \"300ms\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.dns.servers,
+            [
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (config.dns.min_ttl, config.dns.max_ttl),
+            (Duration::from_secs(2), Duration::from_secs(30))
+        );
+        let check = |i: usize| config.routes[i].health.check.unwrap();
+        assert_eq!(
+            (check(0).interval, check(0).timeout),
+            (Duration::from_secs(30), Duration::from_secs(5)),
+            "the timeout is the interval, at most 5 s"
+        );
+        assert_eq!(
+            (check(1).interval, check(1).timeout),
+            (Duration::from_secs(1), Duration::from_millis(300))
+        );
+        assert_eq!(parse("").unwrap().dns.servers, Vec::<SocketAddr>::new());
+
+        for (text, expected) in [
+            ("[dns]\nservers = [\"ns.test\"]\n", "is not a name server address"),
+            (
+                "[dns]\nmin_ttl = \"1m\"\nmax_ttl = \"1s\"\n",
+                "max_ttl (1s) is shorter than min_ttl (1m)",
+            ),
+            (
+                "[defaults.health]\ncheck_timeout = \"1s\"\n",
+                "check_timeout is set but check_interval is not",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
     }
 
     #[test]

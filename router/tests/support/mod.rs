@@ -20,6 +20,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 pub use snigate_shared::testing::{Ca, STEP};
 
+pub mod dns;
+
 /// A TLS backend for `host`: after the handshake it writes `<name>\n`, then echoes
 /// everything it reads until end of stream, then closes.
 pub struct TlsBackend {
