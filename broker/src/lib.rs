@@ -22,7 +22,6 @@ pub mod engine;
 pub mod inbound;
 pub mod metrics;
 pub mod passwd_cmd;
-pub mod proxy;
 pub mod reload;
 pub mod session;
 pub mod sys;

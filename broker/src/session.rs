@@ -156,7 +156,7 @@ pub async fn serve(
     // One deadline for PROXY header, handshake, protocol level and CONNECT.
     let deadline = started + shared.settings.connect_timeout;
     if proxy_protocol {
-        match tokio::time::timeout_at(deadline, crate::proxy::read_header(&mut stream)).await {
+        match tokio::time::timeout_at(deadline, snigate_shared::proxy_protocol::read_header(&mut stream)).await {
             Ok(Ok(Some(client))) => peer = client,
             // A health check or LOCAL command: the proxy speaks for itself.
             Ok(Ok(None)) => {}

@@ -21,6 +21,10 @@ pub enum ConnError {
     GlobalLimit(usize),
     #[error("route's connection limit ({0}) is reached")]
     RouteLimit(usize),
+    #[error("a PROXY protocol listener, but {0} is not among its trusted load balancers")]
+    UntrustedProxy(std::net::SocketAddr),
+    #[error("bad PROXY protocol header: {0}")]
+    ProxyHeader(String),
 }
 
 impl ConnError {
@@ -37,6 +41,8 @@ impl ConnError {
             ConnError::Forward(_) => "backend_error",
             ConnError::GlobalLimit(_) => "global_limit",
             ConnError::RouteLimit(_) => "route_limit",
+            ConnError::UntrustedProxy(_) => "untrusted_proxy",
+            ConnError::ProxyHeader(_) => "bad_proxy_header",
         }
     }
 }

@@ -62,7 +62,7 @@ use snigate_shared::config::ConfigError;
 use snigate_shared::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use crate::config::{Loader, RouterConfig};
+use crate::config::{Loader, ProxyIn, RouterConfig};
 use crate::conn::{Shared, Snapshot};
 use crate::hello::HelloLimits;
 use crate::metrics::Metrics;
@@ -148,8 +148,22 @@ pub fn default_max_connections() -> usize {
 /// The sockets the router serves on.
 #[derive(Debug)]
 pub struct Listeners {
-    pub tls: Vec<TcpListener>,
+    pub tls: Vec<TlsListener>,
     pub admin: Option<TcpListener>,
+}
+
+/// A bound TLS listener and whether its connections start with a PROXY
+/// protocol header.
+#[derive(Debug)]
+pub struct TlsListener {
+    pub socket: TcpListener,
+    pub proxy: Option<Arc<ProxyIn>>,
+}
+
+impl TlsListener {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
 }
 
 /// Bind every configured address.
@@ -161,7 +175,12 @@ pub fn bind(config: &RouterConfig) -> io::Result<Listeners> {
         tls: config
             .listen
             .iter()
-            .map(|&addr| bind_one(addr))
+            .map(|listen| {
+                Ok(TlsListener {
+                    socket: bind_one(listen.addr)?,
+                    proxy: listen.proxy.clone(),
+                })
+            })
             .collect::<io::Result<_>>()?,
         admin: config.admin.map(bind_one).transpose()?,
     })
@@ -204,7 +223,12 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
         if let Ok(addr) = listener.local_addr() {
             snigate_shared::logging::listening("tls", addr);
         }
-        servers.spawn(listener::serve(listener, shared.clone(), shutdown.clone()));
+        servers.spawn(listener::serve(
+            listener.socket,
+            listener.proxy,
+            shared.clone(),
+            shutdown.clone(),
+        ));
     }
     readiness.set(true);
     shutdown.stop.cancelled().await;

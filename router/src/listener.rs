@@ -14,6 +14,7 @@ use snigate_shared::shutdown::{self, DrainReport, Shutdown};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinSet;
 
+use crate::config::ProxyIn;
 use crate::conn::{self, Shared};
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -41,7 +42,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Accept on `listener` until `shutdown.stop`, then drain this listener's
 /// connections for at most the current drain timeout (or until `shutdown.force`).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdown) -> DrainReport {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Option<Arc<ProxyIn>>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) -> DrainReport {
     let local = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -65,7 +71,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Shutdow
                 // wildcard listener that is the address the client dialled, which
                 // the access log and PROXY headers report.
                 let dialled = stream.local_addr().unwrap_or(local);
-                tasks.spawn(conn::handle(stream, peer, dialled, shared.clone()));
+                tasks.spawn(conn::handle(stream, peer, dialled, proxy.clone(), shared.clone()));
             }
             // The client gave up between SYN and accept: nothing to do.
             Err(e) if is_per_connection(&e) => {}

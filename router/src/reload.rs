@@ -82,8 +82,8 @@ pub fn reload(shared: &Shared, loader: &Loader, running: &RouterConfig) -> Resul
     let config = &mut settings.config;
     if config.listen != running.listen {
         tracing::warn!(
-            running = ?running.listen,
-            configured = ?config.listen,
+            running = %list(&running.listen),
+            configured = %list(&config.listen),
             "listen addresses changed: a restart is needed to apply them"
         );
         config.listen.clone_from(&running.listen);
@@ -107,4 +107,9 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn list(listen: &[crate::config::Listen]) -> String {
+    let entries: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    entries.join(", ")
 }

@@ -11,6 +11,7 @@
 //! - [`tls`]: PEM certificates and keys into rustls, errors naming the file.
 //! - [`certs`]: a CA and server certificates for given host names (rcgen).
 //! - [`watch`]: noticing changed files (ConfigMap symlink swaps included) by polling.
+//! - [`proxy_protocol`]: reading a PROXY protocol v1/v2 header off a stream.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod shutdown;
 #[cfg(feature = "testing")]
 pub mod testing;

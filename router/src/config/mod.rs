@@ -13,6 +13,8 @@
 //! the connect budget, passive health).
 
 mod backends;
+mod cidr;
+mod listen;
 mod names;
 
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ use toml::Spanned;
 pub use backends::{
     ActiveCheck, Balance, HealthFile, HealthSettings, MAX_CONNECT_RETRIES, MAX_WEIGHT, WeightedEndpoint,
 };
+pub use cidr::{Cidr, CidrSet};
+pub use listen::{Listen, ProxyIn};
 pub use names::{Endpoint, HostPattern};
 
 const DEFAULT_CONNECT_RETRIES: u32 = 3;
@@ -39,8 +43,9 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterFile {
-    /// Addresses to accept TLS connections on. Default `["0.0.0.0:443"]`.
-    pub listen: Option<Vec<SocketAddr>>,
+    /// Addresses to accept TLS connections on, each `"IP:PORT"` or a table
+    /// with PROXY protocol in. Default `["0.0.0.0:443"]`.
+    pub listen: Option<Vec<Listen>>,
     /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/routes`.
     /// Off unless set.
     pub admin: Option<SocketAddr>,
@@ -264,7 +269,7 @@ pub enum ProxyProtocol {
 /// The router's validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouterConfig {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub admin: Option<SocketAddr>,
     pub drain_timeout: Duration,
     /// `None`: derived from the open-files limit when the router starts.
@@ -581,7 +586,7 @@ impl RouterConfig {
         let mut config = Self {
             listen: file
                 .listen
-                .unwrap_or_else(|| vec![SocketAddr::from(([0, 0, 0, 0], 443))]),
+                .unwrap_or_else(|| vec![Listen::plain(SocketAddr::from(([0, 0, 0, 0], 443)))]),
             admin: file.admin,
             drain_timeout: file.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
             max_connections: file.max_connections,
@@ -608,7 +613,7 @@ impl RouterConfig {
 
         for layer in layers {
             if !layer.listen.is_empty() {
-                config.listen.clone_from(&layer.listen);
+                config.listen = layer.listen.iter().copied().map(Listen::plain).collect();
             }
             config.admin = layer.admin.or(config.admin);
             config.log_format = layer.log_format.unwrap_or(config.log_format);
@@ -932,7 +937,7 @@ mod tests {
     #[test]
     fn defaults_without_a_file() {
         let config = RouterConfig::build(RouterFile::default(), None, &[]).unwrap();
-        assert_eq!(config.listen, vec!["0.0.0.0:443".parse().unwrap()]);
+        assert_eq!(config.listen, vec![Listen::plain("0.0.0.0:443".parse().unwrap())]);
         assert_eq!(config.hello_timeout, Duration::from_secs(5));
         assert_eq!(config.hello_max_bytes, 17 * 1024);
         assert!(config.routes.is_empty());
@@ -1108,6 +1113,44 @@ mod tests {
     }
 
     #[test]
+    fn listeners_with_proxy_protocol_in_name_their_load_balancers() {
+        let config = parse(
+            "listen = [\"127.0.0.1:8443\", { address = \"[::]:8443\", proxy_protocol = true, trusted = [\"10.0.0.0/8\", \"192.0.2.7\"] }]\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen[0], Listen::plain("127.0.0.1:8443".parse().unwrap()));
+        let proxy = config.listen[1].proxy.as_ref().unwrap();
+        assert!(proxy.trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(!proxy.trusted.contains("192.0.2.8".parse().unwrap()));
+        assert_eq!(
+            config.listen[1].to_string(),
+            "[::]:8443 (PROXY protocol from 10.0.0.0/8 192.0.2.7/32)"
+        );
+        for (text, expected) in [
+            (
+                "listen = [{ address = \"[::]:1\", proxy_protocol = true }]\n",
+                "needs `trusted`",
+            ),
+            (
+                "listen = [{ address = \"[::]:1\", proxy_protocol = true, trusted = [] }]\n",
+                "`trusted` is empty",
+            ),
+            (
+                "listen = [{ address = \"[::]:1\", trusted = [\"10.0.0.0/8\"] }]\n",
+                "is for proxy_protocol = true",
+            ),
+            (
+                "listen = [{ address = \"[::]:1\", proxy_protocol = true, trusted = [\"10.0.0.1/8\"] }]\n",
+                "host bits set",
+            ),
+            ("listen = [\"localhost:1\"]\n", "field `listen[0]`"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
+    }
+
+    #[test]
     fn dns_servers_ttls_and_active_checks() {
         let config = parse(
             "[dns]\nservers = [\"10.96.0.10\", \"[::1]:5353\"]\nmin_ttl = \"2s\"\n\
@@ -1201,7 +1244,7 @@ mod tests {
             "listen = [\"0.0.0.0:1\"]\n[[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n",
         );
         let config = RouterConfig::build(source.parse().unwrap(), Some(&source), &[overrides]).unwrap();
-        assert_eq!(config.listen, vec!["[::1]:8443".parse().unwrap()]);
+        assert_eq!(config.listen, vec![Listen::plain("[::1]:8443".parse().unwrap())]);
         let names: Vec<_> = config.routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b.test", "default"]);
         assert_eq!(config.log_format, LogFormat::Json);

@@ -136,6 +136,19 @@ impl TestRouter {
         Self::run(settings).await
     }
 
+    /// Start with `toml` as the config file, its `listen` as written (port 0
+    /// for one the OS picks): for listeners with PROXY protocol in.
+    pub async fn start_with_listen(toml: &str) -> Self {
+        let source = Source::from_text("test.toml", toml);
+        let overrides = Overrides {
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = RouterConfig::from_source(&source, &[overrides]).unwrap_or_else(|e| panic!("{e}"));
+        let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
+        Self::run(settings).await
+    }
+
     /// Wait until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + STEP;

@@ -1,27 +1,27 @@
-//! PROXY protocol in (v1 and v2): the header a proxy in front (snigate-router
-//! with `proxy_protocol` on a route, HAProxy's `send-proxy`) writes before the
-//! client's bytes, carrying the client's address. Parsing is the `ppp` crate's;
-//! this module reads exactly the header's bytes off the socket, so what follows
-//! (a TLS ClientHello, an MQTT CONNECT) is left for the session.
+//! PROXY protocol in (v1 and v2): the header a proxy in front (a cloud load
+//! balancer before the router, snigate-router with `proxy_protocol` on a
+//! route before the broker, HAProxy's `send-proxy`) writes before the
+//! client's bytes, carrying the client's address. Parsing is the `ppp`
+//! crate's; this module reads exactly the header's bytes off the stream, so
+//! what follows (a TLS ClientHello, an MQTT CONNECT) is left for the reader.
 
 use std::net::SocketAddr;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The v2 signature (12 bytes), then version/command, family and a 2-byte length.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest v1 header, CRLF included (the spec's figure).
 const V1_MAX: usize = 107;
-/// The longest v2 header accepted: addresses and a few TLVs. The spec allows
-/// 64 KiB of TLVs; a proxy sending that much to an MQTT broker is not one we
-/// know.
+/// The longest v2 header accepted: addresses and a few TLVs (AWS's and
+/// Azure's load balancers add an endpoint id). The spec allows 64 KiB of
+/// TLVs; a proxy sending that much is not one we know.
 const V2_MAX: usize = 16 + 1024;
 
 /// Read the header; the client's address, or `None` when the header says the
 /// proxy speaks for itself (v1 `UNKNOWN`, v2 `LOCAL`, or a non-IP family).
 /// Errors are for the log; the caller closes the connection.
-pub async fn read_header(stream: &mut TcpStream) -> Result<Option<SocketAddr>, String> {
+pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, String> {
     let mut header = vec![0u8; 12];
     stream
         .read_exact(&mut header)
