@@ -25,7 +25,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::config::{DnsSettings, ProxyIn};
+use crate::clients::{self, ClientTable, LogBudget, Slot};
+use crate::config::{AccessList, ClientLimits, ClientsSettings, DnsSettings, ProxyIn};
 use crate::error::ConnError;
 use crate::hello::{self, HelloLimits};
 use crate::metrics::Metrics;
@@ -51,6 +52,7 @@ pub struct Snapshot {
     pub max_connections: usize,
     pub drain_timeout: Duration,
     pub dns: Arc<DnsSettings>,
+    pub clients: ClientsSettings,
 }
 
 /// What every connection shares: the current snapshot (swapped whole by a
@@ -63,7 +65,19 @@ pub struct Shared {
     pub connector: Connector,
     pub metrics: Metrics,
     open: AtomicUsize,
-    by_route: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    by_route: Mutex<HashMap<String, Arc<RouteState>>>,
+    /// Every connection's client, against `[clients]`.
+    clients: ClientTable,
+    refusal_log: LogBudget,
+}
+
+/// What a route's connections count against, kept across reloads by name.
+#[derive(Debug)]
+struct RouteState {
+    active: AtomicUsize,
+    /// `snigate_router_connections_active{route}`, looked up once.
+    gauge: IntGauge,
+    clients: ClientTable,
 }
 
 impl Shared {
@@ -77,7 +91,24 @@ impl Shared {
             metrics,
             open: AtomicUsize::new(0),
             by_route: Mutex::new(HashMap::new()),
+            clients: ClientTable::default(),
+            refusal_log: LogBudget::default(),
         }
+    }
+
+    /// The client tables: `[clients]`'s (route `None`), then each route's
+    /// that has one, with how many prefixes each tracks and how often it was
+    /// full.
+    pub fn client_tables(&self) -> Vec<(Option<String>, usize, u64)> {
+        let mut tables = vec![(None, self.clients.len(), self.clients.full.load(Ordering::Relaxed))];
+        let by_route = self.by_route.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, state) in by_route.iter() {
+            let (len, full) = (state.clients.len(), state.clients.full.load(Ordering::Relaxed));
+            if len > 0 || full > 0 {
+                tables.push((Some(name.clone()), len, full));
+            }
+        }
+        tables
     }
 
     /// Make `snapshot` the one new connections take.
@@ -99,21 +130,58 @@ impl Shared {
     }
 
     /// Count a connection on `route` against its limit.
+    fn route_state(&self, route: &Route) -> Arc<RouteState> {
+        let mut by_route = self.by_route.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_route
+            .entry(route.name.clone())
+            .or_insert_with(|| {
+                Arc::new(RouteState {
+                    active: AtomicUsize::new(0),
+                    gauge: self.metrics.active.with_label_values(&[route.name.as_str()]),
+                    clients: ClientTable::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// Whether `client` may connect to `scope`, and count it there: the
+    /// access list first, then the limits per client.
+    fn admit_client(
+        &self,
+        client: std::net::IpAddr,
+        settings: &ClientsSettings,
+        access: &AccessList,
+        limits: &ClientLimits,
+        table: &ClientTable,
+        route: bool,
+    ) -> Result<Option<Slot>, ConnError> {
+        if !access.admits(client) {
+            return Err(ConnError::Denied { route });
+        }
+        if limits.is_none() {
+            return Ok(None);
+        }
+        table
+            .admit(
+                clients::key(client, settings),
+                limits,
+                settings.max_tracked,
+                Instant::now(),
+            )
+            .map_err(|refusal| ConnError::ClientLimit { route, refusal })
+    }
+
     fn admit_route(&self, route: &Route) -> Result<RouteGuard, ConnError> {
-        let count = {
-            let mut by_route = self.by_route.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            by_route.entry(route.name.clone()).or_default().clone()
-        };
-        let before = count.fetch_add(1, Ordering::AcqRel);
+        let count = self.route_state(route);
+        let before = count.active.fetch_add(1, Ordering::AcqRel);
         if let Some(max) = route.max_connections
             && before >= max
         {
-            count.fetch_sub(1, Ordering::AcqRel);
+            count.active.fetch_sub(1, Ordering::AcqRel);
             return Err(ConnError::RouteLimit(max));
         }
-        let gauge = self.metrics.active.with_label_values(&[route.name.as_str()]);
-        gauge.inc();
-        Ok(RouteGuard { count, gauge })
+        count.gauge.inc();
+        Ok(RouteGuard(count))
     }
 }
 
@@ -128,15 +196,12 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// One connection on a route, counted until dropped.
-struct RouteGuard {
-    count: Arc<AtomicUsize>,
-    gauge: IntGauge,
-}
+struct RouteGuard(Arc<RouteState>);
 
 impl Drop for RouteGuard {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.dec();
     }
 }
 
@@ -211,12 +276,27 @@ pub async fn handle(
             match error {
                 ConnError::GlobalLimit(_) => shared.metrics.limit_refusals.with_label_values(&["global", ""]).inc(),
                 ConnError::RouteLimit(_) => shared.metrics.limit_refusals.with_label_values(&["route", route]).inc(),
+                ConnError::ClientLimit { refusal, .. } => shared
+                    .metrics
+                    .limit_refusals
+                    .with_label_values(&[refusal.label(), route])
+                    .inc(),
+                ConnError::Denied { .. } => shared.metrics.denials.with_label_values(&[route]).inc(),
                 _ => shared.metrics.routing_failures.with_label_values(&[label]).inc(),
             }
             (label, 0, 0, Some(error.to_string()))
         }
     };
     shared.metrics.closed.with_label_values(&[route, outcome]).inc();
+    // Refused clients come in floods: their lines are rationed, their
+    // counts are not.
+    let refused = matches!(
+        result,
+        Err(ConnError::Denied { .. } | ConnError::ClientLimit { .. } | ConnError::UntrustedProxy(_))
+    );
+    if refused && !shared.refusal_log.allow(Instant::now()) {
+        return;
+    }
     tracing::info!(
         target: "snigate_router::access",
         peer = %access.peer,
@@ -261,6 +341,7 @@ async fn serve(
         forwarded,
         _guard,
         _active,
+        _slots,
     } = established;
     let bytes_in = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "in"]);
     let bytes_out = shared.metrics.bytes.with_label_values(&[route.name.as_str(), "out"]);
@@ -283,6 +364,10 @@ struct Established {
     forwarded: u64,
     _guard: RouteGuard,
     _active: Active,
+    /// The client counted against `[clients]` and the route's `clients`;
+    /// boxed, and only with limits, so that connections without them keep
+    /// 8 bytes of the 16 for their whole life.
+    _slots: Option<Box<(Option<Slot>, Option<Slot>)>>,
 }
 
 /// (PROXY header ->) hello -> route -> upstream, then forward the hello.
@@ -301,6 +386,17 @@ async fn establish(
         read_proxy_header(client, access, proxy, limits.timeout).await?;
         limits.timeout = limits.timeout.saturating_sub(started.elapsed());
     }
+    // Before reading anything more: the cheapest point to turn a client away.
+    let clients = &snapshot.clients;
+    let client_ip = access.peer.ip();
+    let global_slot = shared.admit_client(
+        client_ip,
+        clients,
+        &clients.access,
+        &clients.limits,
+        &shared.clients,
+        false,
+    )?;
     let hello = hello::read(client, limits).await?;
     shared.metrics.hello_seconds.observe(started.elapsed().as_secs_f64());
     access.sni.clone_from(&hello.info.sni);
@@ -318,6 +414,12 @@ async fn establish(
             send_alert(client, hello.info.record_version).await;
             return Err(no_route.into());
         }
+    };
+    let route_slot = if route.access.is_open() && route.client_limits.is_none() {
+        None
+    } else {
+        let table = &shared.route_state(&route).clients;
+        shared.admit_client(client_ip, clients, &route.access, &route.client_limits, table, true)?
     };
     let dns = snapshot.dns.clone();
     drop(snapshot);
@@ -355,6 +457,7 @@ async fn establish(
         forwarded: forwarded as u64,
         _guard: guard,
         _active: active,
+        _slots: (global_slot.is_some() || route_slot.is_some()).then(|| Box::new((global_slot, route_slot))),
     })
 }
 
@@ -420,6 +523,7 @@ mod tests {
             max_connections: 10,
             drain_timeout: Duration::from_secs(1),
             dns: Arc::new(crate::config::DnsFile::default().resolve().unwrap()),
+            clients: crate::config::ClientsSettings::default(),
         };
         let metrics = crate::metrics::Metrics::new(&prometheus::Registry::new()).unwrap();
         let shared = Arc::new(super::Shared::new(snapshot, metrics));

@@ -3,6 +3,7 @@
 //! The [`ConnError::label`] of each variant is the `outcome` field of the access
 //! log (and, with router operations, a metric label), so labels are stable and few.
 
+use crate::clients::Refusal;
 use crate::hello::HelloError;
 use crate::route::NoRoute;
 use crate::upstream::ConnectError;
@@ -25,6 +26,10 @@ pub enum ConnError {
     UntrustedProxy(std::net::SocketAddr),
     #[error("bad PROXY protocol header: {0}")]
     ProxyHeader(String),
+    #[error("the client's address is not allowed {}", if *.route { "on this route" } else { "here" })]
+    Denied { route: bool },
+    #[error("the client is at its {} limit{}", .refusal.label(), if *.route { " on this route" } else { "" })]
+    ClientLimit { route: bool, refusal: Refusal },
 }
 
 impl ConnError {
@@ -43,6 +48,8 @@ impl ConnError {
             ConnError::RouteLimit(_) => "route_limit",
             ConnError::UntrustedProxy(_) => "untrusted_proxy",
             ConnError::ProxyHeader(_) => "bad_proxy_header",
+            ConnError::Denied { .. } => "denied",
+            ConnError::ClientLimit { refusal, .. } => refusal.label(),
         }
     }
 }

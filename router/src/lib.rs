@@ -21,6 +21,7 @@
 //!   connections do not wait for DNS.
 //! - [`pool`]: a route's endpoints and their addresses, balancing and passive
 //!   health; its state outlives reloads.
+//! - [`clients`]: per-client limits (concurrent, rate) in bounded tables.
 //! - [`check`]: active TCP checks of every address, for routes that ask.
 //! - [`status`]: `/routes` and the per-endpoint metrics, read from the pools.
 //! - [`splice`]: relay bytes both ways with half-close and an idle timeout,
@@ -35,6 +36,7 @@
 //! as `main` on port 0 with their own stop trigger.
 
 pub mod check;
+pub mod clients;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -123,6 +125,7 @@ pub(crate) fn snapshot_of(settings: Settings) -> Snapshot {
             max_bytes: settings.config.hello_max_bytes,
         },
         dns: Arc::new(settings.config.dns),
+        clients: settings.config.clients,
         table: settings.table,
     }
 }

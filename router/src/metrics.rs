@@ -30,8 +30,11 @@ pub struct Metrics {
     pub connect_seconds: HistogramVec,
     /// Connections that could not be routed to a backend, by reason.
     pub routing_failures: IntCounterVec,
-    /// Connections closed at a limit, by limit (`global`, `route`) and route.
+    /// Connections closed at a limit, by limit (`global`, `route`,
+    /// `client_connections`, `client_rate`) and route.
     pub limit_refusals: IntCounterVec,
+    /// Connections refused by an allow or deny list, by route (`""`: `[clients]`).
+    pub denials: IntCounterVec,
     /// Reloads by result (`success`, `failure`).
     pub reloads: IntCounterVec,
     /// When the configuration in use was loaded (Unix seconds).
@@ -95,6 +98,13 @@ impl Metrics {
                 ),
                 &["limit", "route"],
             )?,
+            denials: IntCounterVec::new(
+                Opts::new(
+                    "snigate_router_access_denials_total",
+                    "Connections refused by an allow or deny list, by route (empty: the [clients] lists).",
+                ),
+                &["route"],
+            )?,
             reloads: IntCounterVec::new(
                 Opts::new("snigate_router_reloads_total", "Configuration reloads, by result."),
                 &["result"],
@@ -117,6 +127,7 @@ impl Metrics {
         registry.register(Box::new(metrics.connect_seconds.clone()))?;
         registry.register(Box::new(metrics.routing_failures.clone()))?;
         registry.register(Box::new(metrics.limit_refusals.clone()))?;
+        registry.register(Box::new(metrics.denials.clone()))?;
         registry.register(Box::new(metrics.reloads.clone()))?;
         registry.register(Box::new(metrics.config_loaded.clone()))?;
         registry.register(Box::new(metrics.limit.clone()))?;

@@ -185,6 +185,8 @@ pub struct BackendMetrics {
     fail_opens: IntCounterVec,
     lookup_failures: IntCounterVec,
     checks: IntCounterVec,
+    clients_tracked: IntGaugeVec,
+    client_table_full: IntCounterVec,
     /// One scrape at a time: each resets and refills the vectors.
     scraping: Mutex<()>,
 }
@@ -257,12 +259,28 @@ impl BackendMetrics {
                 ),
                 &["route", "endpoint", "result"],
             )?,
+            clients_tracked: IntGaugeVec::new(
+                Opts::new(
+                    "snigate_router_clients_tracked",
+                    "Client addresses (prefixes) counted now for per-client limits, by route (empty: [clients]).",
+                ),
+                &["route"],
+            )?,
+            client_table_full: IntCounterVec::new(
+                Opts::new(
+                    "snigate_router_client_table_full_total",
+                    "New clients let through uncounted because max_tracked prefixes were held, by route (empty: [clients]).",
+                ),
+                &["route"],
+            )?,
             scraping: Mutex::new(()),
         })
     }
 
-    fn vectors(&self) -> [&dyn Collector; 9] {
+    fn vectors(&self) -> [&dyn Collector; 11] {
         [
+            &self.clients_tracked,
+            &self.client_table_full,
             &self.lookup_failures,
             &self.checks,
             &self.active,
@@ -284,7 +302,7 @@ impl Collector for BackendMetrics {
     fn collect(&self) -> Vec<MetricFamily> {
         let _one = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
         let (gauges, counters) = (
-            [&self.active, &self.addresses, &self.healthy],
+            [&self.active, &self.addresses, &self.healthy, &self.clients_tracked],
             [
                 &self.connections,
                 &self.connect_failures,
@@ -292,10 +310,18 @@ impl Collector for BackendMetrics {
                 &self.fail_opens,
                 &self.lookup_failures,
                 &self.checks,
+                &self.client_table_full,
             ],
         );
         gauges.iter().for_each(|v| v.reset());
         counters.iter().for_each(|v| v.reset());
+        for (route, tracked, full) in self.shared.client_tables() {
+            let route = route.unwrap_or_default();
+            self.clients_tracked
+                .with_label_values(&[route.as_str()])
+                .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+            self.client_table_full.with_label_values(&[route.as_str()]).inc_by(full);
+        }
         let snapshot = self.shared.snapshot.load();
         let now = Instant::now();
         for route in snapshot.table.routes() {

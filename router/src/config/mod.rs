@@ -14,6 +14,7 @@
 
 mod backends;
 mod cidr;
+mod clients;
 mod listen;
 mod names;
 
@@ -31,6 +32,7 @@ pub use backends::{
     ActiveCheck, Balance, HealthFile, HealthSettings, MAX_CONNECT_RETRIES, MAX_WEIGHT, WeightedEndpoint,
 };
 pub use cidr::{Cidr, CidrSet};
+pub use clients::{AccessList, ClientLimits, ClientsFile, ClientsSettings, LimitsFile, Rate};
 pub use listen::{Listen, ProxyIn};
 pub use names::{Endpoint, HostPattern};
 
@@ -66,6 +68,8 @@ pub struct RouterFile {
     pub hello: HelloFile,
     #[serde(default)]
     pub dns: DnsFile,
+    #[serde(default)]
+    pub clients: ClientsFile,
     #[serde(default)]
     pub defaults: DefaultsFile,
     #[serde(default)]
@@ -246,6 +250,15 @@ pub struct RouteFile {
     pub connect_retries: Option<u32>,
     #[serde(default)]
     pub health: Option<Spanned<HealthFile>>,
+    /// Only clients in these blocks may use this route (empty: anyone).
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// Clients in these blocks may not; wins over `allow`.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+    /// Limits per client address on this route.
+    #[serde(default)]
+    pub clients: Option<Spanned<LimitsFile>>,
     #[serde(default, deserialize_with = "checked::some_duration")]
     pub idle_timeout: Option<Duration>,
     /// Most connections relayed on this route at once.
@@ -277,6 +290,7 @@ pub struct RouterConfig {
     pub hello_timeout: Duration,
     pub hello_max_bytes: usize,
     pub dns: DnsSettings,
+    pub clients: ClientsSettings,
     pub log_format: LogFormat,
     pub log_level: String,
     /// `None` when watching is off.
@@ -302,6 +316,10 @@ pub struct RouteSpec {
     pub connect_deadline: Duration,
     pub connect_retries: u32,
     pub health: HealthSettings,
+    /// Who may use the route.
+    pub access: AccessList,
+    /// Limits per client address on this route.
+    pub client_limits: ClientLimits,
     pub idle_timeout: Duration,
     pub max_connections: Option<usize>,
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -333,6 +351,8 @@ impl RouteSpec {
             connect_deadline,
             connect_retries: defaults.connect_retries,
             health: defaults.health.resolve().map_err(|why| bad("health", why))?,
+            access: AccessList::default(),
+            client_limits: ClientLimits::default(),
             idle_timeout: defaults.idle_timeout,
             max_connections: None,
             proxy_protocol: None,
@@ -596,6 +616,10 @@ impl RouterConfig {
                 .dns
                 .resolve()
                 .map_err(|why| ConfigError::new(origin_of(source), Some("dns".into()), why))?,
+            clients: file
+                .clients
+                .resolve()
+                .map_err(|why| ConfigError::new(origin_of(source), Some("clients".into()), why))?,
             log_format: file.log.format,
             log_level: file.log.level,
             reload_interval: file.reload.watch.then_some(file.reload.interval),
@@ -773,6 +797,16 @@ fn route_specs(
             .over(defaults.health)
             .resolve()
             .map_err(|why| file_error(health_span, format!("route[{i}].health"), why))?;
+        let client_limits = match route.clients {
+            Some(limits) => {
+                let span = limits.span();
+                limits
+                    .into_inner()
+                    .resolve()
+                    .map_err(|why| file_error(span, format!("route[{i}].clients"), why))?
+            }
+            None => ClientLimits::default(),
+        };
         let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
         let is_default = route.default.is_some_and(Spanned::into_inner);
         if route.hosts.is_empty() && !is_default {
@@ -800,6 +834,8 @@ fn route_specs(
             connect_deadline,
             connect_retries: route.connect_retries.unwrap_or(defaults.connect_retries),
             health,
+            access: AccessList::new(route.allow, route.deny),
+            client_limits,
             idle_timeout: route.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_connections: route.max_connections,
             proxy_protocol: route.proxy_protocol,
@@ -850,6 +886,10 @@ mod checked {
 
     pub fn some_connect_retries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         connect_retries(d).map(Some)
+    }
+
+    pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        some_count(d).map(|n| n.unwrap_or(1))
     }
 
     pub fn some_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
@@ -1144,6 +1184,51 @@ mod tests {
                 "host bits set",
             ),
             ("listen = [\"localhost:1\"]\n", "field `listen[0]`"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
+    }
+
+    #[test]
+    fn client_limits_and_access_lists() {
+        let config = parse(
+            "[clients]\nmax_connections = 10\nrate = 5\nipv6_prefix = 56\nallow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.1\"]\n\
+             [[route]]\nname = \"a\"\nhosts = [\"a.test\"]\nendpoints = [\"127.0.0.1:1\"]\n\
+             allow = [\"10.1.0.0/16\"]\nclients = { rate = 2, burst = 4 }\n",
+        )
+        .unwrap();
+        let clients = &config.clients;
+        assert_eq!(clients.limits.max_connections, Some(10));
+        assert_eq!(
+            clients.limits.rate,
+            Some(Rate {
+                per_second: 5.0,
+                burst: 5.0
+            })
+        );
+        assert_eq!((clients.ipv4_prefix, clients.ipv6_prefix), (32, 56));
+        assert!(clients.access.admits("10.2.3.4".parse().unwrap()));
+        assert!(!clients.access.admits("10.0.0.1".parse().unwrap()));
+        assert!(!clients.access.admits("192.0.2.1".parse().unwrap()));
+        let route = &config.routes[0];
+        assert!(!route.access.admits("10.2.3.4".parse().unwrap()));
+        assert_eq!(
+            route.client_limits.rate,
+            Some(Rate {
+                per_second: 2.0,
+                burst: 4.0
+            })
+        );
+        assert!(parse("").unwrap().clients.access.is_open());
+        for (text, expected) in [
+            ("[clients]\nburst = 3\n", "burst is set but rate is not"),
+            ("[clients]\nipv6_prefix = 129\n", "ipv6_prefix 129 is out of range"),
+            ("[clients]\nrate = 0\n", "must be more than 0"),
+            (
+                "[clients]\ndeny = [\"10.0.0.0/33\"]\n",
+                "is not an address or a CIDR block",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}\n{err}");
