@@ -31,7 +31,7 @@ use crate::error::ConnError;
 use crate::hello::{self, HelloLimits};
 use crate::metrics::Metrics;
 use crate::pool::Active;
-use crate::route::{Route, RouteTable};
+use crate::route::{NoRoute, Route, RouteTable};
 use crate::splice::{self, End, Side};
 use crate::upstream::{Connected, Connector};
 use crate::{proxy_protocol, reject};
@@ -404,14 +404,18 @@ async fn establish(
         access.alpn = Some(hello.info.alpn.join(","));
     }
 
-    let route = match snapshot.table.lookup(hello.info.sni.as_deref()) {
+    let route = match snapshot.table.lookup(hello.info.sni.as_deref(), &hello.info.alpn) {
         Ok((route, kind)) => {
             access.matched = Some(kind.label());
             access.route = Some(route.clone());
             route.clone()
         }
         Err(no_route) => {
-            send_alert(client, hello.info.record_version).await;
+            let alert = match no_route {
+                NoRoute::NoAlpn => reject::no_application_protocol(hello.info.record_version),
+                NoRoute::NoSni | NoRoute::UnknownSni => reject::unrecognized_name(hello.info.record_version),
+            };
+            send_alert(client, alert).await;
             return Err(no_route.into());
         }
     };
@@ -487,8 +491,7 @@ async fn read_proxy_header(
 }
 
 /// Best effort: the client may already be gone.
-async fn send_alert(client: &mut TcpStream, record_version: u16) {
-    let alert = reject::unrecognized_name(record_version);
+async fn send_alert(client: &mut TcpStream, alert: [u8; 7]) {
     let _ = tokio::time::timeout(ALERT_LINGER, async {
         client.write_all(&alert).await?;
         client.shutdown().await?;

@@ -1,11 +1,14 @@
-//! The route table: which route a ClientHello's SNI selects.
+//! The route table: which route a ClientHello's SNI (and ALPN) selects.
 //!
 //! Built once per configuration (at start and on reload), then shared read-only by
 //! every connection. Lookup is two hash probes: the exact name, then the wildcard
 //! for the name minus its first label. Exact beats wildcard; the default route
-//! takes what neither matches, and hellos without SNI. Conflicts (one host claimed
-//! by two routes, two default routes) are found here, at build time, and name
-//! both places. Sync and pure: no I/O.
+//! takes what neither matches, and hellos without SNI. The host decides first;
+//! among the routes claiming the best-matching host, one listing a protocol the
+//! client offers (in the client's order of preference) wins over the one that
+//! lists none. Conflicts (one host, or one host and protocol, claimed by two
+//! routes; two default routes) are found here, at build time, and name both
+//! places. Sync and pure: no I/O.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +26,8 @@ pub struct Route {
     pub name: String,
     /// The host patterns, as configured (for `check` and the logs).
     pub hosts: Vec<String>,
+    /// The ALPN protocols it answers for; empty: any.
+    pub alpn: Vec<String>,
     /// Its endpoints, how connections are spread over them and what is known
     /// of their health.
     pub pool: Pool,
@@ -71,6 +76,8 @@ pub enum NoRoute {
     NoSni,
     #[error("no route for this SNI and there is no default route")]
     UnknownSni,
+    #[error("the routes for this SNI each want an ALPN protocol the client does not offer")]
+    NoAlpn,
 }
 
 impl NoRoute {
@@ -78,6 +85,7 @@ impl NoRoute {
         match self {
             NoRoute::NoSni => "no_sni",
             NoRoute::UnknownSni => "unknown_sni",
+            NoRoute::NoAlpn => "no_alpn",
         }
     }
 }
@@ -86,10 +94,38 @@ impl NoRoute {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, Claim>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, usize>,
-    default: Option<usize>,
+    wildcard: HashMap<String, Claim>,
+    default: Claim,
+}
+
+/// The routes claiming one host (or the default): the one for any protocol,
+/// and those for given ALPN protocols.
+#[derive(Debug, Default)]
+struct Claim {
+    any: Option<usize>,
+    by_alpn: Vec<(String, usize)>,
+}
+
+impl Claim {
+    fn is_empty(&self) -> bool {
+        self.any.is_none() && self.by_alpn.is_empty()
+    }
+
+    /// The route for a client offering `alpn`, in its order of preference.
+    fn choose(&self, alpn: &[String]) -> Option<usize> {
+        alpn.iter()
+            .find_map(|offered| self.by_alpn.iter().find(|(p, _)| p == offered).map(|&(_, i)| i))
+            .or(self.any)
+    }
+
+    fn add(&mut self, index: usize, alpn: &[String]) {
+        if alpn.is_empty() {
+            self.any = Some(index);
+        }
+        self.by_alpn.extend(alpn.iter().map(|p| (p.clone(), index)));
+    }
 }
 
 impl RouteTable {
@@ -120,6 +156,7 @@ impl RouteTable {
                 );
                 Arc::new(Route {
                     hosts: spec.hosts.iter().map(|(h, _)| h.to_string()).collect(),
+                    alpn: spec.alpn,
                     name: spec.name,
                     pool,
                     connect_timeout: spec.connect_timeout,
@@ -139,28 +176,38 @@ impl RouteTable {
     /// Fill the host and default indexes from `specs`, or name the first conflict.
     fn index(&mut self, specs: &[RouteSpec]) -> Result<(), ConfigError> {
         let table = self;
-        // Where each host and the default were claimed, to name both on a conflict.
-        let mut claimed: HashMap<&HostPattern, (usize, &str, &Origin)> = HashMap::new();
-        let mut default_claim: Option<(&str, &Origin)> = None;
+        // Where each (host, protocol) and the default were claimed, to name
+        // both on a conflict; `None`: any protocol.
+        let mut claimed: HashMap<(&HostPattern, Option<&str>), (usize, &str, &Origin)> = HashMap::new();
+        let mut default_claim: HashMap<Option<&str>, (&str, &Origin)> = HashMap::new();
         let mut names: HashMap<&str, &Origin> = HashMap::new();
         for (index, spec) in specs.iter().enumerate() {
             for (pattern, origin) in &spec.hosts {
-                if let Some((other_index, other, other_origin)) = claimed.insert(pattern, (index, &spec.name, origin)) {
+                for protocol in protocols(spec) {
+                    let Some((other_index, other, other_origin)) =
+                        claimed.insert((pattern, protocol), (index, &spec.name, origin))
+                    else {
+                        continue;
+                    };
+                    let what = match protocol {
+                        None => format!("host `{pattern}`"),
+                        Some(p) => format!("host `{pattern}` with ALPN `{p}`"),
+                    };
                     let message = if other_index == index {
-                        format!("host `{pattern}` appears twice in route `{other}` (also at {other_origin})")
+                        format!("{what} appears twice in route `{other}` (also at {other_origin})")
                     } else {
                         format!(
-                            "host `{pattern}` is claimed by route `{}` and route `{other}` (at {other_origin})",
+                            "{what} is claimed by route `{}` and route `{other}` (at {other_origin})",
                             spec.name
                         )
                     };
                     return Err(ConfigError::new(origin.clone(), Some("hosts".into()), message));
                 }
-                let key = match pattern {
-                    HostPattern::Exact(name) => table.exact.insert(name.clone(), index),
-                    HostPattern::Wildcard(suffix) => table.wildcard.insert(suffix.clone(), index),
+                let claim = match pattern {
+                    HostPattern::Exact(name) => table.exact.entry(name.clone()).or_default(),
+                    HostPattern::Wildcard(suffix) => table.wildcard.entry(suffix.clone()).or_default(),
                 };
-                debug_assert!(key.is_none(), "a duplicate is caught by `claimed`");
+                claim.add(index, &spec.alpn);
             }
             // After the hosts: two flag routes for one host share a name, and the
             // host is the conflict worth reporting.
@@ -172,38 +219,46 @@ impl RouteTable {
                 ));
             }
             if let Some(origin) = &spec.default {
-                if let Some((other, other_origin)) = default_claim.replace((&spec.name, origin)) {
-                    return Err(ConfigError::new(
-                        origin.clone(),
-                        Some("default".into()),
-                        format!(
-                            "route `{}` and route `{other}` (at {other_origin}) are both the default route",
-                            spec.name
-                        ),
-                    ));
+                for protocol in protocols(spec) {
+                    if let Some((other, other_origin)) = default_claim.insert(protocol, (&spec.name, origin)) {
+                        let what = match protocol {
+                            None => String::new(),
+                            Some(p) => format!(" for ALPN `{p}`"),
+                        };
+                        return Err(ConfigError::new(
+                            origin.clone(),
+                            Some("default".into()),
+                            format!(
+                                "route `{}` and route `{other}` (at {other_origin}) are both the default route{what}",
+                                spec.name
+                            ),
+                        ));
+                    }
                 }
-                table.default = Some(index);
+                table.default.add(index, &spec.alpn);
             }
         }
         Ok(())
     }
 
-    /// The route for a ClientHello's (normalised) SNI.
-    pub fn lookup(&self, sni: Option<&str>) -> Result<(&Arc<Route>, MatchKind), NoRoute> {
+    /// The route for a ClientHello's (normalised) SNI and its ALPN offer.
+    pub fn lookup(&self, sni: Option<&str>, alpn: &[String]) -> Result<(&Arc<Route>, MatchKind), NoRoute> {
         let found = match sni {
             None => None,
-            Some(sni) => self.exact.get(sni).map(|&i| (i, MatchKind::Exact)).or_else(|| {
+            Some(sni) => self.exact.get(sni).map(|c| (c, MatchKind::Exact)).or_else(|| {
                 let (_, parent) = sni.split_once('.')?;
-                self.wildcard.get(parent).map(|&i| (i, MatchKind::Wildcard))
+                self.wildcard.get(parent).map(|c| (c, MatchKind::Wildcard))
             }),
         };
-        let (index, kind) = match (found, self.default) {
-            (Some(found), _) => found,
-            (None, Some(default)) if sni.is_none() => (default, MatchKind::DefaultNoSni),
-            (None, Some(default)) => (default, MatchKind::DefaultUnknownSni),
-            (None, None) if sni.is_none() => return Err(NoRoute::NoSni),
-            (None, None) => return Err(NoRoute::UnknownSni),
+        let has_default = !self.default.is_empty();
+        let (claim, kind) = match found {
+            Some(found) => found,
+            None if has_default && sni.is_none() => (&self.default, MatchKind::DefaultNoSni),
+            None if has_default => (&self.default, MatchKind::DefaultUnknownSni),
+            None if sni.is_none() => return Err(NoRoute::NoSni),
+            None => return Err(NoRoute::UnknownSni),
         };
+        let index = claim.choose(alpn).ok_or(NoRoute::NoAlpn)?;
         Ok((&self.routes[index], kind))
     }
 
@@ -211,8 +266,10 @@ impl RouteTable {
         &self.routes
     }
 
-    pub fn default_route(&self) -> Option<&Arc<Route>> {
-        self.default.map(|i| &self.routes[i])
+    /// Whether `route` (by its index in [`RouteTable::routes`]) is a default
+    /// route (for any protocol or some).
+    pub fn is_default(&self, index: usize) -> bool {
+        self.default.any == Some(index) || self.default.by_alpn.iter().any(|&(_, i)| i == index)
     }
 }
 
@@ -222,8 +279,11 @@ impl fmt::Display for RouteTable {
         for (i, route) in self.routes.iter().enumerate() {
             let mut hosts = route.hosts.clone();
             hosts.sort();
-            if self.default == Some(i) {
+            if self.is_default(i) {
                 hosts.push("(default)".to_owned());
+            }
+            if !route.alpn.is_empty() {
+                hosts.push(format!("[alpn {}]", route.alpn.join(" ")));
             }
             let endpoints: Vec<String> = route.pool.endpoints().iter().map(|e| e.spec.to_string()).collect();
             writeln!(
@@ -243,6 +303,15 @@ impl fmt::Display for RouteTable {
     }
 }
 
+/// What a route claims its hosts for: given protocols, or (`None`) any.
+fn protocols(spec: &RouteSpec) -> Vec<Option<&str>> {
+    if spec.alpn.is_empty() {
+        vec![None]
+    } else {
+        spec.alpn.iter().map(|p| Some(p.as_str())).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +323,7 @@ mod tests {
             hosts: hosts.iter().map(|h| (h.parse().unwrap(), origin.clone())).collect(),
             endpoints: vec![crate::config::Endpoint::Addr("127.0.0.1:1".parse().unwrap()).into()],
             default: default.then(|| origin.clone()),
+            alpn: Vec::new(),
             balance: crate::config::Balance::RoundRobin,
             connect_timeout: Duration::from_secs(1),
             connect_deadline: Duration::from_secs(2),
@@ -269,7 +339,71 @@ mod tests {
     }
 
     fn name_of(table: &RouteTable, sni: Option<&str>) -> Result<(String, MatchKind), NoRoute> {
-        table.lookup(sni).map(|(r, k)| (r.name.clone(), k))
+        table.lookup(sni, &[]).map(|(r, k)| (r.name.clone(), k))
+    }
+
+    fn with_alpn(mut spec: RouteSpec, alpn: &[&str]) -> RouteSpec {
+        spec.alpn = alpn.iter().map(|p| (*p).to_owned()).collect();
+        spec
+    }
+
+    #[test]
+    fn the_host_decides_then_the_clients_alpn_preference() {
+        let table = RouteTable::build(vec![
+            with_alpn(spec("mqtt", &["broker.test"], false), &["mqtt"]),
+            with_alpn(spec("web", &["broker.test"], false), &["h2", "http/1.1"]),
+            spec("other", &["broker.test"], false),
+            with_alpn(spec("wild", &["*.test"], false), &["mqtt"]),
+        ])
+        .unwrap();
+        let pick = |sni: &str, alpn: &[&str]| {
+            let alpn: Vec<String> = alpn.iter().map(|p| (*p).to_owned()).collect();
+            table.lookup(Some(sni), &alpn).map(|(r, _)| r.name.clone())
+        };
+        assert_eq!(pick("broker.test", &["mqtt"]), Ok("mqtt".into()));
+        assert_eq!(
+            pick("broker.test", &["http/1.1", "mqtt"]),
+            Ok("web".into()),
+            "the client's order"
+        );
+        assert_eq!(
+            pick("broker.test", &["imap"]),
+            Ok("other".into()),
+            "no list wins when none matches"
+        );
+        assert_eq!(pick("broker.test", &[]), Ok("other".into()));
+        // The host decides first: no fall-through to the wildcard.
+        assert_eq!(pick("a.test", &["mqtt"]), Ok("wild".into()));
+        assert_eq!(pick("a.test", &["h2"]), Err(NoRoute::NoAlpn));
+    }
+
+    #[test]
+    fn one_host_and_protocol_is_claimed_once() {
+        let err = RouteTable::build(vec![
+            with_alpn(spec("one", &["x.test"], false), &["mqtt", "h2"]),
+            with_alpn(spec("two", &["x.test"], false), &["h2"]),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("host `x.test` with ALPN `h2` is claimed by route `two` and route `one`"),
+            "{err}"
+        );
+        let err = RouteTable::build(vec![
+            with_alpn(spec("one", &[], true), &["mqtt"]),
+            with_alpn(spec("two", &[], true), &["mqtt"]),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("both the default route for ALPN `mqtt`"),
+            "{err}"
+        );
+        // A default for one protocol and one for any are two routes, no conflict.
+        RouteTable::build(vec![
+            with_alpn(spec("one", &[], true), &["mqtt"]),
+            spec("two", &[], true),
+        ])
+        .unwrap();
     }
 
     #[test]

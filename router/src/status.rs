@@ -28,6 +28,8 @@ fn millis(d: std::time::Duration) -> u64 {
 struct RouteView<'a> {
     name: &'a str,
     hosts: &'a [String],
+    /// ALPN protocols it answers for; empty: any.
+    alpn: &'a [String],
     default: bool,
     balance: &'static str,
     /// Some address is not ejected (or none is known yet).
@@ -124,6 +126,7 @@ fn route_view<'a>(route: &'a Route, default: bool, now: Instant) -> RouteView<'a
     RouteView {
         name: &route.name,
         hosts: &route.hosts,
+        alpn: &route.alpn,
         default,
         balance: route.pool.balance.label(),
         healthy: healthy(route, now),
@@ -154,12 +157,12 @@ pub fn routes_handler(shared: Arc<Shared>) -> admin::Handler {
     Arc::new(move || {
         let snapshot = shared.snapshot.load();
         let now = Instant::now();
-        let default = snapshot.table.default_route().map(|r| r.name.as_str());
         let routes: Vec<RouteView<'_>> = snapshot
             .table
             .routes()
             .iter()
-            .map(|r| route_view(r, default == Some(r.name.as_str()), now))
+            .enumerate()
+            .map(|(i, r)| route_view(r, snapshot.table.is_default(i), now))
             .collect();
         #[derive(Serialize)]
         struct Body<'a> {

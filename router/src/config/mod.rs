@@ -241,6 +241,9 @@ pub struct RouteFile {
     /// Receive ClientHellos with no SNI or an SNI no route matches.
     #[serde(default)]
     pub default: Option<Spanned<bool>>,
+    /// ALPN protocols this route answers for among the routes of its hosts.
+    #[serde(default)]
+    pub alpn: Option<Spanned<Vec<String>>>,
     pub balance: Option<Balance>,
     #[serde(default, deserialize_with = "checked::some_duration")]
     pub connect_timeout: Option<Duration>,
@@ -309,6 +312,8 @@ pub struct RouteSpec {
     pub endpoints: Vec<WeightedEndpoint>,
     /// `Some` for the default route: where it was declared.
     pub default: Option<Origin>,
+    /// ALPN protocols it answers for; empty: any.
+    pub alpn: Vec<String>,
     pub balance: Balance,
     /// One attempt (one TCP connect, or one DNS lookup).
     pub connect_timeout: Duration,
@@ -346,6 +351,7 @@ impl RouteSpec {
             hosts: Vec::new(),
             endpoints: Vec::new(),
             default: None,
+            alpn: Vec::new(),
             balance: defaults.balance,
             connect_timeout: defaults.connect_timeout,
             connect_deadline,
@@ -807,6 +813,15 @@ fn route_specs(
             }
             None => ClientLimits::default(),
         };
+        let alpn = match route.alpn {
+            Some(alpn) => {
+                let span = alpn.span();
+                let alpn = alpn.into_inner();
+                check_alpn(&alpn).map_err(|why| file_error(span, format!("route[{i}].alpn"), why))?;
+                alpn
+            }
+            None => Vec::new(),
+        };
         let default_span = route.default.as_ref().map_or(name_span.clone(), Spanned::span);
         let is_default = route.default.is_some_and(Spanned::into_inner);
         if route.hosts.is_empty() && !is_default {
@@ -829,6 +844,7 @@ fn route_specs(
                 .collect(),
             endpoints,
             default: is_default.then(|| at(default_span)),
+            alpn,
             balance: route.balance.unwrap_or(defaults.balance),
             connect_timeout,
             connect_deadline,
@@ -842,6 +858,23 @@ fn route_specs(
         });
     }
     Ok(specs)
+}
+
+/// ALPN protocol ids as RFC 7301 allows them (1 to 255 bytes), written as
+/// printable ASCII (every registered id is), each once.
+fn check_alpn(alpn: &[String]) -> Result<(), String> {
+    if alpn.is_empty() {
+        return Err("an empty list: leave `alpn` out for any protocol".to_owned());
+    }
+    for (i, id) in alpn.iter().enumerate() {
+        if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("`{id}`: an ALPN id is 1 to 255 printable ASCII characters"));
+        }
+        if alpn[..i].contains(id) {
+            return Err(format!("`{id}` appears twice"));
+        }
+    }
+    Ok(())
 }
 
 fn origin_of(source: Option<&Source>) -> Origin {
