@@ -587,3 +587,66 @@ fn the_manifests_validate_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// deploy/kubernetes/ingress (the router as the cluster's ingress, with
+/// PROXY protocol in and the brokers' headless Service) renders with
+/// kustomize, validates like the other manifests, and the router
+/// configuration it mounts is one the router accepts.
+#[test]
+fn the_ingress_overlay_renders_validates_and_configures_the_router() {
+    let Some(kubectl) = tool("kubectl", "kubectl") else {
+        return;
+    };
+    let python = PathBuf::from(format!("{ROOT}/target/tools/venv/bin/python"));
+    if !python.exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v.is_empty()),
+            "CI=true: target/tools/venv is missing (scripts/test installs it)"
+        );
+        eprintln!("SKIPPED: the overlay's check needs target/tools/venv (run scripts/test once)");
+        return;
+    }
+    let rendered = run(&kubectl, &["kustomize", &format!("{ROOT}/deploy/kubernetes/ingress")]);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let dir = TempDir::new();
+    std::fs::write(dir.path("ingress.yaml"), &rendered.stdout).unwrap();
+    let checked = Command::new(format!("{ROOT}/deploy/check-manifests"))
+        .env("PYTHON", &python)
+        .arg(dir.path("ingress.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // The ConfigMaps as the pod would see them: router.toml, routes.d/*.toml.
+    let extract = "import sys, yaml, os\n\
+                   out = sys.argv[2]\n\
+                   os.makedirs(os.path.join(out, 'routes.d'))\n\
+                   for doc in yaml.safe_load_all(open(sys.argv[1])):\n\
+                   \x20   if doc and doc['kind'] == 'ConfigMap':\n\
+                   \x20       sub = '' if doc['metadata']['name'] == 'snigate-router-config' else 'routes.d'\n\
+                   \x20       for key, text in doc['data'].items():\n\
+                   \x20           open(os.path.join(out, sub, key), 'w').write(text)\n";
+    let out = dir.path("etc");
+    let status = Command::new(&python)
+        .args(["-c", extract])
+        .arg(dir.path("ingress.yaml"))
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = snigate_router::config::load(Some(&out.join("router.toml")), &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.listen[0].proxy.is_some(), "PROXY protocol in");
+    let settings = snigate_router::Settings::new(config).unwrap_or_else(|e| panic!("{e}"));
+    let table = settings.table.to_string();
+    assert!(table.contains("snigate-broker-pods:8883"), "{table}");
+    assert!(table.contains("[alpn mqtt x-amzn-mqtt-ca]"), "{table}");
+}
