@@ -496,6 +496,23 @@ fn router_scenarios(
                 cpu,
             );
         }
+        const INGRESS: &str = "4 endpoints, least-connections, 1,000-block allow list: TLS handshakes";
+        if plan.wants(INGRESS) {
+            // The baseline (an earlier router) may not know these settings.
+            for proxy in [Proxy::Haproxy, Proxy::Snigate] {
+                let dir = next_dir()?;
+                let rate = measure(false, all_cpus, async {
+                    let mut backends = Vec::new();
+                    for _ in 0..4 {
+                        backends.push(router::Backend::start(material, Mode::Hold).await?);
+                    }
+                    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+                    let running = router::start_pool(proxy, &addrs, 1000, &dir, None)?;
+                    router::handshakes(&running, hybrid.clone(), plan.handshake_concurrency, plan.window).await
+                })?;
+                results.record(SECTION, INGRESS, "per s", "haproxy", proxy.name(), rate);
+            }
+        }
         for routes in [3, plan.scale_routes] {
             if !plan.wants(&format!("{routes} routes")) {
                 continue;

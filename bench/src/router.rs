@@ -128,6 +128,40 @@ pub fn start(
     dir: &Path,
     baseline: Option<&Path>,
 ) -> anyhow::Result<Running> {
+    start_with(proxy, &[backend], routes, None, cpu, dir, baseline)
+}
+
+/// The ingress row's setting: a route over several backends, balanced by
+/// least connections, behind an allow list of `cidrs` blocks (the client's
+/// 127.0.0.0/8 among them, the others spread out so that they do not merge).
+pub fn start_pool(
+    proxy: Proxy,
+    backends: &[SocketAddr],
+    cidrs: usize,
+    dir: &Path,
+    baseline: Option<&Path>,
+) -> anyhow::Result<Running> {
+    start_with(proxy, backends, 3, Some(cidrs), None, dir, baseline)
+}
+
+fn allow_list(cidrs: usize) -> Vec<String> {
+    let mut list: Vec<String> = (1..cidrs)
+        .map(|i| format!("10.{}.{}.0/24", i / 128, (i % 128) * 2))
+        .collect();
+    list.push("127.0.0.0/8".to_owned());
+    list
+}
+
+fn start_with(
+    proxy: Proxy,
+    backends: &[SocketAddr],
+    routes: usize,
+    allow: Option<usize>,
+    cpu: Option<usize>,
+    dir: &Path,
+    baseline: Option<&Path>,
+) -> anyhow::Result<Running> {
+    let backend = backends[0];
     let sni = if routes > 3 {
         format!("h{}.{}", routes / 2, tls::HOST)
     } else {
@@ -156,15 +190,32 @@ pub fn start(
                     tls::HOST
                 )
             };
+            let acl = match allow {
+                Some(cidrs) => {
+                    let file = dir.join("allow.lst");
+                    std::fs::write(&file, allow_list(cidrs).join("\n") + "\n")?;
+                    format!(
+                        "    tcp-request connection reject unless {{ src -f {} }}\n",
+                        file.display()
+                    )
+                }
+                None => String::new(),
+            };
+            let balance = if allow.is_some() { "    balance leastconn\n" } else { "" };
+            let servers: String = backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("    server s{} {b}\n", i + 1))
+                .collect();
             let config = dir.join("haproxy.cfg");
             std::fs::write(
                 &config,
                 format!(
                     "global\n    maxconn 9800\n    nbthread {threads}\n\
                      defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\
-                     frontend fe\n    bind {addr}\n    tcp-request inspect-delay 5s\n    tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
+                     frontend fe\n    bind {addr}\n{acl}    tcp-request inspect-delay 5s\n    tcp-request content accept if {{ req.ssl_hello_type 1 }}\n\
                      {rule}\
-                     backend be\n    server s1 {backend}\n",
+                     backend be\n{balance}{servers}",
                     threads = if cpu.is_some() { 1 } else { sys::cpus() },
                 ),
             )?;
@@ -193,6 +244,15 @@ pub fn start(
                         tls::HOST
                     ));
                 }
+            } else if let Some(cidrs) = allow {
+                let endpoints: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+                let allow: Vec<String> = allow_list(cidrs).iter().map(|c| format!("\"{c}\"")).collect();
+                config.push_str(&format!(
+                    "[[route]]\nname = \"bench\"\nhosts = [\"{}\"]\nendpoints = [{}]\nbalance = \"least-connections\"\nallow = [{}]\n",
+                    tls::HOST,
+                    endpoints.join(", "),
+                    allow.join(", ")
+                ));
             } else {
                 config.push_str(&format!(
                     "[[route]]\nname = \"bench\"\nhosts = [\"{}\"]\nendpoints = [\"{backend}\"]\n\
