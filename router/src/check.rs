@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,17 +31,7 @@ const IN_FLIGHT: usize = 64;
 
 /// Check every address of the live table when due, until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut checks = JoinSet::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            Some(_) = checks.join_next() => continue,
-        }
-        let snapshot = shared.snapshot.load_full();
-        let now = Instant::now();
+    crate::background::every(TICK, stop, shared, |snapshot, now, checks| {
         'routes: for route in snapshot.table.routes() {
             let Some(check) = route.pool.health.check else {
                 continue;
@@ -69,7 +58,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// One check: connect, send the route's `LOCAL` header if it speaks PROXY

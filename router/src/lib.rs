@@ -35,6 +35,7 @@
 //! [`run`] takes bound listeners and a [`Shutdown`], so tests drive the same code
 //! as `main` on port 0 with their own stop trigger.
 
+pub mod background;
 pub mod check;
 pub mod clients;
 pub mod config;

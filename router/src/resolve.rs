@@ -20,7 +20,6 @@ use std::time::Duration;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -165,17 +164,8 @@ impl Resolver {
 
 /// Refresh every name endpoint of the live table when it is due, until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut lookups = JoinSet::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            Some(_) = lookups.join_next() => continue,
-        }
-        let snapshot = shared.snapshot.load_full();
-        let now = Instant::now();
+    let for_lookups = shared.clone();
+    crate::background::every(TICK, stop, shared, move |snapshot, now, lookups| {
         'routes: for route in snapshot.table.routes() {
             for endpoint in route.pool.endpoints() {
                 let Endpoint::Name { host, port } = &endpoint.spec.endpoint else {
@@ -187,7 +177,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 if !endpoint.state.start_refresh(now) {
                     continue;
                 }
-                let (shared, dns, state) = (shared.clone(), snapshot.dns.clone(), endpoint.state.clone());
+                let (shared, dns, state) = (for_lookups.clone(), snapshot.dns.clone(), endpoint.state.clone());
                 let (host, port, route) = (host.clone(), *port, route.name.clone());
                 lookups.spawn(async move {
                     let result = shared
@@ -202,5 +192,6 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 });
             }
         }
-    }
+    })
+    .await;
 }
