@@ -419,11 +419,12 @@ async fn establish(
             return Err(no_route.into());
         }
     };
-    let route_slot = if route.access.is_open() && route.client_limits.is_none() {
-        None
-    } else {
-        let table = &shared.route_state(&route).clients;
-        shared.admit_client(client_ip, clients, &route.access, &route.client_limits, table, true)?
+    let route_slot = match &route.clients {
+        None => None,
+        Some(own) => {
+            let table = &shared.route_state(&route).clients;
+            shared.admit_client(client_ip, clients, &own.access, &own.limits, table, true)?
+        }
     };
     let dns = snapshot.dns.clone();
     drop(snapshot);

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use snigate_shared::config::{ConfigError, Origin};
 
-use crate::config::{AccessList, ClientLimits, HostPattern, ProxyProtocol, RouteSpec};
+use crate::config::{HostPattern, ProxyProtocol, RouteClients, RouteSpec};
 use crate::pool::Pool;
 
 /// A route, as connections use it.
@@ -37,10 +37,8 @@ pub struct Route {
     pub connect_deadline: Duration,
     /// Attempts after the first, each to an address not tried yet.
     pub connect_retries: u32,
-    /// Who may use it (`allow`, `deny`).
-    pub access: AccessList,
-    /// Limits per client address on this route.
-    pub client_limits: ClientLimits,
+    /// Its own `allow`, `deny` and `clients`, if any.
+    pub clients: Option<Box<RouteClients>>,
     pub idle_timeout: Duration,
     /// Most connections routed here at once.
     pub max_connections: Option<usize>,
@@ -162,8 +160,7 @@ impl RouteTable {
                     connect_timeout: spec.connect_timeout,
                     connect_deadline: spec.connect_deadline,
                     connect_retries: spec.connect_retries,
-                    access: spec.access,
-                    client_limits: spec.client_limits,
+                    clients: spec.clients,
                     idle_timeout: spec.idle_timeout,
                     max_connections: spec.max_connections,
                     proxy_protocol: spec.proxy_protocol,
@@ -329,8 +326,7 @@ mod tests {
             connect_deadline: Duration::from_secs(2),
             connect_retries: 3,
             health: crate::config::HealthSettings::DEFAULT,
-            access: AccessList::default(),
-            client_limits: ClientLimits::default(),
+            clients: None,
             idle_timeout: Duration::from_secs(1),
             max_connections: None,
             proxy_protocol: None,

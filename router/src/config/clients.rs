@@ -126,6 +126,21 @@ impl AccessList {
     }
 }
 
+/// A route's own `allow`, `deny` and `clients`. Boxed in a route and absent
+/// when it has none: 10,000 routes without them carry 8 bytes each, not 128.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteClients {
+    pub access: AccessList,
+    pub limits: ClientLimits,
+}
+
+impl RouteClients {
+    /// `None` when the route sets none of them.
+    pub fn new(access: AccessList, limits: ClientLimits) -> Option<Box<Self>> {
+        (!access.is_open() || !limits.is_none()).then(|| Box::new(Self { access, limits }))
+    }
+}
+
 /// `[clients]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientsSettings {

@@ -32,7 +32,7 @@ pub use backends::{
     ActiveCheck, Balance, HealthFile, HealthSettings, MAX_CONNECT_RETRIES, MAX_WEIGHT, WeightedEndpoint,
 };
 pub use cidr::{Cidr, CidrSet};
-pub use clients::{AccessList, ClientLimits, ClientsFile, ClientsSettings, LimitsFile, Rate};
+pub use clients::{AccessList, ClientLimits, ClientsFile, ClientsSettings, LimitsFile, Rate, RouteClients};
 pub use listen::{Listen, ProxyIn};
 pub use names::{Endpoint, HostPattern};
 
@@ -321,10 +321,8 @@ pub struct RouteSpec {
     pub connect_deadline: Duration,
     pub connect_retries: u32,
     pub health: HealthSettings,
-    /// Who may use the route.
-    pub access: AccessList,
-    /// Limits per client address on this route.
-    pub client_limits: ClientLimits,
+    /// Its own `allow`, `deny` and `clients`, if any.
+    pub clients: Option<Box<RouteClients>>,
     pub idle_timeout: Duration,
     pub max_connections: Option<usize>,
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -357,8 +355,7 @@ impl RouteSpec {
             connect_deadline,
             connect_retries: defaults.connect_retries,
             health: defaults.health.resolve().map_err(|why| bad("health", why))?,
-            access: AccessList::default(),
-            client_limits: ClientLimits::default(),
+            clients: None,
             idle_timeout: defaults.idle_timeout,
             max_connections: None,
             proxy_protocol: None,
@@ -850,8 +847,7 @@ fn route_specs(
             connect_deadline,
             connect_retries: route.connect_retries.unwrap_or(defaults.connect_retries),
             health,
-            access: AccessList::new(route.allow, route.deny),
-            client_limits,
+            clients: RouteClients::new(AccessList::new(route.allow, route.deny), client_limits),
             idle_timeout: route.idle_timeout.unwrap_or(defaults.idle_timeout),
             max_connections: route.max_connections,
             proxy_protocol: route.proxy_protocol,
@@ -1244,16 +1240,22 @@ mod tests {
         assert!(clients.access.admits("10.2.3.4".parse().unwrap()));
         assert!(!clients.access.admits("10.0.0.1".parse().unwrap()));
         assert!(!clients.access.admits("192.0.2.1".parse().unwrap()));
-        let route = &config.routes[0];
+        let route = config.routes[0].clients.as_ref().unwrap();
         assert!(!route.access.admits("10.2.3.4".parse().unwrap()));
+        assert!(config.routes[0].clients.is_some());
         assert_eq!(
-            route.client_limits.rate,
+            route.limits.rate,
             Some(Rate {
                 per_second: 2.0,
                 burst: 4.0
             })
         );
         assert!(parse("").unwrap().clients.access.is_open());
+        let plain = parse("[[route]]\nname = \"b\"\nhosts = [\"b.test\"]\nendpoints = [\"127.0.0.1:1\"]\n").unwrap();
+        assert!(
+            plain.routes[0].clients.is_none(),
+            "nothing kept for a route without them"
+        );
         for (text, expected) in [
             ("[clients]\nburst = 3\n", "burst is set but rate is not"),
             ("[clients]\nipv6_prefix = 129\n", "ipv6_prefix 129 is out of range"),
