@@ -32,10 +32,12 @@ const IN_FLIGHT: usize = 64;
 /// Check every address of the live table when due, until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     crate::background::every(TICK, stop, shared, |snapshot, now, checks| {
+        let mut any = false;
         'routes: for route in snapshot.table.routes() {
             let Some(check) = route.pool.health.check else {
                 continue;
             };
+            any = true;
             for (endpoint, state) in route.pool.endpoints().iter().enumerate() {
                 for address in state.state.addresses() {
                     if checks.len() >= IN_FLIGHT {
@@ -58,6 +60,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
         }
+        any
     })
     .await;
 }

@@ -69,6 +69,8 @@ pub struct Shared {
     /// Every connection's client, against `[clients]`.
     clients: ClientTable,
     refusal_log: LogBudget,
+    /// Counts the snapshots installed by reloads.
+    installed: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a route's connections count against, kept across reloads by name.
@@ -93,6 +95,7 @@ impl Shared {
             by_route: Mutex::new(HashMap::new()),
             clients: ClientTable::default(),
             refusal_log: LogBudget::default(),
+            installed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -117,6 +120,13 @@ impl Shared {
             .limit
             .set(i64::try_from(snapshot.max_connections).unwrap_or(i64::MAX));
         self.snapshot.store(Arc::new(snapshot));
+        self.installed.send_modify(|n| *n += 1);
+    }
+
+    /// Told of every snapshot installed, for background work that sleeps
+    /// while the table gives it nothing to do.
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// Count a connection against `max`; `None` when the limit is reached.

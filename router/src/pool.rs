@@ -300,6 +300,25 @@ impl Pool {
     /// `tried` yet: a healthy one, or, when the route has none, an ejected
     /// one. `None` once every candidate was tried.
     pub fn pick(&self, client: IpAddr, tried: &[Arc<Address>], now: Instant) -> Option<Pick> {
+        // One address (the usual route: one Service, or one backend): no
+        // candidate list to build for every connection.
+        if let [only] = self.endpoints.as_slice() {
+            let addresses = lock(&only.state.addresses);
+            if let [address] = addresses.as_slice() {
+                if tried.iter().any(|t| Arc::ptr_eq(t, address)) {
+                    return None;
+                }
+                let fail_open = address.ejected(now);
+                if fail_open && tried.is_empty() {
+                    self.state.fail_opens.fetch_add(1, Ordering::Relaxed);
+                }
+                return Some(Pick {
+                    endpoint: 0,
+                    address: address.clone(),
+                    fail_open,
+                });
+            }
+        }
         let mut healthy = Vec::new();
         let mut ejected = Vec::new();
         let mut any_healthy = false;

@@ -166,11 +166,13 @@ impl Resolver {
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let for_lookups = shared.clone();
     crate::background::every(TICK, stop, shared, move |snapshot, now, lookups| {
+        let mut names = false;
         'routes: for route in snapshot.table.routes() {
             for endpoint in route.pool.endpoints() {
                 let Endpoint::Name { host, port } = &endpoint.spec.endpoint else {
                     continue;
                 };
+                names = true;
                 if lookups.len() >= IN_FLIGHT {
                     break 'routes;
                 }
@@ -192,6 +194,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 });
             }
         }
+        names
     })
     .await;
 }

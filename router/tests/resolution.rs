@@ -217,3 +217,40 @@ async fn a_check_of_a_proxy_protocol_backend_sends_a_header_without_a_client() {
         router.stop().await;
     }
 }
+
+/// With no name endpoint the lookup task sleeps (an idle router does not
+/// wake for nothing); a reload that adds one wakes it.
+#[tokio::test]
+async fn a_reload_that_adds_a_name_wakes_the_lookups() {
+    let ca = Ca::new();
+    let dns = DnsServer::start().await;
+    let (_a, _b, port) = pods(&ca).await;
+    dns.set(SNI, &[Ipv4Addr::new(127, 0, 0, 2)], 1);
+    let dir = snigate_shared::testing::TempDir::new();
+    let path = dir.path("router.toml");
+    let head = format!("[reload]\ninterval = \"100ms\"\n[dns]\nservers = [\"{}\"]\n", dns.addr);
+    std::fs::write(
+        &path,
+        format!("{head}[[route]]\nname = \"pods\"\nhosts = [\"{SNI}\"]\nendpoints = [\"127.0.0.2:{port}\"]\n"),
+    )
+    .unwrap();
+    let router = TestRouter::start_file(&path).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dns.queries(), 0);
+    std::fs::write(
+        &path,
+        format!("{head}[[route]]\nname = \"pods\"\nhosts = [\"{SNI}\"]\nendpoints = [\"{SNI}:{port}\"]\n"),
+    )
+    .unwrap();
+    assert!(
+        eventually(STEP, async || {
+            let route = route_json(&router).await;
+            route["endpoints"][0]["endpoint"] == format!("{SNI}:{port}").as_str()
+                && addresses(&route, 0) == [format!("127.0.0.2:{port}")]
+        })
+        .await,
+        "the name added by the reload was not looked up"
+    );
+    assert!(dns.queries() >= 1);
+    router.stop().await;
+}
