@@ -3,8 +3,8 @@
 //! in docs/broker.md ("Memory budget").
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use prometheus::IntGauge;
@@ -41,11 +41,67 @@ impl Budget {
         taken
     }
 
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
     pub fn give_back(&self, bytes: usize) {
         let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
             Some(used.saturating_sub(bytes))
         });
         self.gauge.sub(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Bytes taken from a [`Budget`], given back when dropped, whatever the path.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Take `bytes` from `budget` if they fit.
+    pub fn take(budget: &Arc<Budget>, bytes: usize) -> Option<Self> {
+        budget.try_take(bytes).then(|| Self {
+            budget: budget.clone(),
+            bytes,
+        })
+    }
+
+    /// Nothing yet, to grow.
+    pub fn empty(budget: &Arc<Budget>) -> Self {
+        Self {
+            budget: budget.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Take `bytes` more, if they fit.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        let taken = self.budget.try_take(bytes);
+        if taken {
+            self.bytes += bytes;
+        }
+        taken
+    }
+
+    /// Give `bytes` back early (at most what is held).
+    pub fn shrink(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.bytes);
+        self.budget.give_back(bytes);
+        self.bytes -= bytes;
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
     }
 }
 

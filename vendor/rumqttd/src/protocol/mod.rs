@@ -191,6 +191,42 @@ impl Publish {
         }
     }
 
+    /// snigate: a publish for delivery, with the QoS, packet id and DUP flag
+    /// of one subscriber's copy (the broker's own core writes a copy per
+    /// subscriber; upstream kept these fields to the router).
+    pub fn delivery<T: Into<Bytes>>(
+        topic: T,
+        payload: T,
+        qos: QoS,
+        pkid: u16,
+        dup: bool,
+        retain: bool,
+    ) -> Publish {
+        Publish {
+            dup,
+            qos,
+            pkid,
+            retain,
+            topic: topic.into(),
+            payload: payload.into(),
+        }
+    }
+
+    /// snigate: the QoS a client sent the publish with (upstream: private).
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    /// snigate: the packet id (0 for QoS 0).
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
+
+    /// snigate: the DUP flag.
+    pub fn dup(&self) -> bool {
+        self.dup
+    }
+
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -784,6 +820,45 @@ mod snigate_tests {
         V4.write(Packet::Publish(publish, None), &mut without)
             .unwrap();
         assert_eq!(with, without);
+    }
+
+    #[test]
+    fn a_delivery_copy_is_written_by_reference_and_reads_back() {
+        let publish = Publish::delivery("a/b", "m", QoS::ExactlyOnce, 7, true, true);
+        let properties = Some(PublishProperties {
+            content_type: Some("text/plain".into()),
+            ..PublishProperties::default()
+        });
+        for version in [4, 5] {
+            let mut out = BytesMut::new();
+            let written = match version {
+                4 => v4::write_publish(&publish, &mut out),
+                _ => v5::write_publish(&publish, &properties, &mut out),
+            }
+            .unwrap();
+            assert_eq!(written, out.len());
+            let read = match version {
+                4 => V4.read_mut(&mut out, 1024),
+                _ => V5.read_mut(&mut out, 1024),
+            }
+            .unwrap();
+            let Packet::Publish(back, back_properties) = read else {
+                panic!("{read:?}")
+            };
+            assert_eq!(back, publish);
+            assert_eq!(
+                (back.qos(), back.pkid(), back.dup()),
+                (QoS::ExactlyOnce, 7, true)
+            );
+            assert_eq!(
+                back_properties,
+                if version == 4 {
+                    None
+                } else {
+                    properties.clone()
+                }
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,17 @@ mod subscribe;
 mod unsuback;
 mod unsubscribe;
 
+/// snigate: write a PUBLISH from a reference, without a `Packet` (which
+/// takes the publish and its properties by value): the broker writes one copy
+/// per subscriber of a message it keeps.
+pub fn write_publish(
+    publish: &Publish,
+    properties: &Option<PublishProperties>,
+    buffer: &mut BytesMut,
+) -> Result<usize, Error> {
+    publish::write(publish, properties, buffer)
+}
+
 /// MQTT packet type
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

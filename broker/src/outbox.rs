@@ -1,0 +1,275 @@
+//! One session's way out, in the broker's own core: the messages waiting for
+//! it and those in flight to it (MQTT 3.1.1 §4.3 and §4.4, MQTT 5 §4.3 and
+//! §4.4). It belongs to the session, not to the connection, so a persistent
+//! session's queue and window wait while its client is away and are sent
+//! again, in order, when it comes back.
+//!
+//! Pure: no socket, no clock. The session asks [`Outbox::next_to_write`] for what to
+//! write while its socket takes bytes, and hands it the client's
+//! acknowledgements.
+//!
+//! Bounds, as Mosquitto's `database.c` keeps them: at most
+//! `max_inflight_messages` QoS 1 and 2 messages in flight; beyond them,
+//! messages wait in the queue, at most `max_queued_messages` of them (0: no
+//! limit) and `max_queued_bytes` of their wire size (0: no limit). QoS 0
+//! messages are queued for an away client only with `queue_qos0_messages`.
+//! Each entry's own bytes are taken from the broker's shared budget (the
+//! message's are, once, by [`Message`] itself).
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use rumqttd::protocol::QoS;
+
+use crate::budget::{Budget, Charge};
+use crate::message::Message;
+
+/// What bounds an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// QoS 1 and 2 messages in flight at once, 1 to 65,535 (validated with
+    /// the configuration: a message in flight holds one of the packet ids).
+    pub max_inflight: usize,
+    /// Messages waiting beyond the window; 0: no limit.
+    pub max_queued_messages: usize,
+    /// Their wire size together; 0: no limit.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages wait for an away client.
+    pub queue_qos0_offline: bool,
+}
+
+/// One message for this session: the QoS and retain flag of its copy.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// Why a delivery was not queued: the label of `snigate_broker_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_queued_messages` or `max_queued_bytes`.
+    QueueFull,
+    /// The broker's shared budget.
+    MemoryBudget,
+    /// A QoS 0 message for an away client, without `queue_qos0_messages`.
+    Away,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::MemoryBudget => "memory_budget",
+            Self::Away => "client_away",
+        }
+    }
+}
+
+/// What to write next.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A PUBLISH: the delivery with its packet id (0 for QoS 0) and DUP flag.
+    Publish { delivery: Delivery, pkid: u16, dup: bool },
+    /// A PUBREL, sent again after a reconnect ([MQTT-4.4.0-1]).
+    PubRel(u16),
+}
+
+/// An acknowledgement that names no message in flight, or the wrong kind of
+/// one (a PUBACK for a QoS 2 message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownPacketId(pub u16);
+
+#[derive(Debug)]
+enum Stage {
+    /// Sent; its PUBACK (QoS 1) or PUBREC (QoS 2) is due.
+    Sent(Delivery),
+    /// QoS 2, PUBREC received and PUBREL sent; its PUBCOMP is due. The
+    /// message itself is let go: it will never be sent again.
+    Released,
+}
+
+/// Bytes an entry costs beyond its message (which it shares).
+const ENTRY_BYTES: usize = std::mem::size_of::<(u16, Stage)>() + std::mem::size_of::<u16>();
+
+/// See the module's documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    limits: Limits,
+    queue: VecDeque<Delivery>,
+    /// Wire sizes of what is in `queue`, for `max_queued_bytes`.
+    queued_bytes: usize,
+    /// In the order sent. Acknowledgements come mostly in that order, so a
+    /// search from the front finds them at once.
+    inflight: VecDeque<(u16, Stage)>,
+    /// Packet ids in flight, so that a new one is found without a scan.
+    ids: HashSet<u16>,
+    last_pkid: u16,
+    /// How many of `inflight` are still to be sent again after a reconnect.
+    resend: usize,
+    /// The entries' bytes in the shared budget.
+    charge: Charge,
+}
+
+impl Outbox {
+    pub fn new(limits: Limits, budget: &Arc<Budget>) -> Self {
+        Self {
+            limits,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            ids: HashSet::new(),
+            last_pkid: 0,
+            resend: 0,
+            charge: Charge::empty(budget),
+        }
+    }
+
+    /// Queue `delivery`, within the bounds. `online`: whether the client is
+    /// connected (QoS 0 waits for an away client only with
+    /// `queue_qos0_messages`).
+    pub fn push(&mut self, delivery: Delivery, online: bool) -> Result<(), Refused> {
+        if delivery.qos == QoS::AtMostOnce && !online && !self.limits.queue_qos0_offline {
+            return Err(Refused::Away);
+        }
+        let size = delivery.message.wire_size();
+        let limits = &self.limits;
+        let full = (limits.max_queued_messages > 0 && self.queue.len() >= limits.max_queued_messages)
+            || (limits.max_queued_bytes > 0 && self.queued_bytes + size > limits.max_queued_bytes);
+        if full {
+            return Err(Refused::QueueFull);
+        }
+        if !self.charge.grow(ENTRY_BYTES) {
+            return Err(Refused::MemoryBudget);
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        Ok(())
+    }
+
+    /// What to write next, if anything may go now: first what was in flight
+    /// when the client left (a PUBLISH again with DUP set, [MQTT-3.3.1-1],
+    /// with its packet id, [MQTT-4.4.0-1]; or a PUBREL), then the queue in
+    /// order ([MQTT-4.6.0-6]), QoS 1 and 2 only while the window has room.
+    pub fn next_to_write(&mut self) -> Option<Outgoing> {
+        if self.resend > 0 {
+            let at = self.inflight.len() - self.resend;
+            self.resend -= 1;
+            let (pkid, stage) = self.inflight.get(at)?;
+            return Some(match stage {
+                Stage::Sent(delivery) => Outgoing::Publish {
+                    delivery: delivery.clone(),
+                    pkid: *pkid,
+                    dup: true,
+                },
+                Stage::Released => Outgoing::PubRel(*pkid),
+            });
+        }
+        let front = self.queue.front()?;
+        if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.max_inflight {
+            return None;
+        }
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.message.wire_size();
+        if delivery.qos == QoS::AtMostOnce {
+            self.charge.shrink(ENTRY_BYTES);
+            return Some(Outgoing::Publish {
+                delivery,
+                pkid: 0,
+                dup: false,
+            });
+        }
+        let pkid = self.new_pkid();
+        self.inflight.push_back((pkid, Stage::Sent(delivery.clone())));
+        Some(Outgoing::Publish {
+            delivery,
+            pkid,
+            dup: false,
+        })
+    }
+
+    /// A packet id no message in flight has. The window is at most 65,535, so
+    /// one is always free when `next_to_write` asks.
+    fn new_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if self.ids.insert(self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    fn position(&self, pkid: u16) -> Option<usize> {
+        self.inflight.iter().position(|(id, _)| *id == pkid)
+    }
+
+    fn forget(&mut self, at: usize) {
+        // An entry not yet sent again needs no resending now.
+        if at >= self.inflight.len() - self.resend {
+            self.resend -= 1;
+        }
+        if let Some((pkid, _)) = self.inflight.remove(at) {
+            self.ids.remove(&pkid);
+            self.charge.shrink(ENTRY_BYTES);
+        }
+    }
+
+    /// A PUBACK: the QoS 1 message is delivered.
+    pub fn puback(&mut self, pkid: u16) -> Result<(), UnknownPacketId> {
+        match self.position(pkid) {
+            Some(at) if matches!(&self.inflight[at].1, Stage::Sent(d) if d.qos == QoS::AtLeastOnce) => {
+                self.forget(at);
+                Ok(())
+            }
+            _ => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    /// A PUBREC: the client has the QoS 2 message; the caller sends PUBREL
+    /// ([MQTT-4.3.3-4]), and the message is never sent again.
+    pub fn pubrec(&mut self, pkid: u16) -> Result<(), UnknownPacketId> {
+        let Some(at) = self.position(pkid) else {
+            return Err(UnknownPacketId(pkid));
+        };
+        match &self.inflight[at].1 {
+            Stage::Sent(d) if d.qos == QoS::ExactlyOnce => {
+                self.inflight[at].1 = Stage::Released;
+                Ok(())
+            }
+            // A PUBREC again (the client did not see our PUBREL): PUBREL again.
+            Stage::Released => Ok(()),
+            Stage::Sent(_) => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    /// A PUBCOMP: the QoS 2 exchange is over, its packet id free again.
+    pub fn pubcomp(&mut self, pkid: u16) -> Result<(), UnknownPacketId> {
+        match self.position(pkid) {
+            Some(at) if matches!(self.inflight[at].1, Stage::Released) => {
+                self.forget(at);
+                Ok(())
+            }
+            _ => Err(UnknownPacketId(pkid)),
+        }
+    }
+
+    /// The client is back on a session that was kept: what was in flight is
+    /// sent again before anything new.
+    pub fn resume(&mut self) {
+        self.resend = self.inflight.len();
+    }
+
+    /// Messages waiting and in flight.
+    pub fn len(&self) -> (usize, usize) {
+        (self.queue.len(), self.inflight.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
