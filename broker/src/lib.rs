@@ -25,6 +25,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod passwd_cmd;
+pub mod registry;
 pub mod reload;
 pub mod retained;
 pub mod session;

@@ -24,8 +24,9 @@ pub struct Message {
     publish: Publish,
     properties: Option<PublishProperties>,
     /// Its bytes in the broker's shared budget, given back when the last
-    /// queue lets go of it.
-    _charge: Charge,
+    /// queue lets go of it; `None` for the retained store's, which counts
+    /// its own.
+    charge: Option<Charge>,
 }
 
 /// A message's bytes as the budget counts them, before it exists: its record
@@ -56,8 +57,24 @@ impl Message {
         Some(Arc::new(Self {
             publish,
             properties,
-            _charge: charge,
+            charge: Some(charge),
         }))
+    }
+
+    /// A message for the retained store, which bounds its own bytes.
+    pub fn retained(publish: Publish, properties: Option<PublishProperties>) -> Arc<Self> {
+        Arc::new(Self {
+            publish,
+            properties,
+            charge: None,
+        })
+    }
+
+    /// Its bytes, as the budget counts them.
+    pub fn size(&self) -> usize {
+        self.charge
+            .as_ref()
+            .map_or_else(|| size(&self.publish, self.properties.as_ref()), Charge::bytes)
     }
 
     pub fn topic(&self) -> &[u8] {

@@ -1,0 +1,456 @@
+//! The registry of sessions, in the broker's own core: the one truth for a
+//! client id. It owns the subscription index and the retained store, and the
+//! way a message goes from its publisher to its subscribers' outboxes.
+//!
+//! A session ([`SessionState`]) outlives its connections when it is
+//! persistent: its subscriptions stay in the index and its outbox keeps
+//! filling (within its bounds) while its client is away, until the client
+//! comes back or the session expires. A connection is a claim on a session
+//! (a generation): a new connection with the same client id takes it over,
+//! and the old one's end then changes nothing.
+//!
+//! Pure of sockets and clocks (`now` is passed in): the connection's task
+//! reads its session's outbox when [`SessionState::wake`] fires.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rumqttd::protocol::{Publish, PublishProperties, QoS};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::Budget;
+use crate::index::{Filter, Index};
+use crate::message::Message;
+use crate::outbox::{self, Delivery, Outbox, Refused};
+use crate::retained;
+
+/// What a subscription asks for. (MQTT 5's options are the MQTT 5 issue's.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// The most a message is delivered with: a message published with less
+    /// is delivered with what it was published with ([MQTT-3.8.4-6]).
+    pub qos: QoS,
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct SessionState {
+    client_id: Box<str>,
+    /// The user it logged in as, for the ACL at delivery.
+    user: Option<Box<str>>,
+    out: Mutex<Out>,
+    /// Fired when the outbox has something new for the connection.
+    pub wake: Notify,
+    /// Its filters, so that a session that ends leaves the index clean.
+    subscriptions: Mutex<Subscriptions>,
+}
+
+#[derive(Debug, Default)]
+struct Subscriptions {
+    filters: HashMap<Box<str>, Options>,
+    /// The session was discarded: a SUBSCRIBE its connection was still
+    /// handling adds nothing to the index. Set under this lock, which every
+    /// change to the session's subscriptions holds, index included.
+    discarded: bool,
+}
+
+#[derive(Debug)]
+struct Out {
+    outbox: Outbox,
+    online: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every change under these locks is one call that completes or leaves the
+    // data as it was: a panic elsewhere does not leave them half changed.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SessionState {
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The outbox, to take what to write and to hand it acknowledgements.
+    pub fn outbox(&self) -> impl std::ops::DerefMut<Target = Outbox> + '_ {
+        OutboxGuard(lock(&self.out))
+    }
+
+    /// Filters subscribed to, and their options.
+    pub fn subscriptions(&self) -> Vec<(String, Options)> {
+        lock(&self.subscriptions)
+            .filters
+            .iter()
+            .map(|(filter, options)| (filter.to_string(), *options))
+            .collect()
+    }
+}
+
+struct OutboxGuard<'a>(MutexGuard<'a, Out>);
+
+impl std::ops::Deref for OutboxGuard<'_> {
+    type Target = Outbox;
+    fn deref(&self) -> &Outbox {
+        &self.0.outbox
+    }
+}
+
+impl std::ops::DerefMut for OutboxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Outbox {
+        &mut self.0.outbox
+    }
+}
+
+/// A session as the index files it: compared by identity, not by client id,
+/// so a session replaced by a clean one is never mistaken for it.
+#[derive(Debug, Clone)]
+pub struct Subscriber(pub Arc<SessionState>);
+
+impl PartialEq for Subscriber {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Subscriber {}
+
+impl Hash for Subscriber {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state)
+    }
+}
+
+/// A session's place in the registry.
+#[derive(Debug)]
+struct Entry {
+    session: Arc<SessionState>,
+    /// The connection that has it now: its generation and how to end it.
+    connection: Option<(u64, CancellationToken)>,
+    /// When an away persistent session ends; `None` while connected or kept
+    /// until a restart.
+    expires: Option<Instant>,
+}
+
+/// How a connection that ends leaves its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Ended with the connection (MQTT 3.1.1 clean session; MQTT 5 session
+    /// expiry interval 0).
+    End,
+    /// Kept until a restart.
+    Keep,
+    /// Kept for this long.
+    KeepFor(Duration),
+}
+
+/// What a CONNECT got.
+#[derive(Debug)]
+pub struct Claim {
+    pub session: Arc<SessionState>,
+    /// The connection's generation, to name it when it ends.
+    pub generation: u64,
+    /// A session was there and is resumed: the CONNACK's Session Present
+    /// ([MQTT-3.2.2-2], [MQTT-3.2.2-3]).
+    pub present: bool,
+}
+
+/// What became of a published message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fanout {
+    /// Copies queued, by the QoS they go with.
+    pub queued: [u64; 3],
+    /// Copies not queued, by why and QoS.
+    pub dropped: Vec<(Refused, QoS)>,
+    /// Copies the ACL withheld.
+    pub withheld: u64,
+}
+
+/// See the module's documentation.
+#[derive(Debug)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Box<str>, Entry>>,
+    next_generation: std::sync::atomic::AtomicU64,
+    index: Index<Subscriber, Options>,
+    retained: retained::Store<Arc<Message>>,
+    budget: Arc<Budget>,
+    limits: outbox::Limits,
+}
+
+impl Registry {
+    pub fn new(limits: outbox::Limits, max_retained_bytes: usize, budget: Arc<Budget>) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+            index: Index::new(),
+            retained: retained::Store::new(max_retained_bytes),
+            budget,
+            limits,
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+        lock(&self.sessions)
+    }
+
+    fn new_session(&self, client_id: &str, user: Option<&str>) -> Arc<SessionState> {
+        Arc::new(SessionState {
+            client_id: client_id.into(),
+            user: user.map(Into::into),
+            out: Mutex::new(Out {
+                outbox: Outbox::new(self.limits, &self.budget),
+                online: true,
+            }),
+            wake: Notify::new(),
+            subscriptions: Mutex::new(Subscriptions::default()),
+        })
+    }
+
+    /// A CONNECT for `client_id`, logged in as `user`: the connection that
+    /// has the session now is ended through its token ([MQTT-3.1.4-2]); a
+    /// `clean_start` discards the session there was ([MQTT-3.1.2-4]),
+    /// otherwise it is resumed, what was in flight to be sent again
+    /// ([MQTT-4.4.0-1]). `ended` is this connection's own token.
+    pub fn connect(&self, client_id: &str, user: Option<&str>, clean_start: bool, ended: CancellationToken) -> Claim {
+        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut sessions = self.sessions();
+        let previous = sessions.remove(client_id);
+        if let Some((_, token)) = previous.as_ref().and_then(|p| p.connection.as_ref()) {
+            token.cancel();
+        }
+        // A session resumed by another user would deliver to them what the
+        // first was allowed to read: it is not resumed (Mosquitto does the
+        // same when the user name changes).
+        let (session, present, discarded) = match previous {
+            Some(entry) if !clean_start && entry.session.user() == user => {
+                let mut out = lock(&entry.session.out);
+                out.online = true;
+                out.outbox.resume();
+                drop(out);
+                (entry.session, true, None)
+            }
+            other => (
+                self.new_session(client_id, user),
+                false,
+                other.map(|entry| entry.session),
+            ),
+        };
+        sessions.insert(
+            client_id.into(),
+            Entry {
+                session: session.clone(),
+                connection: Some((generation, ended)),
+                expires: None,
+            },
+        );
+        drop(sessions);
+        if let Some(old) = discarded {
+            self.discard(&old);
+        }
+        Claim {
+            session,
+            generation,
+            present,
+        }
+    }
+
+    /// The connection `generation` of `client_id` ended. Nothing changes if
+    /// another connection has the session now (a takeover).
+    pub fn disconnect(&self, client_id: &str, generation: u64, leave: Leave, now: Instant) {
+        let mut sessions = self.sessions();
+        let Some(entry) = sessions.get_mut(client_id) else {
+            return;
+        };
+        if entry.connection.as_ref().is_none_or(|(g, _)| *g != generation) {
+            return;
+        }
+        entry.connection = None;
+        match leave {
+            Leave::End => {
+                if let Some(entry) = sessions.remove(client_id) {
+                    drop(sessions);
+                    self.discard(&entry.session);
+                }
+            }
+            Leave::Keep | Leave::KeepFor(_) => {
+                entry.expires = match leave {
+                    Leave::KeepFor(after) => Some(now + after),
+                    _ => None,
+                };
+                lock(&entry.session.out).online = false;
+            }
+        }
+    }
+
+    /// End the away sessions whose expiry has come. Returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        self.sessions().retain(|_, entry| {
+            let due = entry.connection.is_none() && entry.expires.is_some_and(|at| at <= now);
+            if due {
+                expired.push(entry.session.clone());
+            }
+            !due
+        });
+        for session in &expired {
+            self.discard(session);
+        }
+        expired.len()
+    }
+
+    /// A session's subscriptions leave the index (its outbox goes with its
+    /// last handle).
+    fn discard(&self, session: &Arc<SessionState>) {
+        let subscriber = Subscriber(session.clone());
+        let mut subscriptions = lock(&session.subscriptions);
+        subscriptions.discarded = true;
+        for filter in std::mem::take(&mut subscriptions.filters).keys() {
+            self.index.unsubscribe(filter, &subscriber);
+        }
+    }
+
+    /// Sessions held, connected or away.
+    pub fn len(&self) -> usize {
+        self.sessions().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Subscribe `session` to `filter` (validated, and allowed by the ACL),
+    /// replacing a subscription to the same filter ([MQTT-3.8.4-3]); then
+    /// the retained messages it matches are queued for it, at the lower of
+    /// their QoS and the subscription's ([MQTT-3.3.1-6]), with the retain
+    /// flag set ([MQTT-3.3.1-8]). Shared subscriptions get none (MQTT 5
+    /// §4.8.2). `may_read` is the ACL, asked for each retained message.
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionState>,
+        filter: &str,
+        options: Options,
+        may_read: impl Fn(&[u8]) -> bool,
+    ) -> Fanout {
+        let mut fanout = Fanout::default();
+        {
+            let mut subscriptions = lock(&session.subscriptions);
+            if subscriptions.discarded {
+                return fanout;
+            }
+            self.index.subscribe(filter, Subscriber(session.clone()), options);
+            subscriptions.filters.insert(filter.into(), options);
+        }
+        let parsed = Filter::parse(filter);
+        if parsed.group.is_some() {
+            return fanout;
+        }
+        let mut found = Vec::new();
+        self.retained
+            .matching(parsed.topic, |message| found.push(message.clone()));
+        for message in found {
+            if !may_read(message.topic()) {
+                fanout.withheld += 1;
+                continue;
+            }
+            let qos = lower(message.qos(), options.qos);
+            self.queue(session, message, qos, true, &mut fanout);
+        }
+        fanout
+    }
+
+    /// Returns whether `session` had subscribed to `filter`.
+    pub fn unsubscribe(&self, session: &Arc<SessionState>, filter: &str) -> bool {
+        let mut subscriptions = lock(&session.subscriptions);
+        let had = subscriptions.filters.remove(filter).is_some();
+        if had {
+            self.index.unsubscribe(filter, &Subscriber(session.clone()));
+        }
+        had
+    }
+
+    /// Deliver `message` (its topic validated, the publisher allowed to
+    /// write it) to every subscription it matches, at the lower of its QoS
+    /// and the subscription's ([MQTT-3.8.4-6]); a retained one is kept first
+    /// ([MQTT-3.3.1-5]; the caller has stripped the flag if the store is
+    /// full). Copies to subscribers go with the retain flag off
+    /// ([MQTT-3.3.1-9]). A session with several matching subscriptions gets
+    /// a copy for each, as Mosquitto 2.0 sends them.
+    pub fn publish(&self, message: &Arc<Message>, may_read: impl Fn(&SessionState, &[u8]) -> bool) -> Fanout {
+        let mut fanout = Fanout::default();
+        let Ok(topic) = std::str::from_utf8(message.topic()) else {
+            // Validated where it entered: never here.
+            return fanout;
+        };
+        let mut matched = Vec::new();
+        self.index.matches(topic, |subscriber, options| {
+            matched.push((subscriber.0.clone(), *options));
+        });
+        for (session, options) in matched {
+            if !may_read(&session, message.topic()) {
+                fanout.withheld += 1;
+                continue;
+            }
+            self.queue(
+                &session,
+                message.clone(),
+                lower(message.qos(), options.qos),
+                false,
+                &mut fanout,
+            );
+        }
+        fanout
+    }
+
+    /// Keep `publish` as its topic's retained message ([MQTT-3.3.1-5]), or
+    /// clear the topic for one with an empty payload ([MQTT-3.3.1-10]). The
+    /// store counts its bytes against `max_retained_bytes`; its topic and
+    /// payload are those of the copies in flight (`Bytes`), not copied.
+    pub fn retain(&self, topic: &str, publish: Publish, properties: Option<PublishProperties>) -> retained::Outcome {
+        if publish.payload.is_empty() {
+            return self.retained.retain(topic, None);
+        }
+        let message = Message::retained(publish, properties);
+        let bytes = message.size();
+        self.retained.retain(topic, Some((message, bytes)))
+    }
+
+    fn queue(&self, session: &Arc<SessionState>, message: Arc<Message>, qos: QoS, retain: bool, fanout: &mut Fanout) {
+        let mut out = lock(&session.out);
+        let online = out.online;
+        match out.outbox.push(Delivery { message, qos, retain }, online) {
+            Ok(()) => {
+                fanout.queued[qos as usize] += 1;
+                drop(out);
+                if online {
+                    session.wake.notify_one();
+                }
+            }
+            Err(refused) => fanout.dropped.push((refused, qos)),
+        }
+    }
+
+    /// The index's and the retained store's figures: subscriptions, retained
+    /// messages, and the bytes of both.
+    pub fn figures(&self) -> (usize, usize, usize) {
+        (
+            self.index.subscriptions(),
+            self.retained.messages(),
+            self.index.bytes() + self.retained.bytes(),
+        )
+    }
+}
+
+/// The lower of two QoS levels.
+pub fn lower(a: QoS, b: QoS) -> QoS {
+    if (a as u8) <= (b as u8) { a } else { b }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

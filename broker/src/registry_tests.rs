@@ -1,0 +1,193 @@
+use super::*;
+use crate::outbox::Outgoing;
+
+fn registry() -> Registry {
+    let budget = Arc::new(Budget::new(1 << 20, prometheus::IntGauge::new("b", "test").unwrap()));
+    let limits = outbox::Limits {
+        max_inflight: 20,
+        max_queued_messages: 100,
+        max_queued_bytes: 0,
+        queue_qos0_offline: false,
+    };
+    Registry::new(limits, 1 << 20, budget)
+}
+
+fn message(registry: &Registry, topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
+    let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, false);
+    Message::new(publish, None, &registry.budget).unwrap()
+}
+
+fn everyone(_: &SessionState, _: &[u8]) -> bool {
+    true
+}
+
+/// What the session's outbox gives now: (payload, QoS, retain, DUP).
+fn written(session: &SessionState) -> Vec<(String, QoS, bool, bool)> {
+    let mut outbox = session.outbox();
+    std::iter::from_fn(|| outbox.next_to_write())
+        .filter_map(|out| match out {
+            Outgoing::Publish { delivery, dup, .. } => Some((
+                String::from_utf8_lossy(delivery.message.payload()).into_owned(),
+                delivery.qos,
+                delivery.retain,
+                dup,
+            )),
+            Outgoing::PubRel(_) => None,
+        })
+        .collect()
+}
+
+fn qos1() -> Options {
+    Options { qos: QoS::AtLeastOnce }
+}
+
+#[test]
+fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
+    // [MQTT-3.8.4-6]
+    let registry = registry();
+    let claim = registry.connect("sub", None, true, CancellationToken::new());
+    registry.subscribe(&claim.session, "t/+", qos1(), |_| true);
+    for qos in [QoS::ExactlyOnce, QoS::AtMostOnce] {
+        let fanout = registry.publish(&message(&registry, "t/1", "m", qos), everyone);
+        assert_eq!(fanout.queued.iter().sum::<u64>(), 1);
+    }
+    let got: Vec<QoS> = written(&claim.session).into_iter().map(|(_, qos, ..)| qos).collect();
+    assert_eq!(got, [QoS::AtLeastOnce, QoS::AtMostOnce]);
+}
+
+#[test]
+fn a_clean_session_ends_with_its_connection() {
+    let registry = registry();
+    let claim = registry.connect("c", None, true, CancellationToken::new());
+    assert!(!claim.present, "[MQTT-3.2.2-2]");
+    registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
+    registry.disconnect("c", claim.generation, Leave::End, Instant::now());
+    assert!(registry.is_empty());
+    assert_eq!(registry.figures().0, 0, "its subscriptions left the index");
+    let again = registry.connect("c", None, false, CancellationToken::new());
+    assert!(!again.present, "nothing to resume");
+}
+
+#[test]
+fn a_persistent_session_fills_while_away_and_resumes_in_order() {
+    let registry = registry();
+    let claim = registry.connect("p", Some("alice"), false, CancellationToken::new());
+    registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
+    registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
+    assert_eq!(written(&claim.session).len(), 1, "written, not acknowledged");
+    registry.disconnect("p", claim.generation, Leave::Keep, Instant::now());
+
+    let away = registry.publish(&message(&registry, "a/2", "queued", QoS::AtLeastOnce), everyone);
+    assert_eq!(away.queued, [0, 1, 0]);
+    // QoS 0 is not queued for an away client without `queue_qos0_messages`.
+    let lost = registry.publish(&message(&registry, "a/3", "qos 0", QoS::AtMostOnce), everyone);
+    assert_eq!(lost.dropped, [(Refused::Away, QoS::AtMostOnce)]);
+
+    let back = registry.connect("p", Some("alice"), false, CancellationToken::new());
+    assert!(back.present, "[MQTT-3.2.2-3]");
+    assert!(Arc::ptr_eq(&back.session, &claim.session), "the same session");
+    // [MQTT-4.4.0-1], [MQTT-3.3.1-1]: what was in flight again, with DUP,
+    // then what waited.
+    assert_eq!(
+        written(&back.session),
+        [
+            ("in flight".into(), QoS::AtLeastOnce, false, true),
+            ("queued".into(), QoS::AtLeastOnce, false, false)
+        ]
+    );
+    assert_eq!(back.session.subscriptions(), [("a/#".to_owned(), qos1())]);
+}
+
+#[test]
+fn clean_start_or_another_user_discards_the_session_there_was() {
+    let registry = registry();
+    for (user, clean) in [(Some("alice"), true), (Some("mallory"), false)] {
+        let first = registry.connect("id", Some("alice"), false, CancellationToken::new());
+        registry.subscribe(&first.session, "secret/#", qos1(), |_| true);
+        registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
+        let second = registry.connect("id", user, clean, CancellationToken::new());
+        assert!(!second.present, "{user:?} {clean}");
+        assert!(second.session.subscriptions().is_empty());
+        assert_eq!(registry.figures().0, 0, "the old session's subscriptions are gone");
+        registry.disconnect("id", second.generation, Leave::End, Instant::now());
+    }
+}
+
+#[test]
+fn a_second_connection_takes_the_session_over() {
+    // [MQTT-3.1.4-2]: the connection there was is closed; its end then
+    // changes nothing.
+    let registry = registry();
+    let first_token = CancellationToken::new();
+    let first = registry.connect("id", None, false, first_token.clone());
+    registry.subscribe(&first.session, "t", qos1(), |_| true);
+    let second = registry.connect("id", None, false, CancellationToken::new());
+    assert!(first_token.is_cancelled());
+    assert!(second.present);
+    registry.disconnect("id", first.generation, Leave::End, Instant::now());
+    assert_eq!(registry.len(), 1, "the old connection's end is ignored");
+    assert_eq!(registry.figures().0, 1);
+    registry.publish(&message(&registry, "t", "m", QoS::AtLeastOnce), everyone);
+    assert_eq!(written(&second.session).len(), 1);
+}
+
+#[test]
+fn an_away_session_expires_on_time() {
+    let registry = registry();
+    let start = Instant::now();
+    let claim = registry.connect("e", None, false, CancellationToken::new());
+    registry.subscribe(&claim.session, "t", qos1(), |_| true);
+    registry.disconnect("e", claim.generation, Leave::KeepFor(Duration::from_secs(10)), start);
+    assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
+    assert_eq!(registry.expire(start + Duration::from_secs(10)), 1);
+    assert!(registry.is_empty());
+    assert_eq!(registry.figures().0, 0);
+    // A subscription its connection was still making adds nothing now.
+    registry.subscribe(&claim.session, "late", qos1(), |_| true);
+    assert_eq!(registry.figures().0, 0);
+}
+
+#[test]
+fn retained_messages_go_to_new_subscriptions_at_their_qos() {
+    let registry = registry();
+    let retained = |topic: &str, payload: &str, qos| {
+        let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, true);
+        registry.retain(topic, publish, None)
+    };
+    assert_eq!(retained("r/1", "one", QoS::ExactlyOnce), retained::Outcome::Stored);
+    assert_eq!(retained("r/2", "two", QoS::AtMostOnce), retained::Outcome::Stored);
+    assert_eq!(retained("r/3", "three", QoS::AtLeastOnce), retained::Outcome::Stored);
+    assert_eq!(
+        retained("r/3", "", QoS::AtLeastOnce),
+        retained::Outcome::Cleared,
+        "[MQTT-3.3.1-10]"
+    );
+    let claim = registry.connect("s", None, true, CancellationToken::new());
+    // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: sent on subscribe with retain set, at
+    // the lower QoS; the ACL is asked for each.
+    let fanout = registry.subscribe(&claim.session, "r/+", qos1(), |topic| topic != b"r/2");
+    assert_eq!((fanout.queued, fanout.withheld), ([0, 1, 0], 1));
+    assert_eq!(written(&claim.session), [("one".into(), QoS::AtLeastOnce, true, false)]);
+    // A shared subscription gets none (MQTT 5 §4.8.2).
+    let shared = registry.subscribe(&claim.session, "$share/g/r/+", qos1(), |_| true);
+    assert_eq!(shared, Fanout::default());
+    // Copies of a publish go with retain off ([MQTT-3.3.1-9]).
+    registry.publish(&message(&registry, "r/1", "live", QoS::AtLeastOnce), everyone);
+    let live = written(&claim.session);
+    assert_eq!(live.len(), 2, "one per matching subscription: {live:?}");
+    assert!(live.iter().all(|(_, _, retain, _)| !retain));
+}
+
+#[test]
+fn the_acl_at_delivery_withholds_a_copy() {
+    let registry = registry();
+    let reader = registry.connect("reader", Some("r"), true, CancellationToken::new());
+    let other = registry.connect("other", Some("o"), true, CancellationToken::new());
+    registry.subscribe(&reader.session, "#", qos1(), |_| true);
+    registry.subscribe(&other.session, "#", qos1(), |_| true);
+    let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
+        session.user() == Some("r")
+    });
+    assert_eq!((fanout.queued, fanout.withheld), ([1, 0, 0], 1));
+    assert_eq!(written(&other.session), []);
+}
