@@ -147,6 +147,37 @@ pub enum QueueFull {
     Disconnect,
 }
 
+/// Which message core routes between sessions: rumqttd's router (today's
+/// default) or the broker's own (issue 19, being built in slices: see
+/// docs/broker.md, "The broker's own core").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Core {
+    #[default]
+    Rumqttd,
+    Own,
+}
+
+impl Core {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Rumqttd => "rumqttd",
+            Self::Own => "own",
+        }
+    }
+}
+
+impl std::str::FromStr for Core {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rumqttd" => Ok(Self::Rumqttd),
+            "own" => Ok(Self::Own),
+            _ => Err(format!("`{s}`: expected rumqttd or own")),
+        }
+    }
+}
+
 /// The broker's TOML file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +250,8 @@ pub struct BrokerFile {
     /// segments kept (rumqttd's settings).
     pub max_segment_size: Option<Size>,
     pub max_segment_count: Option<usize>,
+    /// The message core: `"rumqttd"` (default) or `"own"`.
+    pub core: Option<Core>,
     #[serde(default)]
     pub log: LogSettings,
 }
@@ -253,6 +286,7 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub core: Option<Core>,
 }
 
 /// The environment variables read. Any other `SNIGATE_BROKER_*` is an error,
@@ -276,6 +310,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SNIGATE_BROKER_MAX_CONNECTIONS", "most clients connected at once"),
     ("SNIGATE_BROKER_LOG_FORMAT", "text or json"),
     ("SNIGATE_BROKER_LOG_LEVEL", "log filter, when RUST_LOG is not set"),
+    ("SNIGATE_BROKER_CORE", "the message core: rumqttd or own"),
 ];
 
 impl Overrides {
@@ -324,6 +359,7 @@ impl Overrides {
                     layer.max_connections = Some(value.parse().map_err(|e| bad(format!("`{value}`: {e}")))?);
                 }
                 "SNIGATE_BROKER_LOG_FORMAT" => layer.log_format = Some(value.parse().map_err(bad)?),
+                "SNIGATE_BROKER_CORE" => layer.core = Some(value.parse().map_err(bad)?),
                 "SNIGATE_BROKER_LOG_LEVEL" => {
                     snigate_shared::logging::check_filter(value).map_err(bad)?;
                     layer.log_level = Some(value.to_owned());
@@ -363,6 +399,7 @@ impl Overrides {
         file.use_identity_as_username = self.use_identity_as_username.unwrap_or(file.use_identity_as_username);
         file.max_packet_size = self.max_packet_size.or(file.max_packet_size);
         file.log.format = self.log_format.unwrap_or(file.log.format);
+        file.core = self.core.or(file.core);
         if let Some(level) = &self.log_level {
             file.log.level.clone_from(level);
         }
@@ -397,6 +434,7 @@ pub struct BrokerConfig {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub core: Core,
 }
 
 impl BrokerConfig {
@@ -498,6 +536,7 @@ impl BrokerConfig {
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
             log_format: file.log.format,
             log_level: file.log.level,
+            core: file.core.unwrap_or_default(),
         })
     }
 }

@@ -46,6 +46,11 @@ pub struct Harness {
 impl Harness {
     /// A broker with its default settings, anonymous clients and [`ACL`].
     pub fn new() -> anyhow::Result<Self> {
+        Self::on(crate::config::Core::default())
+    }
+
+    /// The same, on the message core `core`.
+    pub fn on(core: crate::config::Core) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -55,6 +60,7 @@ impl Harness {
         // end them all: millions of fuzzed connections must not pile up
         // sessions kept until a restart.
         config.persistent_client_expiration = Some(SAVED_SESSIONS);
+        config.core = core;
         let acl = Acl::parse(ACL).map_err(|e| anyhow::anyhow!("line {}: {}", e.line, e.message))?;
         let material = Material {
             auth: Auth {
@@ -103,6 +109,9 @@ impl Harness {
             // discarded, as its expiry would.
             let later = std::time::Instant::now() + SAVED_SESSIONS * 2;
             self.shared.sessions.expire(later, &self.shared.engine);
+            if let Some(registry) = &self.shared.registry {
+                registry.expire(later);
+            }
             answer
         })
     }
@@ -207,9 +216,17 @@ fn s(bytes: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const CORES: [crate::config::Core; 2] = [crate::config::Core::Rumqttd, crate::config::Core::Own];
+
     #[test]
     fn the_seeds_are_served_as_a_client_would_be() {
-        let harness = Harness::new().unwrap();
+        for core in CORES {
+            seeds_served(core);
+        }
+    }
+
+    fn seeds_served(core: crate::config::Core) {
+        let harness = Harness::on(core).unwrap();
         let seeds = seed_packets();
         for packets in &seeds {
             // CONNACK accepted.
@@ -232,7 +249,13 @@ mod tests {
     /// (The fuzz target explores far more; this keeps CI honest.)
     #[test]
     fn mutated_connections_never_panic() {
-        let harness = Harness::new().unwrap();
+        for core in CORES {
+            mutations(core);
+        }
+    }
+
+    fn mutations(core: crate::config::Core) {
+        let harness = Harness::on(core).unwrap();
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
             state ^= state << 13;

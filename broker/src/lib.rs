@@ -239,12 +239,28 @@ async fn expire_sessions(shared: Arc<Shared>) {
             () = shared.stop.cancelled() => return,
             _ = sweep.tick() => {}
         }
-        let expired = shared.sessions.expire(std::time::Instant::now(), &shared.engine);
+        let now = std::time::Instant::now();
+        let expired = match &shared.registry {
+            Some(registry) => {
+                let expired = registry.expire(now);
+                shared
+                    .metrics
+                    .subscriptions
+                    .set(gauge(registry.figures().subscriptions));
+                expired
+            }
+            None => shared.sessions.expire(now, &shared.engine),
+        };
         if expired > 0 {
             shared.metrics.sessions_expired.inc_by(expired as u64);
             tracing::info!(expired, "persistent sessions expired");
         }
     }
+}
+
+/// A count as a gauge's value.
+pub(crate) fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Password checks running at once. A check is deliberately expensive (PBKDF2
@@ -269,7 +285,10 @@ pub struct Shared {
     pub material: arc_swap::ArcSwap<Material>,
     pub retained: budget::Retained,
     /// All outbound queues together.
-    pub queue_budget: budget::Budget,
+    pub queue_budget: Arc<budget::Budget>,
+    /// The broker's own core, with `core = "own"`; rumqttd's router (the
+    /// engine) otherwise.
+    pub registry: Option<registry::Registry>,
     /// One permit per open socket, from accept to close: `max_connections`.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Permits to answer a socket "busy" when no slot is left.
@@ -315,9 +334,14 @@ impl Shared {
             log_mib = limits.max_log_bytes >> 20,
             queued_mib = limits.queued_bytes_total >> 20,
             retained_mib = limits.max_retained_bytes >> 20,
+            core = config.core.label(),
             "memory budget"
         );
         let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
+        let queue_budget = Arc::new(budget::Budget::new(
+            limits.queued_bytes_total,
+            metrics.queued_bytes.clone(),
+        ));
         let shared = Arc::new(Shared {
             sys: sys_rx,
             password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
@@ -327,7 +351,16 @@ impl Shared {
                 metrics.retained.clone(),
                 metrics.retained_bytes.clone(),
             ),
-            queue_budget: budget::Budget::new(limits.queued_bytes_total, metrics.queued_bytes.clone()),
+            queue_budget: queue_budget.clone(),
+            registry: (config.core == config::Core::Own).then(|| {
+                let outbox = outbox::Limits {
+                    max_inflight: limits.max_inflight_messages,
+                    max_queued_messages: limits.max_queued_messages,
+                    max_queued_bytes: limits.max_queued_bytes,
+                    queue_qos0_offline: false,
+                };
+                registry::Registry::new(outbox, limits.max_retained_bytes, queue_budget)
+            }),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
             sessions: Sessions::default(),

@@ -231,6 +231,7 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
             limits.queue_full
         ),
         format!("retained: {} MiB", limits.max_retained_bytes >> 20),
+        format!("message core: {}", config.core.label()),
         format!(
             "router logs: {} filters x {} segments of {} bytes, {} MiB in all; match cache {} KiB",
             limits.max_filters,

@@ -260,6 +260,19 @@ impl Outbox {
         self.resend = self.inflight.len();
     }
 
+    /// Let go of everything: a slow consumer's session ends, and its queue
+    /// goes back to the budget before its last words, which may wait on a
+    /// client that does not read.
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.inflight.clear();
+        self.ids.clear();
+        self.resend = 0;
+        let held = self.charge.bytes();
+        self.charge.shrink(held);
+    }
+
     /// Messages waiting and in flight.
     pub fn len(&self) -> (usize, usize) {
         (self.queue.len(), self.inflight.len())

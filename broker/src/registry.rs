@@ -42,8 +42,12 @@ pub struct SessionState {
     /// The user it logged in as, for the ACL at delivery.
     user: Option<Box<str>>,
     out: Mutex<Out>,
-    /// Fired when the outbox has something new for the connection.
+    /// Fired when the outbox has something new for the connection, or has
+    /// refused a message.
     pub wake: Notify,
+    /// A QoS 1 or 2 message did not fit in the outbox since the connection
+    /// last looked: with `queue_full = "disconnect"`, it ends.
+    overflowed: std::sync::atomic::AtomicBool,
     /// Its filters, so that a session that ends leaves the index clean.
     subscriptions: Mutex<Subscriptions>,
 }
@@ -81,6 +85,11 @@ impl SessionState {
     /// The outbox, to take what to write and to hand it acknowledgements.
     pub fn outbox(&self) -> impl std::ops::DerefMut<Target = Outbox> + '_ {
         OutboxGuard(lock(&self.out))
+    }
+
+    /// Whether a QoS 1 or 2 message was refused since the last call.
+    pub fn take_overflow(&self) -> bool {
+        self.overflowed.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Filters subscribed to, and their options.
@@ -172,6 +181,18 @@ pub struct Fanout {
     pub withheld: u64,
 }
 
+/// What the registry holds, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    /// Sessions, connected or away.
+    pub sessions: usize,
+    /// Subscriptions in the index, shared members included.
+    pub subscriptions: usize,
+    pub index_bytes: usize,
+    pub retained: usize,
+    pub retained_bytes: usize,
+}
+
 /// See the module's documentation.
 #[derive(Debug)]
 pub struct Registry {
@@ -208,6 +229,7 @@ impl Registry {
                 online: true,
             }),
             wake: Notify::new(),
+            overflowed: std::sync::atomic::AtomicBool::new(false),
             subscriptions: Mutex::new(Subscriptions::default()),
         })
     }
@@ -431,18 +453,26 @@ impl Registry {
                     session.wake.notify_one();
                 }
             }
-            Err(refused) => fanout.dropped.push((refused, qos)),
+            Err(refused) => {
+                fanout.dropped.push((refused, qos));
+                if qos != QoS::AtMostOnce && refused != Refused::Away {
+                    session.overflowed.store(true, std::sync::atomic::Ordering::Release);
+                    drop(out);
+                    session.wake.notify_one();
+                }
+            }
         }
     }
 
-    /// The index's and the retained store's figures: subscriptions, retained
-    /// messages, and the bytes of both.
-    pub fn figures(&self) -> (usize, usize, usize) {
-        (
-            self.index.subscriptions(),
-            self.retained.messages(),
-            self.index.bytes() + self.retained.bytes(),
-        )
+    /// The index's and the retained store's figures.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            sessions: self.len(),
+            subscriptions: self.index.subscriptions(),
+            index_bytes: self.index.bytes(),
+            retained: self.retained.messages(),
+            retained_bytes: self.retained.bytes(),
+        }
     }
 }
 

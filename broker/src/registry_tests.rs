@@ -63,7 +63,7 @@ fn a_clean_session_ends_with_its_connection() {
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
     registry.disconnect("c", claim.generation, Leave::End, Instant::now());
     assert!(registry.is_empty());
-    assert_eq!(registry.figures().0, 0, "its subscriptions left the index");
+    assert_eq!(registry.figures().subscriptions, 0, "its subscriptions left the index");
     let again = registry.connect("c", None, false, CancellationToken::new());
     assert!(!again.present, "nothing to resume");
 }
@@ -108,7 +108,11 @@ fn clean_start_or_another_user_discards_the_session_there_was() {
         let second = registry.connect("id", user, clean, CancellationToken::new());
         assert!(!second.present, "{user:?} {clean}");
         assert!(second.session.subscriptions().is_empty());
-        assert_eq!(registry.figures().0, 0, "the old session's subscriptions are gone");
+        assert_eq!(
+            registry.figures().subscriptions,
+            0,
+            "the old session's subscriptions are gone"
+        );
         registry.disconnect("id", second.generation, Leave::End, Instant::now());
     }
 }
@@ -126,7 +130,7 @@ fn a_second_connection_takes_the_session_over() {
     assert!(second.present);
     registry.disconnect("id", first.generation, Leave::End, Instant::now());
     assert_eq!(registry.len(), 1, "the old connection's end is ignored");
-    assert_eq!(registry.figures().0, 1);
+    assert_eq!(registry.figures().subscriptions, 1);
     registry.publish(&message(&registry, "t", "m", QoS::AtLeastOnce), everyone);
     assert_eq!(written(&second.session).len(), 1);
 }
@@ -141,10 +145,10 @@ fn an_away_session_expires_on_time() {
     assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
     assert_eq!(registry.expire(start + Duration::from_secs(10)), 1);
     assert!(registry.is_empty());
-    assert_eq!(registry.figures().0, 0);
+    assert_eq!(registry.figures().subscriptions, 0);
     // A subscription its connection was still making adds nothing now.
     registry.subscribe(&claim.session, "late", qos1(), |_| true);
-    assert_eq!(registry.figures().0, 0);
+    assert_eq!(registry.figures().subscriptions, 0);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use snigate_shared::testing::mqtt::{self as raw, Login, Message};
-use snigate_shared::testing::{Process, STEP, TempDir};
+use snigate_shared::testing::{STEP, TempDir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -144,17 +144,6 @@ async fn outcome(addr: SocketAddr, packets: &[Vec<u8>]) -> Vec<String> {
             other => format!("packet {other}"),
         });
     }
-}
-
-/// Mosquitto beside snigate-broker, both anonymous on loopback; `None` (the
-/// test returns) where Mosquitto is missing outside CI.
-fn side_by_side(dir: &TempDir, mosquitto_config: &str, broker_config: &str) -> Option<((Process, u16), Broker)> {
-    let mosquitto = start_mosquitto(dir, &format!("allow_anonymous true\n{mosquitto_config}"))?;
-    let broker = Broker::with_config(
-        dir,
-        &format!("listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nallow_anonymous = true\n{broker_config}"),
-    );
-    Some((mosquitto, broker))
 }
 
 /// The status code of an HTTP response.
@@ -491,7 +480,10 @@ async fn refused_publishes_take_no_retained_budget() {
     let message = raw::next_message(&mut subscriber).await.expect("the retained message");
     assert!(message.retain);
     let metrics = metrics(&broker).await;
-    assert_eq!(metric_sum(&metrics, "snigate_broker_retained_bytes", ""), 1000.0 + 4.0);
+    // Topic and payload (and on the own core their record and levels): the
+    // ten refused ones would be 10 KB more.
+    let held = metric_sum(&metrics, "snigate_broker_retained_bytes", "");
+    assert!((1004.0..2000.0).contains(&held), "retained bytes {held}");
 }
 
 /// A will is copied out of its CONNECT: the codec's topic and message were

@@ -38,6 +38,8 @@ use crate::Shared;
 use crate::auth::acl::Access;
 use crate::engine::Continuity;
 
+mod own;
+
 const CONNECT_PACKET: u8 = 1;
 /// Clients never use packet id 0 (MQTT §2.3.1): the session's own SUBSCRIBEs
 /// to rumqttd carry it.
@@ -472,6 +474,8 @@ struct Session<P, S> {
     /// The DISCONNECT reason an MQTT 5 client is sent when the session ends
     /// on what it sent ([`Self::decode`]).
     last_words: Option<DisconnectReasonCode>,
+    /// With `core = "own"`: the session in the registry ([`own`]).
+    own: Option<own::Own>,
 }
 
 /// The cleanup every session gets however it ends, a panic included: its
@@ -502,6 +506,7 @@ impl<P, S> Drop for Session<P, S> {
         if let Some(generation) = self.claim.take() {
             self.shared.sessions.release(&self.client_id, generation);
         }
+        self.leave_own();
         let replaced = matches!(self.finished, Some(End::TakenOver | End::Shutdown));
         if std::mem::take(&mut self.linked) && !replaced {
             let expiry = self.persistent.then_some(self.expiry);
@@ -551,10 +556,19 @@ impl Drop for Link {
 /// A client let in: what the relay and the end of the session need.
 struct Connected {
     eviction: Arc<crate::Eviction>,
-    link: Link,
-    rx: LinkRx,
+    core: Attached,
     will: Option<LastWill>,
     keep_alive: u16,
+}
+
+/// Which core the client is attached to.
+enum Attached {
+    Router {
+        link: Link,
+        rx: LinkRx,
+    },
+    /// The registry: the session is in `Session::own`.
+    Own,
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
@@ -578,6 +592,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             will_bytes: 0,
             finished: None,
             last_words: None,
+            own: None,
             held_back: std::collections::HashMap::new(),
             awaiting_suback: std::collections::HashMap::new(),
             answer_now: Vec::new(),
@@ -617,13 +632,26 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // the relay's state should stay with a connection for its life.
             let Connected {
                 eviction,
-                mut link,
-                mut rx,
+                core,
                 will,
                 keep_alive,
             } = match Box::pin(self.admit(identity)).await {
                 Ok(connected) => connected,
                 Err(ended) => return self.ended(ended),
+            };
+            let (mut link, mut rx) = match core {
+                Attached::Router { link, rx } => (link, rx),
+                Attached::Own => {
+                    let end = self.relay_own(keep_alive, &eviction).await;
+                    self.finished = Some(end);
+                    // As with the router (below): no will after DISCONNECT, a
+                    // takeover, a revocation or a stop.
+                    let unclean = !matches!(end, End::Disconnected | End::TakenOver | End::Revoked | End::Shutdown);
+                    if unclean && let Some(will) = will {
+                        self.publish_will_own(will);
+                    }
+                    return (end, Some(self.client_id.clone()));
+                }
             };
             let end = self.relay(&mut link.tx, &mut rx, keep_alive, &eviction).await;
             self.finished = Some(end);
@@ -791,10 +819,27 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
         self.claim = Some(generation);
 
-        let engine = self.shared.engine.clone();
-        let id = client_id.clone();
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
         self.expiry = expiry;
+        let shared = self.shared.clone();
+        if let Some(registry) = &shared.registry {
+            let asked = props.as_ref().and_then(|p| p.session_expiry_interval);
+            return match self
+                .attach_own(registry, continuity, &eviction, assigned, asked, connect.keep_alive)
+                .await
+            {
+                Ok(()) => Ok(Connected {
+                    eviction,
+                    core: Attached::Own,
+                    will,
+                    keep_alive: connect.keep_alive,
+                }),
+                Err(end) => Err((end, Some(client_id))),
+            };
+        }
+
+        let engine = self.shared.engine.clone();
+        let id = client_id.clone();
         let attached = tokio::task::spawn_blocking(move || engine.attach(&id, continuity)).await;
         let (tx, rx, ack) = match attached {
             Ok(Ok(link)) => link,
@@ -857,8 +902,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
         Ok(Connected {
             eviction,
-            link,
-            rx,
+            core: Attached::Router { link, rx },
             will,
             keep_alive: connect.keep_alive,
         })
@@ -1318,6 +1362,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.queued_bytes -= message.bytes.len();
             self.placed(at, message.qos);
         }
+        self.refill_own();
     }
 
     /// Account for a message just put at `at` in the write buffer: a packet id

@@ -1,0 +1,555 @@
+//! The session over the broker's own core (`core = "own"`, issue 19): after
+//! CONNECT, packets go to the session registry ([`crate::registry`]) instead
+//! of rumqttd's router, and messages come from the session's outbox
+//! ([`crate::outbox`]). Everything before (TLS, framing, validation, login,
+//! CONNACK's answers) and the write path are the session's, shared with the
+//! rumqttd core; this module goes when that core does, and the session then
+//! splits into connect, inbound and outbound parts.
+
+use std::collections::HashSet;
+
+use crate::message::{Message, Version};
+use crate::outbox::Outgoing;
+use crate::registry::{Leave, Options, Registry, SessionState};
+use rumqttd::protocol::PublishProperties;
+
+use super::*;
+
+/// A connection's hold on its session in the own core.
+pub(super) struct Own {
+    pub(super) session: Arc<SessionState>,
+    /// Its generation in the registry: a connection taken over ends without
+    /// touching the session its successor has.
+    generation: u64,
+    /// QoS 2 packet ids received and not yet released: a PUBLISH with one
+    /// again is acknowledged and not delivered twice (MQTT 3.1.1 and 5,
+    /// §4.3.3). At most the 65,535 packet ids.
+    received: HashSet<u16>,
+}
+
+/// A `$` filter other than a shared subscription: served from `$SYS`
+/// snapshots, not from the index, until `$SYS` becomes retained topics of
+/// the core's own (slice 3).
+fn reserved(filter: &str) -> bool {
+    filter.starts_with('$') && !filter.starts_with("$share/")
+}
+
+impl<P: Protocol, S: Stream> Session<P, S> {
+    fn version(&self) -> Version {
+        if self.level == 5 { Version::V5 } else { Version::V4 }
+    }
+
+    /// The CONNECT is accepted: claim the client id's session in the
+    /// registry (taking it over from a connection that has it) and answer
+    /// CONNACK with Session Present as the registry says.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn attach_own(
+        &mut self,
+        registry: &Registry,
+        continuity: Continuity,
+        eviction: &crate::Eviction,
+        assigned: bool,
+        asked_expiry: Option<u32>,
+        keep_alive: u16,
+    ) -> Result<(), End> {
+        let client_id = self.client_id.clone();
+        let claim = registry.connect(
+            &client_id,
+            self.user.as_deref(),
+            !continuity.resume,
+            eviction.token.clone(),
+        );
+        self.persistent = continuity.keep;
+        self.sys_filters = claim
+            .session
+            .subscriptions()
+            .into_iter()
+            .map(|(filter, _)| filter)
+            .filter(|filter| reserved(filter))
+            .collect();
+        self.own = Some(Own {
+            session: claim.session,
+            generation: claim.generation,
+            received: HashSet::new(),
+        });
+        let connack = ConnAck {
+            session_present: claim.present,
+            code: ConnectReturnCode::Success,
+        };
+        let properties = (self.level == 5)
+            .then(|| self.connack_properties(assigned.then(|| client_id.clone()), asked_expiry, self.expiry));
+        if self.send(Packet::ConnAck(connack, properties)).await.is_err() {
+            return Err(End::NetworkError);
+        }
+        self.shared.metrics.connected.inc();
+        self.counted = true;
+        self.figures(registry);
+        tracing::info!(peer = %self.peer, client_id, user = self.user, mqtt = self.level, keepalive = keep_alive, present = claim.present, "client connected");
+        // What was in flight when the client left goes first.
+        self.refill();
+        Ok(())
+    }
+
+    /// Pass packets both ways until the connection ends: what the client
+    /// sends is handled at once ([`Self::on_readable_own`]); what its outbox
+    /// gets wakes the loop and is written as the socket takes it.
+    pub(super) async fn relay_own(&mut self, keep_alive: u16, eviction: &crate::Eviction) -> End {
+        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+            return End::RouterError;
+        };
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut last_heard = Instant::now();
+        if !self.read.is_empty()
+            && let Err(end) = self.on_readable_own().await
+        {
+            return end;
+        }
+        self.release_read_buffer();
+        let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
+        tokio::pin!(silence);
+        let stop = self.shared.stop.clone();
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
+        let evicted = eviction.token.cancelled();
+        tokio::pin!(evicted);
+        loop {
+            let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
+            let writing = !self.write.is_empty() || self.unflushed;
+            tokio::select! {
+                written = write_some(&mut self.writer, &self.write), if writing => {
+                    match written {
+                        Ok(0) if !self.write.is_empty() => return End::NetworkError,
+                        Ok(n) => self.wrote(n),
+                        Err(_) => return End::NetworkError,
+                    }
+                }
+                read = read_some(&mut self.reader, &mut self.read), if !backlogged => {
+                    match read {
+                        // Half-closed: what the client is owed goes out first
+                        // (see `relay`).
+                        Ok(0) => {
+                            if !self.write.is_empty() {
+                                let _ = Box::pin(self.write_final()).await;
+                            }
+                            return End::Closed;
+                        }
+                        Ok(_) => last_heard = Instant::now(),
+                        Err(_) => return End::NetworkError,
+                    }
+                    if let Err(end) = self.on_readable_own().await {
+                        return end;
+                    }
+                }
+                () = session.wake.notified() => {
+                    let disconnect = self.shared.settings.limits.queue_full == crate::config::QueueFull::Disconnect;
+                    if disconnect && session.take_overflow() {
+                        return self.slow_consumer(&session).await;
+                    }
+                    self.refill();
+                }
+                () = &mut silence, if grace.is_some() => {
+                    let deadline = last_heard + grace.unwrap_or_default();
+                    if deadline > Instant::now() {
+                        silence.as_mut().reset(deadline);
+                        continue;
+                    }
+                    if self.level == 5 {
+                        let reason = DisconnectReasonCode::KeepAliveTimeout;
+                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: reason }, None)).await;
+                    }
+                    return End::KeepaliveTimeout;
+                }
+                () = &mut evicted => return self.evicted(eviction).await,
+                changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
+                    if changed.is_err() {
+                        return End::NetworkError;
+                    }
+                    self.queue_sys();
+                }
+                () = &mut stopped => {
+                    if self.level == 5 {
+                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
+                    }
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// `queue_full = "disconnect"`: the client is not keeping up. Its queue
+    /// goes first; an MQTT 5 client is told why after what was written before
+    /// (MQTT 5 §3.14.2.1, 0x97).
+    async fn slow_consumer(&mut self, session: &SessionState) -> End {
+        tracing::warn!(
+            client_id = self.client_id,
+            "slow consumer: its queue is full; disconnecting"
+        );
+        session.outbox().clear();
+        if self.level == 5 {
+            let quota = Disconnect {
+                reason_code: DisconnectReasonCode::QuotaExceeded,
+            };
+            let _ = self.send(Packet::Disconnect(quota, None)).await;
+        }
+        End::SlowConsumer
+    }
+
+    /// Handle every complete packet in the read buffer. `Err`: the session
+    /// ends.
+    async fn on_readable_own(&mut self) -> Result<(), End> {
+        let mut ended = None;
+        loop {
+            let packet = match self.decode() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(end) => return Err(self.refuse(end).await),
+            };
+            match packet {
+                Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
+                Packet::Disconnect(_, props) => {
+                    if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
+                        && self.expiry_on_disconnect(asked).is_err()
+                    {
+                        return Err(End::ProtocolError);
+                    }
+                    ended = Some(End::Disconnected);
+                    break;
+                }
+                Packet::Connect(..)
+                | Packet::ConnAck(..)
+                | Packet::SubAck(..)
+                | Packet::UnsubAck(..)
+                | Packet::PingResp(_) => return Err(End::ProtocolError),
+                Packet::Publish(publish, props) => {
+                    self.publish_own(publish, props);
+                    // A publisher's task would otherwise route a whole burst
+                    // before its subscribers' tasks run: with a fast
+                    // publisher on loopback, readers fell behind their queue
+                    // bounds and lost half of it (budget.rs's floods). Every
+                    // so many publishes, the runtime's budget sends it to the
+                    // back of the queue.
+                    tokio::task::consume_budget().await;
+                }
+                Packet::PubRel(pubrel, _) => {
+                    let known = self.refused_qos2.remove(&pubrel.pkid)
+                        || self.own.as_mut().is_some_and(|own| own.received.remove(&pubrel.pkid));
+                    let reason = if known || self.level != 5 {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    self.push_control(Packet::PubComp(
+                        PubComp {
+                            pkid: pubrel.pkid,
+                            reason,
+                        },
+                        None,
+                    ));
+                }
+                Packet::Subscribe(subscribe, _) => self.subscribe_own(subscribe),
+                Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe_own(unsubscribe),
+                Packet::PubAck(ack, _) => {
+                    if let Some(own) = &self.own {
+                        // An acknowledgement for nothing in flight is ignored,
+                        // as Mosquitto ignores it.
+                        let _ = own.session.outbox().puback(ack.pkid);
+                    }
+                }
+                Packet::PubRec(rec, _) => {
+                    let known = self
+                        .own
+                        .as_ref()
+                        .is_some_and(|own| own.session.outbox().pubrec(rec.pkid).is_ok());
+                    let reason = if known || self.level != 5 {
+                        PubRelReason::Success
+                    } else {
+                        PubRelReason::PacketIdentifierNotFound
+                    };
+                    self.push_control(Packet::PubRel(PubRel { pkid: rec.pkid, reason }, None));
+                }
+                Packet::PubComp(comp, _) => {
+                    if let Some(own) = &self.own {
+                        let _ = own.session.outbox().pubcomp(comp.pkid);
+                    }
+                }
+            }
+        }
+        for reply in std::mem::take(&mut self.answer_now) {
+            self.push_control(reply);
+        }
+        self.release_read_buffer();
+        if std::mem::take(&mut self.sys_initial) {
+            self.queue_sys();
+        }
+        // Room in the window (acknowledgements), retained messages for new
+        // subscriptions: written after this read's replies.
+        self.refill();
+        match ended {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    /// A client's PUBLISH: the ACL, then exactly-once bookkeeping for QoS 2,
+    /// then the registry, then its acknowledgement (PUBACK or PUBREC; MQTT
+    /// requires them in the order the PUBLISHes came, [MQTT-4.6.0-2] and
+    /// [MQTT-4.6.0-3], which writing each at once keeps).
+    fn publish_own(&mut self, publish: Publish, props: Option<PublishProperties>) {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::on_publish(&publish.topic, &self.shared);
+        if !self.allowed(&publish.topic, Access::Write) {
+            self.refuse_publish();
+            return;
+        }
+        let (qos, pkid) = (publish.qos(), publish.pkid());
+        let again = qos == QoS::ExactlyOnce && self.own.as_mut().is_some_and(|own| !own.received.insert(pkid));
+        if !again {
+            self.route(publish, props);
+        }
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.push_control(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            QoS::ExactlyOnce => self.push_control(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            )),
+        }
+    }
+
+    /// Keep a retained message, and deliver to every matching subscription.
+    /// The topic and payload are copied out of the read buffer, which they
+    /// would otherwise pin for as long as a queue holds them.
+    fn route(&mut self, publish: Publish, props: Option<PublishProperties>) {
+        let shared = self.shared.clone();
+        let Some(registry) = &shared.registry else { return };
+        let qos = publish.qos();
+        let publish = Publish::delivery(
+            Bytes::copy_from_slice(&publish.topic),
+            Bytes::copy_from_slice(&publish.payload),
+            qos,
+            0,
+            false,
+            publish.retain,
+        );
+        let metrics = &shared.metrics;
+        if publish.retain
+            && let Ok(topic) = std::str::from_utf8(&publish.topic)
+        {
+            if registry.retain(topic, publish.clone(), props.clone()) == crate::retained::Outcome::OverBudget {
+                metrics.refused.with_label_values(&["retained"]).inc();
+                tracing::warn!(
+                    client_id = self.client_id,
+                    "retained messages are at max_retained_bytes; delivered, not retained"
+                );
+            }
+            self.figures(registry);
+        }
+        let Some(message) = Message::new(publish, props, &shared.queue_budget) else {
+            metrics
+                .dropped
+                .with_label_values(&["memory_budget", qos_label(qos as u8)])
+                .inc();
+            return;
+        };
+        let material = shared.material.load();
+        let acl = material.auth.acl.as_ref();
+        let fanout = registry.publish(&message, |session, topic| {
+            acl.is_none_or(|acl| {
+                std::str::from_utf8(topic)
+                    .is_ok_and(|topic| acl.allows(session.user(), session.client_id(), topic, Access::Read))
+            })
+        });
+        for (refused, qos) in fanout.dropped {
+            metrics
+                .dropped
+                .with_label_values(&[refused.label(), qos_label(qos as u8)])
+                .inc();
+        }
+        if fanout.withheld > 0 {
+            metrics
+                .acl_denials
+                .with_label_values(&["deliver"])
+                .inc_by(fanout.withheld);
+        }
+    }
+
+    /// Each filter is answered in the SUBACK as the ACL and the bounds say;
+    /// retained messages follow the SUBACK (queued now, written after it).
+    fn subscribe_own(&mut self, subscribe: Subscribe) {
+        let shared = self.shared.clone();
+        let Some(registry) = &shared.registry else { return };
+        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+            return;
+        };
+        let material = shared.material.load();
+        let acl = material.auth.acl.as_ref();
+        let (failure, quota) = if self.level == 5 {
+            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
+        } else {
+            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
+        };
+        let user = self.user.clone();
+        let may_read = |topic: &[u8]| {
+            acl.is_none_or(|acl| {
+                std::str::from_utf8(topic)
+                    .is_ok_and(|topic| acl.allows(user.as_deref(), session.client_id(), topic, Access::Read))
+            })
+        };
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            let path = filter.path;
+            if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, &path)) {
+                shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
+                return_codes.push(failure);
+                continue;
+            }
+            if reserved(&path) {
+                if self.sys_filters.len() >= MAX_SYS_FILTERS && !self.sys_filters.contains(&path) {
+                    shared.metrics.refused.with_label_values(&["filters"]).inc();
+                    return_codes.push(quota);
+                    continue;
+                }
+                // Kept with the session's subscriptions, so a resumed session
+                // has it; granted at QoS 0, as Mosquitto grants `$SYS`.
+                registry.subscribe(&session, &path, Options { qos: QoS::AtMostOnce }, |_| false);
+                self.sys_filters.insert(path);
+                self.sys_initial = true;
+                return_codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                continue;
+            }
+            let fanout = registry.subscribe(&session, &path, Options { qos: filter.qos }, may_read);
+            for (refused, qos) in fanout.dropped {
+                shared
+                    .metrics
+                    .dropped
+                    .with_label_values(&[refused.label(), qos_label(qos as u8)])
+                    .inc();
+            }
+            return_codes.push(SubscribeReasonCode::Success(filter.qos));
+        }
+        self.push_control(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes,
+            },
+            None,
+        ));
+        self.figures(registry);
+    }
+
+    /// Every filter is answered, subscribed or not (MQTT 5 §3.11.3).
+    fn unsubscribe_own(&mut self, unsubscribe: Unsubscribe) {
+        let shared = self.shared.clone();
+        let Some(registry) = &shared.registry else { return };
+        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+            return;
+        };
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                self.sys_filters.remove(filter);
+                if registry.unsubscribe(&session, filter) {
+                    UnsubAckReason::Success
+                } else {
+                    UnsubAckReason::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.push_control(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+        self.figures(registry);
+    }
+
+    /// Move what the outbox lets go now into the write buffer, up to
+    /// [`WRITE_CHUNK`]: each copy written with its own header.
+    pub(super) fn refill_own(&mut self) {
+        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+            return;
+        };
+        let version = self.version();
+        let mut outbox = session.outbox();
+        while self.write.len() < WRITE_CHUNK {
+            let Some(out) = outbox.next_to_write() else { break };
+            match out {
+                Outgoing::Publish { delivery, pkid, dup } => {
+                    let written =
+                        delivery
+                            .message
+                            .write(version, delivery.qos, pkid, dup, delivery.retain, &mut self.write);
+                    match written {
+                        Ok(n) => {
+                            let metrics = &self.shared.metrics;
+                            metrics.messages_sent.at(delivery.qos as u8).inc();
+                            metrics.bytes_sent.at(delivery.qos as u8).inc_by(n as u64);
+                        }
+                        Err(error) => {
+                            tracing::warn!(client_id = self.client_id, %error, "cannot encode a message; skipped")
+                        }
+                    }
+                }
+                Outgoing::PubRel(pkid) => self.push_control(Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                )),
+            }
+        }
+    }
+
+    /// The will, at an unclean end: the ACL of now, then delivered as any
+    /// message, with its own QoS and retain flag ([MQTT-3.1.2-14],
+    /// [MQTT-3.1.2-15]).
+    pub(super) fn publish_will_own(&mut self, will: LastWill) {
+        if !self.allowed(&will.topic, Access::Write) {
+            self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
+            tracing::info!(client_id = self.client_id, "the ACL refuses the will's topic; not sent");
+            return;
+        }
+        let publish = Publish::delivery(will.topic, will.message, will.qos, 0, false, will.retain);
+        self.route(publish, None);
+    }
+}
+
+// Without the bounds: the session's drop guard calls these.
+impl<P, S> Session<P, S> {
+    /// The gauges the registry's figures feed.
+    fn figures(&self, registry: &Registry) {
+        let figures = registry.figures();
+        let metrics = &self.shared.metrics;
+        metrics.subscriptions.set(crate::gauge(figures.subscriptions));
+        metrics.retained.set(crate::gauge(figures.retained));
+        metrics.retained_bytes.set(crate::gauge(figures.retained_bytes));
+    }
+
+    /// The connection is over: its session stays, expires or ends, as it
+    /// asked (a drop guard calls this, however the session ended).
+    pub(super) fn leave_own(&mut self) {
+        let Some(own) = self.own.take() else { return };
+        let Some(registry) = &self.shared.registry else { return };
+        let leave = match (self.persistent, self.expiry) {
+            (false, _) => Leave::End,
+            (true, None) => Leave::Keep,
+            (true, Some(after)) if after.is_zero() => Leave::End,
+            (true, Some(after)) => Leave::KeepFor(after),
+        };
+        registry.disconnect(&self.client_id, own.generation, leave, std::time::Instant::now());
+        self.figures(registry);
+    }
+}
