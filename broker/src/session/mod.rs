@@ -1015,11 +1015,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         silence.as_mut().reset(deadline);
                         continue;
                     }
-                    if self.level == 5 {
-                        let reason = DisconnectReasonCode::KeepAliveTimeout;
-                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: reason }, None)).await;
-                    }
-                    return End::KeepaliveTimeout;
+                    return self.last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout).await;
                 }
                 () = &mut evicted_wait => return self.evicted(eviction).await,
                 changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
@@ -1030,10 +1026,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     self.refill();
                 }
                 () = &mut stopped => {
-                    if self.level == 5 {
-                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
-                    }
-                    return End::Shutdown;
+                    return self.last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown).await;
                 }
             }
         }
@@ -1916,6 +1909,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .with_label_values(&[invalid.field.label(), invalid.problem.label()])
             .inc();
         tracing::info!(peer = %self.peer, client_id = self.client_id, %invalid, "invalid input; closing");
+    }
+
+    /// End the session as `end` says, an MQTT 5 client told why first.
+    async fn last_words(&mut self, reason_code: DisconnectReasonCode, end: End) -> End {
+        if self.level == 5 {
+            let _ = self.send(Packet::Disconnect(Disconnect { reason_code }, None)).await;
+        }
+        end
     }
 
     /// End the session on what the client sent: an MQTT 5 client is told why

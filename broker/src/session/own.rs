@@ -153,11 +153,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         silence.as_mut().reset(deadline);
                         continue;
                     }
-                    if self.level == 5 {
-                        let reason = DisconnectReasonCode::KeepAliveTimeout;
-                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: reason }, None)).await;
-                    }
-                    return End::KeepaliveTimeout;
+                    return self.last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout).await;
                 }
                 () = &mut evicted => return self.evicted(eviction).await,
                 changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
@@ -167,10 +163,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     self.queue_sys();
                 }
                 () = &mut stopped => {
-                    if self.level == 5 {
-                        let _ = self.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown }, None)).await;
-                    }
-                    return End::Shutdown;
+                    return self.last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown).await;
                 }
             }
         }
@@ -185,13 +178,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             "slow consumer: its queue is full; disconnecting"
         );
         session.outbox().clear();
-        if self.level == 5 {
-            let quota = Disconnect {
-                reason_code: DisconnectReasonCode::QuotaExceeded,
-            };
-            let _ = self.send(Packet::Disconnect(quota, None)).await;
-        }
-        End::SlowConsumer
+        self.last_words(DisconnectReasonCode::QuotaExceeded, End::SlowConsumer)
+            .await
     }
 
     /// Handle every complete packet in the read buffer. `Err`: the session
