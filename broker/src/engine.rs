@@ -17,6 +17,8 @@ use prometheus::{IntCounter, IntGauge};
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{Notification, Router, RouterConfig, RouterStats};
 
+pub use crate::registry::Continuity;
+
 /// What a session gets when it attaches: the two halves of its link and the
 /// router's CONNACK notification (which says whether a session was present).
 pub type Link = (LinkTx, LinkRx, Notification);
@@ -25,16 +27,6 @@ pub type Link = (LinkTx, LinkRx, Notification);
 /// message is kept.
 type Attach = Box<dyn Fn(&str, Continuity) -> Result<Link, String> + Send + Sync>;
 type Discard = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
-
-/// What becomes of a client's session: whether a saved one is taken up when
-/// it connects, and whether its own is kept when it leaves. MQTT 3.1.1 ties
-/// both to the clean session flag; MQTT 5 has clean start for the first and
-/// the session expiry interval for the second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Continuity {
-    pub resume: bool,
-    pub keep: bool,
-}
 
 /// Limits of the router's own storage.
 #[derive(Debug, Clone, Copy)]

@@ -12,7 +12,7 @@
 //! Pure of sockets and clocks (`now` is passed in): the connection's task
 //! reads its session's outbox when [`SessionState::wake`] fires.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,6 +26,16 @@ use crate::index::{Filter, Index};
 use crate::message::Message;
 use crate::outbox::{self, Delivery, Outbox, Refused};
 use crate::retained;
+
+/// What becomes of a client's session: whether a saved one is taken up when
+/// it connects, and whether its own is kept when it leaves. MQTT 3.1.1 ties
+/// both to the clean session flag; MQTT 5 has clean start for the first and
+/// the session expiry interval for the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuity {
+    pub resume: bool,
+    pub keep: bool,
+}
 
 /// What a subscription asks for. (MQTT 5's options are the MQTT 5 issue's.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,15 @@ pub struct SessionState {
     overflowed: std::sync::atomic::AtomicBool,
     /// Its filters, so that a session that ends leaves the index clean.
     subscriptions: Mutex<Subscriptions>,
+    /// QoS 2 packet ids its client has sent and not yet released: a PUBLISH
+    /// with one of them again, on this connection or after a reconnect, is
+    /// acknowledged and not delivered twice (§4.3.3, [MQTT-4.4.0-1]). At most
+    /// the 65,535 packet ids; empty, it holds no memory.
+    received: Mutex<BTreeSet<u16>>,
+    /// The session is over (ended, expired, or not resumed by the connection
+    /// that took it over): set before that connection is told to go, so that
+    /// it knows whether its will is due.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +109,23 @@ impl SessionState {
     /// Whether a QoS 1 or 2 message was refused since the last call.
     pub fn take_overflow(&self) -> bool {
         self.overflowed.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// A QoS 2 PUBLISH with `pkid` came: whether it is new (to be delivered)
+    /// rather than one sent again before its PUBREL.
+    pub fn receive_qos2(&self, pkid: u16) -> bool {
+        lock(&self.received).insert(pkid)
+    }
+
+    /// A PUBREL for `pkid`: whether the id was waiting for it.
+    pub fn release_qos2(&self, pkid: u16) -> bool {
+        lock(&self.received).remove(&pkid)
+    }
+
+    /// Whether the session is over: a connection taken over learns here if
+    /// its successor resumed it.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Filters subscribed to, and their options.
@@ -142,6 +178,9 @@ struct Entry {
     session: Arc<SessionState>,
     /// The connection that has it now: its generation and how to end it.
     connection: Option<(u64, CancellationToken)>,
+    /// It outlives its connection: a takeover resumes it, where a
+    /// connection's own session ends with it.
+    persistent: bool,
     /// When an away persistent session ends; `None` while connected or kept
     /// until a restart.
     expires: Option<Instant>,
@@ -231,26 +270,47 @@ impl Registry {
             wake: Notify::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
             subscriptions: Mutex::new(Subscriptions::default()),
+            received: Mutex::new(BTreeSet::new()),
+            ended: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// A CONNECT for `client_id`, logged in as `user`: the connection that
-    /// has the session now is ended through its token ([MQTT-3.1.4-2]); a
-    /// `clean_start` discards the session there was ([MQTT-3.1.2-4]),
-    /// otherwise it is resumed, what was in flight to be sent again
-    /// ([MQTT-4.4.0-1]). `ended` is this connection's own token.
-    pub fn connect(&self, client_id: &str, user: Option<&str>, clean_start: bool, ended: CancellationToken) -> Claim {
+    /// has the session now is ended through its token ([MQTT-3.1.4-2]). A
+    /// persistent session is resumed unless `continuity` says clean start
+    /// ([MQTT-3.1.2-4]), what was in flight to be sent again
+    /// ([MQTT-4.4.0-1]); any other ends, and a new one starts. A session
+    /// whose connection is taken over is persistent only if that connection
+    /// asked for it: one with a clean session lives only as long as its
+    /// connection (§3.1.2.4), so Session Present is 0, as Mosquitto answers.
+    /// `ended` is this connection's own token.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        user: Option<&str>,
+        continuity: Continuity,
+        ended: CancellationToken,
+    ) -> Claim {
         let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut sessions = self.sessions();
         let previous = sessions.remove(client_id);
-        if let Some((_, token)) = previous.as_ref().and_then(|p| p.connection.as_ref()) {
-            token.cancel();
-        }
         // A session resumed by another user would deliver to them what the
-        // first was allowed to read: it is not resumed (Mosquitto does the
-        // same when the user name changes).
+        // first was allowed to read: it is not resumed (Mosquitto resumes it).
+        let resume = previous
+            .as_ref()
+            .is_some_and(|p| continuity.resume && p.persistent && p.session.user() == user);
+        if let Some(previous) = &previous {
+            if !resume {
+                // Before the token: the connection it ends reads this to
+                // decide on its will.
+                previous.session.ended.store(true, std::sync::atomic::Ordering::Release);
+            }
+            if let Some((_, token)) = &previous.connection {
+                token.cancel();
+            }
+        }
         let (session, present, discarded) = match previous {
-            Some(entry) if !clean_start && entry.session.user() == user => {
+            Some(entry) if resume => {
                 let mut out = lock(&entry.session.out);
                 out.online = true;
                 out.outbox.resume();
@@ -268,6 +328,7 @@ impl Registry {
             Entry {
                 session: session.clone(),
                 connection: Some((generation, ended)),
+                persistent: continuity.keep,
                 expires: None,
             },
         );
@@ -301,6 +362,7 @@ impl Registry {
                 }
             }
             Leave::Keep | Leave::KeepFor(_) => {
+                entry.persistent = true;
                 entry.expires = match leave {
                     Leave::KeepFor(after) => Some(now + after),
                     _ => None,
@@ -329,6 +391,7 @@ impl Registry {
     /// A session's subscriptions leave the index (its outbox goes with its
     /// last handle).
     fn discard(&self, session: &Arc<SessionState>) {
+        session.ended.store(true, std::sync::atomic::Ordering::Release);
         let subscriber = Subscriber(session.clone());
         let mut subscriptions = lock(&session.subscriptions);
         subscriptions.discarded = true;

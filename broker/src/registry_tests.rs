@@ -1,6 +1,16 @@
 use super::*;
 use crate::outbox::Outgoing;
 
+/// MQTT 3.1.1's clean session on, and off.
+const CLEAN: Continuity = Continuity {
+    resume: false,
+    keep: false,
+};
+const PERSISTENT: Continuity = Continuity {
+    resume: true,
+    keep: true,
+};
+
 fn registry() -> Registry {
     let budget = Arc::new(Budget::new(1 << 20, prometheus::IntGauge::new("b", "test").unwrap()));
     let limits = outbox::Limits {
@@ -45,7 +55,7 @@ fn qos1() -> Options {
 fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
     // [MQTT-3.8.4-6]
     let registry = registry();
-    let claim = registry.connect("sub", None, true, CancellationToken::new());
+    let claim = registry.connect("sub", None, CLEAN, CancellationToken::new());
     registry.subscribe(&claim.session, "t/+", qos1(), |_| true);
     for qos in [QoS::ExactlyOnce, QoS::AtMostOnce] {
         let fanout = registry.publish(&message(&registry, "t/1", "m", qos), everyone);
@@ -58,20 +68,20 @@ fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
 #[test]
 fn a_clean_session_ends_with_its_connection() {
     let registry = registry();
-    let claim = registry.connect("c", None, true, CancellationToken::new());
+    let claim = registry.connect("c", None, CLEAN, CancellationToken::new());
     assert!(!claim.present, "[MQTT-3.2.2-2]");
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
     registry.disconnect("c", claim.generation, Leave::End, Instant::now());
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0, "its subscriptions left the index");
-    let again = registry.connect("c", None, false, CancellationToken::new());
+    let again = registry.connect("c", None, PERSISTENT, CancellationToken::new());
     assert!(!again.present, "nothing to resume");
 }
 
 #[test]
 fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let registry = registry();
-    let claim = registry.connect("p", Some("alice"), false, CancellationToken::new());
+    let claim = registry.connect("p", Some("alice"), PERSISTENT, CancellationToken::new());
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
     registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
     assert_eq!(written(&claim.session).len(), 1, "written, not acknowledged");
@@ -83,7 +93,7 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let lost = registry.publish(&message(&registry, "a/3", "qos 0", QoS::AtMostOnce), everyone);
     assert_eq!(lost.dropped, [(Refused::Away, QoS::AtMostOnce)]);
 
-    let back = registry.connect("p", Some("alice"), false, CancellationToken::new());
+    let back = registry.connect("p", Some("alice"), PERSISTENT, CancellationToken::new());
     assert!(back.present, "[MQTT-3.2.2-3]");
     assert!(Arc::ptr_eq(&back.session, &claim.session), "the same session");
     // [MQTT-4.4.0-1], [MQTT-3.3.1-1]: what was in flight again, with DUP,
@@ -102,10 +112,15 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
 fn clean_start_or_another_user_discards_the_session_there_was() {
     let registry = registry();
     for (user, clean) in [(Some("alice"), true), (Some("mallory"), false)] {
-        let first = registry.connect("id", Some("alice"), false, CancellationToken::new());
+        let first = registry.connect("id", Some("alice"), PERSISTENT, CancellationToken::new());
         registry.subscribe(&first.session, "secret/#", qos1(), |_| true);
         registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
-        let second = registry.connect("id", user, clean, CancellationToken::new());
+        let second = registry.connect(
+            "id",
+            user,
+            if clean { CLEAN } else { PERSISTENT },
+            CancellationToken::new(),
+        );
         assert!(!second.present, "{user:?} {clean}");
         assert!(second.session.subscriptions().is_empty());
         assert_eq!(
@@ -123,9 +138,9 @@ fn a_second_connection_takes_the_session_over() {
     // changes nothing.
     let registry = registry();
     let first_token = CancellationToken::new();
-    let first = registry.connect("id", None, false, first_token.clone());
+    let first = registry.connect("id", None, PERSISTENT, first_token.clone());
     registry.subscribe(&first.session, "t", qos1(), |_| true);
-    let second = registry.connect("id", None, false, CancellationToken::new());
+    let second = registry.connect("id", None, PERSISTENT, CancellationToken::new());
     assert!(first_token.is_cancelled());
     assert!(second.present);
     registry.disconnect("id", first.generation, Leave::End, Instant::now());
@@ -139,7 +154,7 @@ fn a_second_connection_takes_the_session_over() {
 fn an_away_session_expires_on_time() {
     let registry = registry();
     let start = Instant::now();
-    let claim = registry.connect("e", None, false, CancellationToken::new());
+    let claim = registry.connect("e", None, PERSISTENT, CancellationToken::new());
     registry.subscribe(&claim.session, "t", qos1(), |_| true);
     registry.disconnect("e", claim.generation, Leave::KeepFor(Duration::from_secs(10)), start);
     assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
@@ -166,7 +181,7 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
         retained::Outcome::Cleared,
         "[MQTT-3.3.1-10]"
     );
-    let claim = registry.connect("s", None, true, CancellationToken::new());
+    let claim = registry.connect("s", None, CLEAN, CancellationToken::new());
     // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: sent on subscribe with retain set, at
     // the lower QoS; the ACL is asked for each.
     let fanout = registry.subscribe(&claim.session, "r/+", qos1(), |topic| topic != b"r/2");
@@ -185,8 +200,8 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
 #[test]
 fn the_acl_at_delivery_withholds_a_copy() {
     let registry = registry();
-    let reader = registry.connect("reader", Some("r"), true, CancellationToken::new());
-    let other = registry.connect("other", Some("o"), true, CancellationToken::new());
+    let reader = registry.connect("reader", Some("r"), CLEAN, CancellationToken::new());
+    let other = registry.connect("other", Some("o"), CLEAN, CancellationToken::new());
     registry.subscribe(&reader.session, "#", qos1(), |_| true);
     registry.subscribe(&other.session, "#", qos1(), |_| true);
     let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
@@ -194,4 +209,47 @@ fn the_acl_at_delivery_withholds_a_copy() {
     });
     assert_eq!((fanout.queued, fanout.withheld), ([1, 0, 0], 1));
     assert_eq!(written(&other.session), []);
+}
+
+#[test]
+fn a_clean_session_taken_over_ends_and_a_persistent_one_is_resumed() {
+    // §3.1.2.4: a clean session lasts as long as its connection, so the
+    // connection that takes it over finds none (Session Present 0) even
+    // without clean session; the one it ended learns its session is over
+    // (its will is due, as Mosquitto sends it).
+    let registry = registry();
+    let first = registry.connect("id", None, CLEAN, CancellationToken::new());
+    registry.subscribe(&first.session, "t", qos1(), |_| true);
+    let second = registry.connect("id", None, PERSISTENT, CancellationToken::new());
+    assert!(!second.present);
+    assert!(first.session.is_ended());
+    assert!(second.session.subscriptions().is_empty());
+    assert_eq!(registry.figures().subscriptions, 0);
+    // A persistent session taken over without clean start goes on.
+    let third = registry.connect("id", None, PERSISTENT, CancellationToken::new());
+    assert!(third.present);
+    assert!(!second.session.is_ended());
+    assert!(Arc::ptr_eq(&second.session, &third.session));
+    // With clean start it ends.
+    let fourth = registry.connect("id", None, CLEAN, CancellationToken::new());
+    assert!(!fourth.present);
+    assert!(third.session.is_ended());
+}
+
+#[test]
+fn qos_2_packet_ids_received_outlive_the_connection() {
+    // §4.3.3, [MQTT-4.4.0-1]: a QoS 2 PUBLISH sent again after a reconnect,
+    // before its PUBREL, is not delivered again; a clean start forgets them.
+    let registry = registry();
+    let first = registry.connect("p", None, PERSISTENT, CancellationToken::new());
+    assert!(first.session.receive_qos2(7));
+    assert!(!first.session.receive_qos2(7));
+    registry.disconnect("p", first.generation, Leave::Keep, Instant::now());
+    let back = registry.connect("p", None, PERSISTENT, CancellationToken::new());
+    assert!(!back.session.receive_qos2(7), "still waiting for its PUBREL");
+    assert!(back.session.release_qos2(7));
+    assert!(!back.session.release_qos2(7));
+    assert!(back.session.receive_qos2(7), "a new message with the id");
+    let clean = registry.connect("p", None, CLEAN, CancellationToken::new());
+    assert!(clean.session.receive_qos2(7));
 }

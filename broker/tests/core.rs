@@ -2,7 +2,7 @@
 //! Debian's Mosquitto 2.0 with the same raw MQTT 3.1.1 clients: what rumqttd's
 //! router got wrong (docs/broker.md, "What rumqttd 0.20 does not carry") and
 //! the own core does as the specification says (each fails on the rumqttd
-//! core). These brokers run the own core whatever core the rest of the suite
+//! core unless it says otherwise). These brokers run the own core whatever core the rest of the suite
 //! runs on.
 #![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
 
@@ -221,6 +221,143 @@ async fn a_will_is_published_with_its_own_qos() {
         drop(dying);
         let message = raw::next_message(&mut watcher).await.expect("the will");
         assert_eq!((message.payload.as_slice(), message.qos), (&b"gone"[..], 1), "{server}");
+    }
+}
+
+/// CONNECT, and the CONNACK's Session Present flag and return code.
+async fn connack(port: u16, client_id: &str, login: &Login<'_>) -> (TcpStream, bool, u8) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(&raw::connect_with(client_id, login)).await.unwrap();
+    let (first, body) = tokio::time::timeout(STEP, raw::read_packet(&mut stream))
+        .await
+        .expect("a CONNACK in time")
+        .unwrap();
+    assert_eq!(first, 0x20, "CONNACK");
+    (stream, body[0] & 1 == 1, body[1])
+}
+
+/// Whether the server closes `stream` in time (reading past what it sent).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while let Ok(read) = tokio::time::timeout_at(deadline, raw::read_packet(stream)).await {
+        if read.is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// [MQTT-3.1.4-2]: a second connection with a client id takes it over and
+/// the first is closed. Its session had clean session set, so it lasted
+/// only as long as that connection (§3.1.2.4): the second finds none
+/// ([MQTT-3.2.2-3], Session Present 0) and the first's will is published,
+/// its connection having ended without DISCONNECT ([MQTT-3.1.2-8]), as
+/// Mosquitto publishes it. rumqttd resumed the session and sent no will.
+#[tokio::test]
+async fn a_clean_session_taken_over_ends_and_its_will_is_published() {
+    let dir = TempDir::new();
+    let Some((servers, _running)) = brokers(&dir) else {
+        return;
+    };
+    for (server, port) in servers {
+        let (mut watcher, _) = client(port, "watcher", &clean()).await;
+        assert_eq!(raw::subscribe(&mut watcher, "wills/#", 1).await, 1);
+        let will = Login {
+            clean_session: true,
+            will: Some(("wills/dev", b"taken over", 1, false)),
+            ..Login::default()
+        };
+        let (mut first, _, code) = connack(port, "dev", &will).await;
+        assert_eq!(code, 0);
+        assert_eq!(raw::subscribe(&mut first, "dev/commands", 1).await, 1);
+        let (_second, present, code) = connack(port, "dev", &persistent()).await;
+        assert_eq!((present, code), (false, 0), "{server}: no session to resume");
+        assert!(closed(&mut first).await, "{server}: the first connection is closed");
+        let message = raw::next_message(&mut watcher).await.expect("the will");
+        assert_eq!(message.payload, b"taken over", "{server}");
+    }
+}
+
+/// [MQTT-3.1.4-2], [MQTT-3.2.2-2]: a persistent session taken over by a
+/// connection without clean session is resumed (Session Present 1), and the
+/// first connection's will is not published, as Mosquitto decides
+/// (`connect__on_authorised`: the session goes on, so the will is cleared).
+/// The rumqttd core does the same.
+#[tokio::test]
+async fn a_persistent_session_taken_over_is_resumed_without_its_will() {
+    let dir = TempDir::new();
+    let Some((servers, _running)) = brokers(&dir) else {
+        return;
+    };
+    for (server, port) in servers {
+        let (mut watcher, _) = client(port, "watcher", &clean()).await;
+        assert_eq!(raw::subscribe(&mut watcher, "wills/#", 1).await, 1);
+        let will = Login {
+            clean_session: false,
+            will: Some(("wills/kept", b"should not come", 1, false)),
+            ..Login::default()
+        };
+        let (mut first, _, _) = connack(port, "kept", &will).await;
+        assert_eq!(raw::subscribe(&mut first, "kept/commands", 1).await, 1);
+        let (mut second, present, code) = connack(port, "kept", &persistent()).await;
+        assert_eq!((present, code), (true, 0), "{server}: the session is resumed");
+        assert!(closed(&mut first).await, "{server}: the first connection is closed");
+        assert_eq!(drain(&mut watcher).await, 0, "{server}: no will");
+        // The subscription came with the session.
+        let (mut publisher, _) = client(port, "pub", &clean()).await;
+        raw::publish(&mut publisher, "kept/commands", b"still here", 1, false).await;
+        let message = raw::next_message(&mut second)
+            .await
+            .expect("a message on the resumed subscription");
+        assert_eq!(message.payload, b"still here", "{server}");
+    }
+}
+
+/// §4.3.3, [MQTT-4.4.0-1]: a client whose QoS 2 PUBLISH got no PUBREC before
+/// its connection broke sends it again (DUP set) after reconnecting to its
+/// persistent session; the broker, which had it, does not deliver it twice.
+/// The rumqttd core does the same; the own core keeps the ids in the session.
+#[tokio::test]
+async fn a_qos_2_publish_sent_again_after_a_reconnect_is_delivered_once() {
+    let dir = TempDir::new();
+    let Some((servers, _running)) = brokers(&dir) else {
+        return;
+    };
+    for (server, port) in servers {
+        let (mut subscriber, _) = client(port, "reader", &clean()).await;
+        assert_eq!(raw::subscribe(&mut subscriber, "in/once", 0).await, 0);
+        let pkid = 7u16;
+        let (mut publisher, _) = client(port, "sender", &persistent()).await;
+        publisher
+            .write_all(&raw::publish_packet("in/once", b"once", 2, pkid))
+            .await
+            .unwrap();
+        let (first, body) = tokio::time::timeout(STEP, raw::read_packet(&mut publisher))
+            .await
+            .expect("a PUBREC")
+            .unwrap();
+        assert_eq!((first, &body[..]), (0x50, &pkid.to_be_bytes()[..]), "{server}: PUBREC");
+        // Gone as if the PUBREC had been lost.
+        drop(publisher);
+        let (mut back, present, _) = connack(port, "sender", &persistent()).await;
+        assert!(present, "{server}");
+        let mut again = raw::publish_packet("in/once", b"once", 2, pkid);
+        again[0] |= 0x08;
+        back.write_all(&again).await.unwrap();
+        back.write_all(&raw::packet(0x62, &pkid.to_be_bytes())).await.unwrap();
+        loop {
+            let (first, body) = tokio::time::timeout(STEP, raw::read_packet(&mut back))
+                .await
+                .expect("PUBREC, then PUBCOMP")
+                .unwrap();
+            assert_eq!(body, pkid.to_be_bytes(), "{server}");
+            match first {
+                0x50 => continue,
+                0x70 => break,
+                other => panic!("{server}: unexpected packet {other:#x}"),
+            }
+        }
+        assert_eq!(drain(&mut subscriber).await, 1, "{server}: delivered once");
     }
 }
 

@@ -645,9 +645,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     let end = self.relay_own(keep_alive, &eviction).await;
                     self.finished = Some(end);
                     // As with the router (below): no will after DISCONNECT, a
-                    // takeover, a revocation or a stop.
-                    let unclean = !matches!(end, End::Disconnected | End::TakenOver | End::Revoked | End::Shutdown);
-                    if unclean && let Some(will) = will {
+                    // revocation or a stop. On a takeover, Mosquitto's rule:
+                    // the will goes when the session ends with the connection
+                    // (it had a clean session, or the new one starts clean),
+                    // not when its successor resumes it.
+                    let due = match end {
+                        End::Disconnected | End::Revoked | End::Shutdown => false,
+                        End::TakenOver => self.own.as_ref().is_some_and(|own| own.session.is_ended()),
+                        _ => true,
+                    };
+                    if due && let Some(will) = will {
                         self.publish_will_own(will);
                     }
                     return (end, Some(self.client_id.clone()));

@@ -6,8 +6,6 @@
 //! rumqttd core; this module goes when that core does, and the session then
 //! splits into connect, inbound and outbound parts.
 
-use std::collections::HashSet;
-
 use crate::message::{Message, Version};
 use crate::outbox::Outgoing;
 use crate::registry::{Leave, Options, Registry, SessionState};
@@ -21,10 +19,6 @@ pub(super) struct Own {
     /// Its generation in the registry: a connection taken over ends without
     /// touching the session its successor has.
     generation: u64,
-    /// QoS 2 packet ids received and not yet released: a PUBLISH with one
-    /// again is acknowledged and not delivered twice (MQTT 3.1.1 and 5,
-    /// §4.3.3). At most the 65,535 packet ids.
-    received: HashSet<u16>,
 }
 
 /// A `$` filter other than a shared subscription: served from `$SYS`
@@ -53,12 +47,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         keep_alive: u16,
     ) -> Result<(), End> {
         let client_id = self.client_id.clone();
-        let claim = registry.connect(
-            &client_id,
-            self.user.as_deref(),
-            !continuity.resume,
-            eviction.token.clone(),
-        );
+        let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.token.clone());
         self.persistent = continuity.keep;
         self.sys_filters = claim
             .session
@@ -70,7 +59,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.own = Some(Own {
             session: claim.session,
             generation: claim.generation,
-            received: HashSet::new(),
         });
         let connack = ConnAck {
             session_present: claim.present,
@@ -220,7 +208,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 }
                 Packet::PubRel(pubrel, _) => {
                     let known = self.refused_qos2.remove(&pubrel.pkid)
-                        || self.own.as_mut().is_some_and(|own| own.received.remove(&pubrel.pkid));
+                        || self
+                            .own
+                            .as_ref()
+                            .is_some_and(|own| own.session.release_qos2(pubrel.pkid));
                     let reason = if known || self.level != 5 {
                         PubCompReason::Success
                     } else {
@@ -290,7 +281,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return;
         }
         let (qos, pkid) = (publish.qos(), publish.pkid());
-        let again = qos == QoS::ExactlyOnce && self.own.as_mut().is_some_and(|own| !own.received.insert(pkid));
+        let again = qos == QoS::ExactlyOnce && self.own.as_ref().is_some_and(|own| !own.session.receive_qos2(pkid));
         if !again {
             self.route(publish, props);
         }
