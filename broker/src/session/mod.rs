@@ -41,6 +41,7 @@ use crate::engine::Continuity;
 mod own;
 
 const CONNECT_PACKET: u8 = 1;
+const CONNACK_PACKET: u8 = 2;
 /// Clients never use packet id 0 (MQTT §2.3.1): the session's own SUBSCRIBEs
 /// to rumqttd carry it.
 const RESUBSCRIBE_PKID: u16 = 0;
@@ -251,7 +252,7 @@ async fn session<S: Stream>(
         // Boxed: the two arms' futures are not laid over each other in this
         // one's state, and each is most of a connection's memory in user space.
         Ok(Ok(5)) => Box::pin(Session::new(stream, read, V5, 5, arrival, shared).run(identity)).await,
-        Ok(Ok(_)) => Box::pin(Session::new(stream, read, V4, 4, arrival, shared).run(identity)).await,
+        Ok(Ok(level)) => Box::pin(Session::new(stream, read, V4, level, arrival, shared).run(identity)).await,
     }
 }
 
@@ -332,13 +333,22 @@ impl Then {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Read until the CONNECT's protocol level is known: 4 (MQTT 3.1.1) or 5.
+/// Read until the CONNECT's protocol level is known: 3 (MQTT 3.1), 4 (MQTT
+/// 3.1.1) or 5. A level we do not speak under MQTT's name is answered CONNACK
+/// 0x01 (unacceptable protocol version, [MQTT-3.1.2-2]) before the close, as
+/// Mosquitto answers it; a Mosquitto bridge (level | 0x80) then retries as a
+/// plain client.
 async fn protocol_level<S: Stream>(stream: &mut S, read: &mut BytesMut) -> Result<u8, End> {
     loop {
         match peek_level(read) {
-            Ok(Some(level)) => return Ok(level),
-            Ok(None) => {}
-            Err(()) => return Err(End::ProtocolError),
+            Peek::Level(level) => return Ok(level),
+            Peek::More => {}
+            Peek::Unsupported => {
+                let _ = stream.write_all(&[CONNACK_PACKET << 4, 2, 0, 1]).await;
+                let _ = stream.flush().await;
+                return Err(End::ProtocolError);
+            }
+            Peek::NotMqtt => return Err(End::ProtocolError),
         }
         if read.len() > 64 {
             return Err(End::ProtocolError);
@@ -351,39 +361,51 @@ async fn protocol_level<S: Stream>(stream: &mut S, read: &mut BytesMut) -> Resul
     }
 }
 
-/// `Ok(None)`: need more bytes. `Err`: not an MQTT 3.1.1 or 5 CONNECT.
-fn peek_level(buf: &[u8]) -> Result<Option<u8>, ()> {
-    let Some(&first) = buf.first() else { return Ok(None) };
+/// What the first bytes of a connection say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peek {
+    /// Not enough bytes yet.
+    More,
+    /// A CONNECT of MQTT 3.1 (`MQIsdp`, 3), 3.1.1 (`MQTT`, 4) or 5 (`MQTT`, 5).
+    Level(u8),
+    /// A CONNECT under one of those names with another level.
+    Unsupported,
+    /// Not an MQTT CONNECT.
+    NotMqtt,
+}
+
+fn peek_level(buf: &[u8]) -> Peek {
+    let Some(&first) = buf.first() else { return Peek::More };
     if first >> 4 != CONNECT_PACKET {
-        return Err(());
+        return Peek::NotMqtt;
     }
     // Remaining length: 1 to 4 bytes, 7 bits each.
     let mut at = 1;
     loop {
-        let Some(&byte) = buf.get(at) else { return Ok(None) };
+        let Some(&byte) = buf.get(at) else { return Peek::More };
         at += 1;
         if byte & 0x80 == 0 {
             break;
         }
         if at > 4 {
-            return Err(());
+            return Peek::NotMqtt;
         }
     }
-    // Protocol name ("MQTT"), then the level.
+    // Protocol name, then the level.
     let Some(name_len) = buf.get(at..at + 2) else {
-        return Ok(None);
+        return Peek::More;
     };
     let name_len = usize::from(u16::from_be_bytes([name_len[0], name_len[1]]));
     let Some(name) = buf.get(at + 2..at + 2 + name_len) else {
-        return Ok(None);
+        return Peek::More;
     };
-    if name != b"MQTT" {
-        return Err(());
-    }
-    match buf.get(at + 2 + name_len) {
-        None => Ok(None),
-        Some(&level @ (4 | 5)) => Ok(Some(level)),
-        Some(_) => Err(()),
+    let Some(&level) = buf.get(at + 2 + name_len) else {
+        return Peek::More;
+    };
+    match (name, level) {
+        (b"MQTT", 4 | 5) | (b"MQIsdp", 3) => Peek::Level(level),
+        (b"MQTT" | b"MQIsdp", _) => Peek::Unsupported,
+        _ => Peek::NotMqtt,
     }
 }
 
@@ -782,8 +804,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
         let assigned = connect.client_id.is_empty();
         let client_id = if assigned {
-            if !connect.clean_session && self.level == 4 {
-                // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id.
+            if self.level == 3 || (!connect.clean_session && self.level == 4) {
+                // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id;
+                // MQTT 3.1 requires one always (Mosquitto answers 2 too).
                 let _ = self
                     .send(Packet::ConnAck(
                         refused(ConnectReturnCode::ClientIdentifierNotValid),
@@ -880,7 +903,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             ))
         );
         let connack = ConnAck {
-            session_present,
+            session_present: session_present && self.level != 3,
             code: ConnectReturnCode::Success,
         };
         let properties = (self.level == 5).then(|| {
@@ -1472,11 +1495,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .as_ref()
                 .is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, path))
         };
-        let (failure, quota) = if self.level == 5 {
-            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
-        } else {
-            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
-        };
+        let level = self.level;
         let mut acl_refused = false;
         let held: Vec<(usize, SubscribeReasonCode)> = subscribe
             .filters
@@ -1485,11 +1504,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .filter_map(|(i, f)| {
                 if refused(&f.path) {
                     acl_refused = true;
-                    Some((i, failure))
+                    Some((i, refusal(level, SubscribeReasonCode::NotAuthorized, f.qos)))
                 } else if reserved(&f.path) {
                     if self.sys_filters.len() >= MAX_SYS_FILTERS && !self.sys_filters.contains(&f.path) {
                         self.shared.metrics.refused.with_label_values(&["filters"]).inc();
-                        return Some((i, quota));
+                        return Some((i, refusal(level, SubscribeReasonCode::QuotaExceeded, f.qos)));
                     }
                     self.sys_filters.insert(f.path.clone());
                     if self.persistent {
@@ -1671,7 +1690,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.answer_now.push(Packet::PubRec(pubrec, None));
                 // An MQTT 5 client ends the flow at a failed PUBREC; a 3.1.1
                 // client sends PUBREL, answered here.
-                if self.level == 4 {
+                if self.level != 5 {
                     self.refused_qos2.insert(pkid);
                 }
             }
@@ -1918,6 +1937,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         tracing::info!(peer = %self.peer, client_id = self.client_id, %invalid, "invalid input; closing");
     }
 
+    /// See [`refusal`].
+    fn refusal(&self, reason: SubscribeReasonCode, asked: QoS) -> SubscribeReasonCode {
+        refusal(self.level, reason, asked)
+    }
+
     /// End the session as `end` says, an MQTT 5 client told why first.
     async fn last_words(&mut self, reason_code: DisconnectReasonCode, end: End) -> End {
         if self.level == 5 {
@@ -2152,6 +2176,17 @@ fn generated_client_id() -> String {
     format!("auto-{:016x}", hasher.finish())
 }
 
+/// How a SUBSCRIBE's filter that is refused is answered at MQTT `level`:
+/// MQTT 5's `reason`, MQTT 3.1.1's 0x80; MQTT 3.1 has no failure code, so as
+/// Mosquitto answers it, the QoS asked for, with no subscription made.
+fn refusal(level: u8, reason: SubscribeReasonCode, asked: QoS) -> SubscribeReasonCode {
+    match level {
+        5 => reason,
+        3 => SubscribeReasonCode::Success(asked),
+        _ => SubscribeReasonCode::Failure,
+    }
+}
+
 /// The future's output if it is ready without waiting, as `now_or_never` in
 /// the futures crate (not a dependency of ours).
 fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
@@ -2165,7 +2200,7 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Continuity, Duration, peek_level, session_lifetime};
+    use super::{Continuity, Duration, Peek, peek_level, session_lifetime};
 
     #[test]
     fn a_session_lives_as_long_as_the_connect_asks_within_the_cap() {
@@ -2192,16 +2227,25 @@ mod tests {
     fn protocol_level_from_the_connect() {
         // MQTT 3.1.1 CONNECT, as mosquitto_pub sends it.
         let v4 = [0x10, 0x16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60];
-        assert_eq!(peek_level(&v4), Ok(Some(4)));
+        assert_eq!(peek_level(&v4), Peek::Level(4));
         for end in 0..9 {
-            assert_eq!(peek_level(&v4[..end]), Ok(None), "prefix {end}");
+            assert_eq!(peek_level(&v4[..end]), Peek::More, "prefix {end}");
         }
         let mut v5 = v4;
         v5[8] = 5;
-        assert_eq!(peek_level(&v5), Ok(Some(5)));
-        // MQTT 3.1 ("MQIsdp", level 3) and anything else are refused.
-        assert!(peek_level(&[0x10, 0x0e, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3]).is_err());
-        assert!(peek_level(b"GET / HTTP/1.1").is_err());
-        assert!(peek_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        assert_eq!(peek_level(&v5), Peek::Level(5));
+        let v3 = [0x10, 0x0e, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3];
+        assert_eq!(peek_level(&v3), Peek::Level(3));
+        // Another level under a known name is answered; anything else is not.
+        for level in [0, 3, 6, 0x84] {
+            v5[8] = level;
+            assert_eq!(peek_level(&v5), Peek::Unsupported, "{level}");
+        }
+        assert_eq!(
+            peek_level(&[0x10, 0x0e, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 4]),
+            Peek::Unsupported
+        );
+        assert_eq!(peek_level(b"GET / HTTP/1.1"), Peek::NotMqtt);
+        assert_eq!(peek_level(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]), Peek::NotMqtt);
     }
 }

@@ -61,7 +61,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             generation: claim.generation,
         });
         let connack = ConnAck {
-            session_present: claim.present,
+            // MQTT 3.1's CONNACK has no Session Present flag.
+            session_present: claim.present && self.level != 3,
             code: ConnectReturnCode::Success,
         };
         let properties = (self.level == 5)
@@ -371,11 +372,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         let material = shared.material.load();
         let acl = material.auth.acl.as_ref();
-        let (failure, quota) = if self.level == 5 {
-            (SubscribeReasonCode::NotAuthorized, SubscribeReasonCode::QuotaExceeded)
-        } else {
-            (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure)
-        };
         let user = self.user.clone();
         let may_read = |topic: &[u8]| {
             acl.is_none_or(|acl| {
@@ -388,13 +384,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let path = filter.path;
             if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, &path)) {
                 shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
-                return_codes.push(failure);
+                return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
                 continue;
             }
             if reserved(&path) {
                 if self.sys_filters.len() >= MAX_SYS_FILTERS && !self.sys_filters.contains(&path) {
                     shared.metrics.refused.with_label_values(&["filters"]).inc();
-                    return_codes.push(quota);
+                    return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
                     continue;
                 }
                 // Kept with the session's subscriptions, so a resumed session

@@ -805,6 +805,34 @@ mod snigate_tests {
     }
 
     #[test]
+    fn mqtt_3_1_connect_is_read_as_3_1_1_is() {
+        let connect = |name: &[u8], level: u8| {
+            let mut body = vec![0, name.len() as u8];
+            body.extend_from_slice(name);
+            body.extend_from_slice(&[level, 0x02, 0, 60, 0, 1, b'c']);
+            let mut packet = BytesMut::from(&[0x10, body.len() as u8][..]);
+            packet.extend_from_slice(&body);
+            V4.read_mut(&mut packet, 1024)
+        };
+        for (name, level) in [(&b"MQIsdp"[..], 3), (b"MQTT", 4)] {
+            match connect(name, level) {
+                Ok(Packet::Connect(connect, ..)) => {
+                    assert_eq!(connect.client_id, "c");
+                    assert!(connect.clean_session);
+                }
+                other => panic!("{level}: {other:?}"),
+            }
+        }
+        for (name, level) in [(&b"MQIsdp"[..], 4), (b"MQTT", 3), (b"MQTT", 6)] {
+            assert!(matches!(
+                connect(name, level),
+                Err(Error::InvalidProtocolLevel(l)) if l == level
+            ));
+        }
+        assert!(matches!(connect(b"MQTX", 4), Err(Error::InvalidProtocol)));
+    }
+
+    #[test]
     fn the_v4_encoder_leaves_properties_out() {
         let publish = Publish::new("t", "m", false);
         let properties = PublishProperties {
