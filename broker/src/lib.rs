@@ -231,6 +231,46 @@ const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 /// Discard persistent sessions whose clients stayed away past their expiry
 /// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
 /// interval), until the broker stops.
+/// The own core's `$SYS`: each snapshot's changes published into the index
+/// ([`sys::publish`]), with the ACL at delivery as any message has it.
+async fn publish_sys(shared: Arc<Shared>) {
+    let Some(registry) = &shared.registry else {
+        return shared.stop.cancelled().await;
+    };
+    let mut snapshots = shared.sys.clone();
+    let mut previous = sys::Snapshot::default();
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() {
+                // The snapshot task is gone: it has failed the broker.
+                return shared.stop.cancelled().await;
+            },
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        let material = shared.material.load();
+        let acl = material.auth.acl.as_ref();
+        let fanout = sys::publish(
+            registry,
+            &shared.queue_budget,
+            &previous,
+            &snapshot,
+            |session, topic| {
+                acl.is_none_or(|acl| {
+                    std::str::from_utf8(topic).is_ok_and(|topic| {
+                        acl.allows(session.user(), session.client_id(), topic, auth::acl::Access::Read)
+                    })
+                })
+            },
+        );
+        drop(material);
+        for (refused, _) in fanout.dropped {
+            shared.metrics.dropped.with_label_values(&[refused.label(), "0"]).inc();
+        }
+        previous = snapshot;
+    }
+}
+
 async fn expire_sessions(shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -552,6 +592,9 @@ pub async fn run(
                 shutdown.stop.clone(),
             ),
         );
+        if shared.registry.is_some() {
+            components.spawn("sys_publisher", publish_sys(shared.clone()));
+        }
     }
     let readiness = Readiness::default();
     let health = Health::default();

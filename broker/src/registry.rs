@@ -128,6 +128,14 @@ impl SessionState {
         self.ended.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// How many of its filters `which` picks, and whether `filter` is one of
+    /// them: for a bound on some kind of filter.
+    pub fn count_subscriptions(&self, filter: &str, which: impl Fn(&str) -> bool) -> (usize, bool) {
+        let subscriptions = lock(&self.subscriptions);
+        let count = subscriptions.filters.keys().filter(|f| which(f)).count();
+        (count, subscriptions.filters.contains_key(filter))
+    }
+
     /// Filters subscribed to, and their options.
     pub fn subscriptions(&self) -> Vec<(String, Options)> {
         lock(&self.subscriptions)
@@ -239,6 +247,10 @@ pub struct Registry {
     next_generation: std::sync::atomic::AtomicU64,
     index: Index<Subscriber, Options>,
     retained: retained::Store<Arc<Message>>,
+    /// The broker's own retained `$SYS` values ([`crate::sys`]): a fixed
+    /// few hundred bytes, apart from what clients retain, which
+    /// `max_retained_bytes` bounds (clients may not write `$SYS`).
+    sys: retained::Store<Arc<Message>>,
     budget: Arc<Budget>,
     limits: outbox::Limits,
 }
@@ -250,6 +262,7 @@ impl Registry {
             next_generation: std::sync::atomic::AtomicU64::new(1),
             index: Index::new(),
             retained: retained::Store::new(max_retained_bytes),
+            sys: retained::Store::new(usize::MAX),
             budget,
             limits,
         }
@@ -438,6 +451,9 @@ impl Registry {
         let mut found = Vec::new();
         self.retained
             .matching(parsed.topic, |message| found.push(message.clone()));
+        if parsed.topic.starts_with('$') {
+            self.sys.matching(parsed.topic, |message| found.push(message.clone()));
+        }
         for message in found {
             if !may_read(message.topic()) {
                 fanout.withheld += 1;
@@ -503,6 +519,14 @@ impl Registry {
         let message = Message::retained(publish, properties);
         let bytes = message.size();
         self.retained.retain(topic, Some((message, bytes)))
+    }
+
+    /// Keep `publish` as the broker's own retained value of `topic` (a
+    /// `$SYS` topic), outside `max_retained_bytes` and the retained figures.
+    pub fn retain_sys(&self, topic: &str, publish: Publish) {
+        let message = Message::retained(publish, None);
+        let bytes = message.size();
+        self.sys.retain(topic, Some((message, bytes)));
     }
 
     fn queue(&self, session: &Arc<SessionState>, message: Arc<Message>, qos: QoS, retain: bool, fanout: &mut Fanout) {

@@ -1,9 +1,12 @@
 //! `$SYS/broker/...` topics, served by snigate (rumqttd refuses `$` filters).
 //!
 //! Every `sys_interval` a snapshot of Mosquitto's common `$SYS` topics is taken
-//! from the broker's metrics and published on a watch channel. Sessions that
-//! hold a `$` subscription deliver the matching topics from it, as retained
-//! QoS 0 messages: at once when they subscribe, then at each new snapshot. So
+//! from the broker's metrics and published on a watch channel. On the rumqttd
+//! core, sessions that hold a `$` subscription deliver the matching topics from
+//! it, as retained QoS 0 messages: at once when they subscribe, then at each
+//! new snapshot. On the own core, [`publish`] puts the values that changed
+//! into the index as retained QoS 0 messages the broker publishes, as
+//! Mosquitto does: a `$SYS` subscription is then an ordinary one. So
 //! dashboards that subscribe to `$SYS/#` keep working.
 
 use std::sync::Arc;
@@ -13,7 +16,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+use rumqttd::protocol::{Publish, QoS};
+
+use crate::budget::Budget;
+use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::registry::{Fanout, Registry, SessionState};
 
 /// One snapshot: `(topic, payload)` pairs.
 pub type Snapshot = Arc<Vec<(String, String)>>;
@@ -58,4 +67,100 @@ fn snapshot(metrics: &Metrics, uptime: Duration, connected: i64, maximum: i64) -
     .into_iter()
     .map(|(topic, value)| (format!("$SYS/broker/{topic}"), value))
     .collect()
+}
+
+/// The own core: publish, retained, each value of `snapshot` that differs
+/// from `previous` (Mosquitto too publishes a `$SYS` topic when its value
+/// changes), to every subscription `may_read` allows. Copies go at QoS 0 with
+/// the retain flag off ([MQTT-3.3.1-9]); a new subscription gets the retained
+/// values with it on.
+pub fn publish(
+    registry: &Registry,
+    budget: &Arc<Budget>,
+    previous: &[(String, String)],
+    snapshot: &[(String, String)],
+    may_read: impl Fn(&SessionState, &[u8]) -> bool,
+) -> Fanout {
+    let mut all = Fanout::default();
+    for (topic, value) in snapshot {
+        if previous.iter().any(|(t, v)| t == topic && v == value) {
+            continue;
+        }
+        let publish = Publish::delivery(
+            Bytes::from(topic.clone()),
+            Bytes::from(value.clone()),
+            QoS::AtMostOnce,
+            0,
+            false,
+            true,
+        );
+        registry.retain_sys(topic, publish.clone());
+        let Some(message) = Message::new(publish, None, budget) else {
+            all.dropped
+                .push((crate::outbox::Refused::MemoryBudget, QoS::AtMostOnce));
+            continue;
+        };
+        let fanout = registry.publish(&message, &may_read);
+        all.queued[0] += fanout.queued[0];
+        all.dropped.extend(fanout.dropped);
+        all.withheld += fanout.withheld;
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Limits, Outgoing};
+    use crate::registry::{Continuity, Options};
+    use tokio_util::sync::CancellationToken;
+
+    #[test]
+    fn changed_values_are_published_and_retained() {
+        let budget = Arc::new(Budget::new(1 << 20, prometheus::IntGauge::new("b", "test").unwrap()));
+        let limits = Limits {
+            max_inflight: 20,
+            max_queued_messages: 100,
+            max_queued_bytes: 0,
+            queue_qos0_offline: false,
+        };
+        let registry = Registry::new(limits, 1 << 20, budget.clone());
+        let values = |uptime: &str| {
+            vec![
+                ("$SYS/broker/version".to_owned(), "v".to_owned()),
+                ("$SYS/broker/uptime".to_owned(), uptime.to_owned()),
+            ]
+        };
+        let everyone = |_: &SessionState, _: &[u8]| true;
+        publish(&registry, &budget, &[], &values("1 seconds"), everyone);
+        let clean = Continuity {
+            resume: false,
+            keep: false,
+        };
+        let claim = registry.connect("dash", None, clean, CancellationToken::new());
+        let qos0 = Options { qos: QoS::AtMostOnce };
+        registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true);
+        let fanout = publish(&registry, &budget, &values("1 seconds"), &values("2 seconds"), everyone);
+        assert_eq!(fanout.queued, [1, 0, 0], "only the value that changed");
+        let mut outbox = claim.session.outbox();
+        let mut seen = Vec::new();
+        while let Some(Outgoing::Publish { delivery, .. }) = outbox.next_to_write() {
+            seen.push((delivery.message.topic().to_vec(), delivery.retain));
+        }
+        let last = seen.pop();
+        assert_eq!(last, Some((b"$SYS/broker/uptime".to_vec(), false)), "then the change");
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                (b"$SYS/broker/uptime".to_vec(), true),
+                (b"$SYS/broker/version".to_vec(), true)
+            ],
+            "the retained values on subscribe"
+        );
+        // `#` alone does not reach `$` topics ([MQTT-4.7.2-1]).
+        let other = registry.connect("all", None, clean, CancellationToken::new());
+        registry.subscribe(&other.session, "#", qos0, |_| true);
+        assert!(other.session.outbox().next_to_write().is_none());
+    }
 }

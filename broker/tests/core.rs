@@ -361,6 +361,40 @@ async fn a_qos_2_publish_sent_again_after_a_reconnect_is_delivered_once() {
     }
 }
 
+/// `$SYS` topics are retained messages the broker publishes: a new
+/// subscription gets the current value with the retain flag set
+/// ([MQTT-3.3.1-8]), a change after that comes without it ([MQTT-3.3.1-9]),
+/// as Mosquitto sends them; a client cannot publish there (Mosquitto's
+/// `acl__check_dollar`), and `#` does not reach them ([MQTT-4.7.2-1]). The
+/// rumqttd core sent every snapshot as retained.
+#[tokio::test]
+async fn sys_topics_are_retained_messages_the_broker_publishes() {
+    let dir = TempDir::new();
+    let Some((mosquitto, port)) = start_mosquitto(&dir, "allow_anonymous true\nsys_interval 1\n") else {
+        return;
+    };
+    let broker = Broker::on_own_core(&dir, "allow_anonymous = true\nsys_interval = \"1s\"\n");
+    let _running = (mosquitto, &broker);
+    for (server, port) in [("snigate", broker.addr.port()), ("mosquitto", port)] {
+        let (mut everything, _) = client(port, "everything", &clean()).await;
+        assert_eq!(raw::subscribe(&mut everything, "#", 0).await, 0);
+        let (mut dashboard, _) = client(port, "dashboard", &clean()).await;
+        raw::subscribe(&mut dashboard, "$SYS/broker/uptime", 0).await;
+        let first = raw::next_message(&mut dashboard).await.expect("the retained value");
+        assert!(first.retain, "{server}: {first:?}");
+        let (mut spoofer, _) = client(port, "spoofer", &clean()).await;
+        raw::publish(&mut spoofer, "$SYS/broker/uptime", b"forged", 1, false).await;
+        let next = tokio::time::timeout(std::time::Duration::from_secs(3), raw::next_message(&mut dashboard))
+            .await
+            .expect("the next value in time")
+            .expect("the next value");
+        assert!(!next.retain, "{server}: {next:?}");
+        assert_ne!(next.payload, b"forged", "{server}");
+        assert_ne!(next.payload, first.payload, "{server}");
+        assert_eq!(drain(&mut everything).await, 0, "{server}: `#` gets no `$SYS`");
+    }
+}
+
 /// MQTT 5 §4.8.2 (Mosquitto offers it to MQTT 3.1.1 clients too): each
 /// message on a shared subscription goes to one member of the group, in
 /// turn; a plain subscriber to the same filter gets every one.

@@ -1662,6 +1662,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Whether this client may `access` `topic`; always, without an ACL.
     fn allowed(&self, topic: &[u8], access: Access) -> bool {
+        // Whatever the ACL says, as Mosquitto (`acl__check_dollar`): `$SYS`
+        // is the broker's to write, and `$share` names subscriptions only.
+        if access == Access::Write && (topic.starts_with(b"$SYS") || topic.starts_with(b"$share")) {
+            return false;
+        }
         let material = self.shared.material.load();
         let Some(acl) = &material.auth.acl else { return true };
         let Ok(topic) = std::str::from_utf8(topic) else {

@@ -21,9 +21,10 @@ pub(super) struct Own {
     generation: u64,
 }
 
-/// A `$` filter other than a shared subscription: served from `$SYS`
-/// snapshots, not from the index, until `$SYS` becomes retained topics of
-/// the core's own (slice 3).
+/// A `$` filter other than a shared subscription (`$SYS/#`): an ordinary
+/// subscription in the index, where the broker publishes `$SYS`
+/// ([`crate::sys::publish`]), but bounded per client and granted at QoS 0,
+/// as on the rumqttd core.
 fn reserved(filter: &str) -> bool {
     filter.starts_with('$') && !filter.starts_with("$share/")
 }
@@ -49,13 +50,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let client_id = self.client_id.clone();
         let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.token.clone());
         self.persistent = continuity.keep;
-        self.sys_filters = claim
-            .session
-            .subscriptions()
-            .into_iter()
-            .map(|(filter, _)| filter)
-            .filter(|filter| reserved(filter))
-            .collect();
         self.own = Some(Own {
             session: claim.session,
             generation: claim.generation,
@@ -145,12 +139,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     return self.last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout).await;
                 }
                 () = &mut evicted => return self.evicted(eviction).await,
-                changed = self.sys.changed(), if !self.sys_filters.is_empty() && !backlogged => {
-                    if changed.is_err() {
-                        return End::NetworkError;
-                    }
-                    self.queue_sys();
-                }
                 () = &mut stopped => {
                     return self.last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown).await;
                 }
@@ -258,9 +246,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.push_control(reply);
         }
         self.release_read_buffer();
-        if std::mem::take(&mut self.sys_initial) {
-            self.queue_sys();
-        }
         // Room in the window (acknowledgements), retained messages for new
         // subscriptions: written after this read's replies.
         self.refill();
@@ -387,21 +372,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
                 continue;
             }
+            let mut qos = filter.qos;
             if reserved(&path) {
-                if self.sys_filters.len() >= MAX_SYS_FILTERS && !self.sys_filters.contains(&path) {
+                let (held, again) = session.count_subscriptions(&path, reserved);
+                if held >= MAX_SYS_FILTERS && !again {
                     shared.metrics.refused.with_label_values(&["filters"]).inc();
                     return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
                     continue;
                 }
-                // Kept with the session's subscriptions, so a resumed session
-                // has it; granted at QoS 0, as Mosquitto grants `$SYS`.
-                registry.subscribe(&session, &path, Options { qos: QoS::AtMostOnce }, |_| false);
-                self.sys_filters.insert(path);
-                self.sys_initial = true;
-                return_codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
-                continue;
+                // Granted at QoS 0, as Mosquitto grants `$SYS`.
+                qos = QoS::AtMostOnce;
             }
-            let fanout = registry.subscribe(&session, &path, Options { qos: filter.qos }, may_read);
+            let fanout = registry.subscribe(&session, &path, Options { qos }, may_read);
             for (refused, qos) in fanout.dropped {
                 shared
                     .metrics
@@ -409,7 +391,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     .with_label_values(&[refused.label(), qos_label(qos as u8)])
                     .inc();
             }
-            return_codes.push(SubscribeReasonCode::Success(filter.qos));
+            return_codes.push(SubscribeReasonCode::Success(qos));
         }
         self.push_control(Packet::SubAck(
             SubAck {
@@ -432,7 +414,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .filters
             .iter()
             .map(|filter| {
-                self.sys_filters.remove(filter);
                 if registry.unsubscribe(&session, filter) {
                     UnsubAckReason::Success
                 } else {
