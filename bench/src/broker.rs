@@ -21,6 +21,9 @@ use crate::tls::{self, KeyShare, Material};
 pub enum Broker {
     Mosquitto,
     Snigate,
+    /// The same binary on rumqttd's router (`core = "rumqttd"`), the core
+    /// the broker had before its own (issue 19).
+    RumqttdCore,
 }
 
 impl Broker {
@@ -28,6 +31,7 @@ impl Broker {
         match self {
             Broker::Mosquitto => "mosquitto",
             Broker::Snigate => "snigate-broker",
+            Broker::RumqttdCore => "snigate-broker@rumqttd",
         }
     }
 }
@@ -86,13 +90,18 @@ pub fn start(
                 &dir.join("mosquitto.log"),
             )?
         }
-        Broker::Snigate => {
+        Broker::Snigate | Broker::RumqttdCore => {
             let binary = sys::ours("snigate-broker")?;
             let config = dir.join("broker.toml");
+            let core = if broker == Broker::RumqttdCore {
+                "core = \"rumqttd\"\n"
+            } else {
+                ""
+            };
             std::fs::write(
                 &config,
                 format!(
-                    "listen = [\"{plain}\"]\ntls_listen = [\"{tls}\"]\ncert_file = {:?}\nkey_file = {:?}\n\
+                    "{core}listen = [\"{plain}\"]\ntls_listen = [\"{tls}\"]\ncert_file = {:?}\nkey_file = {:?}\n\
                      password_file = {:?}\nallow_anonymous = false\nsys_interval = \"0s\"\n\
                      # Room for the idle scenario's clients whatever the machine's cgroup says.\n\
                      memory_limit = \"1GiB\"\n[log]\nlevel = \"warn\"\n",

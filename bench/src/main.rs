@@ -5,7 +5,8 @@
 //! installed: missing peers are named and the run stops.
 //!
 //! usage: cargo run --release -p snigate-bench -- [all|router|broker] [--quick]
-//!        [--repeats N] [--seconds S] [--only TEXT] [--out FILE]
+//!        [--repeats N] [--seconds S] [--only TEXT] [--router-baseline BIN]
+//!        [--rumqttd-core] [--out FILE]
 //! Needs release builds of snigate-router and snigate-broker
 //! (`cargo build --release`), Debian's haproxy and mosquitto (scripts/test
 //! unpacks both under target/tools), and taskset and prlimit (util-linux).
@@ -53,6 +54,12 @@ struct Cli {
     /// ratio to it, scenario by scenario.
     #[arg(long)]
     router_baseline: Option<PathBuf>,
+    /// Run snigate-broker on rumqttd's router too (`core = "rumqttd"`, the
+    /// core before the broker's own) in every broker scenario, as
+    /// `snigate-broker@rumqttd`; the report then ends with the ratio of the
+    /// default core to it.
+    #[arg(long)]
+    rumqttd_core: bool,
     /// Where the markdown table goes (also printed).
     #[arg(long, default_value = "target/bench/results.md")]
     out: PathBuf,
@@ -73,6 +80,7 @@ struct Plan {
     qos1_window: usize,
     only: Option<String>,
     router_baseline: Option<PathBuf>,
+    rumqttd_core: bool,
 }
 
 impl Plan {
@@ -88,6 +96,15 @@ impl Plan {
             proxies.push(Proxy::Baseline);
         }
         proxies
+    }
+
+    /// The broker targets of every scenario.
+    fn brokers(&self) -> Vec<Broker> {
+        let mut brokers = vec![Broker::Mosquitto, Broker::Snigate];
+        if self.rumqttd_core {
+            brokers.push(Broker::RumqttdCore);
+        }
+        brokers
     }
 
     /// Whether the scenario named `name` is to run.
@@ -113,6 +130,7 @@ impl Plan {
             qos1_window: 20,
             only: cli.only.clone(),
             router_baseline: cli.router_baseline.clone(),
+            rumqttd_core: cli.rumqttd_core,
         }
     }
 
@@ -220,13 +238,19 @@ impl Results {
                 );
             }
         }
-        let (candidate, baseline) = (Proxy::Snigate.name(), Proxy::Baseline.name());
-        let versus: Vec<&Row> = self
-            .rows
-            .iter()
-            .filter(|r| r.values.contains_key(candidate) && r.values.contains_key(baseline))
-            .collect();
-        if !versus.is_empty() {
+        let pairs = [
+            (Proxy::Snigate.name(), Proxy::Baseline.name()),
+            (Broker::Snigate.name(), Broker::RumqttdCore.name()),
+        ];
+        for (candidate, baseline) in pairs {
+            let versus: Vec<&Row> = self
+                .rows
+                .iter()
+                .filter(|r| r.values.contains_key(candidate) && r.values.contains_key(baseline))
+                .collect();
+            if versus.is_empty() {
+                continue;
+            }
             let _ = write!(
                 out,
                 "\n### {candidate} against {baseline}\n\n| scenario | {candidate} | {baseline} | x baseline |\n|---|---:|---:|---:|\n"
@@ -562,8 +586,6 @@ fn router_scenarios(
     Ok(())
 }
 
-const BROKERS: [Broker; 2] = [Broker::Mosquitto, Broker::Snigate];
-
 fn broker_scenarios(
     plan: &Plan,
     material: &tls::Material,
@@ -589,7 +611,7 @@ fn broker_scenarios(
     let budget_kib = 128.0 * 1024.0;
     for repeat in 0..plan.repeats {
         eprintln!("broker, run {} of {}", repeat + 1, plan.repeats);
-        for target in BROKERS {
+        for target in plan.brokers() {
             for tls in [false, true] {
                 if !plan.wants(&format!("idle {} clients", if tls { "TLS" } else { "plaintext" })) {
                     continue;
@@ -618,7 +640,7 @@ fn broker_scenarios(
                 );
             }
         }
-        for target in BROKERS.into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
+        for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, Some(1), &dir)?;
             let rate = measure(
@@ -641,7 +663,8 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS
+        for target in plan
+            .brokers()
             .into_iter()
             .filter(|_| plan.wants("QoS 1, 1 publisher to 1 subscriber"))
         {
@@ -661,7 +684,7 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS.into_iter().filter(|_| plan.wants("fan-out")) {
+        for target in plan.brokers().into_iter().filter(|_| plan.wants("fan-out")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, Some(1), &dir)?;
             let (p50, p99) = measure(
@@ -683,7 +706,7 @@ fn broker_scenarios(
                 broker::peak_mib(&running.process),
             );
         }
-        for target in BROKERS.into_iter().filter(|_| plan.wants("QoS 1 over TLS")) {
+        for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 1 over TLS")) {
             let dir = next_dir()?;
             let running = broker::start(target, material, &passwd, None, &dir)?;
             let direct = measure(

@@ -147,14 +147,14 @@ pub enum QueueFull {
     Disconnect,
 }
 
-/// Which message core routes between sessions: rumqttd's router (today's
-/// default) or the broker's own (issue 19, being built in slices: see
-/// docs/broker.md, "The broker's own core").
+/// Which message core routes between sessions: the broker's own (the
+/// default; docs/broker.md, "The broker's own core") or rumqttd's router,
+/// kept selectable until it is removed (issue 19).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Core {
-    #[default]
     Rumqttd,
+    #[default]
     Own,
 }
 
@@ -235,6 +235,10 @@ pub struct BrokerFile {
     /// Bytes queued per client (Mosquitto's name; its 0, no limit, is not
     /// offered: the budget needs a bound).
     pub max_queued_bytes: Option<Size>,
+    /// Queue QoS 0 messages for a persistent session whose client is away
+    /// (Mosquitto's name and default: off). The own core's; rumqttd's log
+    /// holds every QoS for it.
+    pub queue_qos0_messages: Option<bool>,
     /// QoS 1 and 2 messages sent to a client and not yet acknowledged
     /// (Mosquitto's name).
     pub max_inflight_messages: Option<usize>,
@@ -250,7 +254,7 @@ pub struct BrokerFile {
     /// segments kept (rumqttd's settings).
     pub max_segment_size: Option<Size>,
     pub max_segment_count: Option<usize>,
-    /// The message core: `"rumqttd"` (default) or `"own"`.
+    /// The message core: `"own"` (default) or `"rumqttd"`.
     pub core: Option<Core>,
     #[serde(default)]
     pub log: LogSettings,
@@ -553,6 +557,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    pub queue_qos0_messages: bool,
     /// All clients' outbound queues together.
     pub queued_bytes_total: usize,
     pub max_inflight_messages: usize,
@@ -705,6 +710,7 @@ impl Limits {
             max_connections,
             max_queued_messages: file.max_queued_messages.unwrap_or(1000),
             max_queued_bytes: usize_of(max_queued_bytes),
+            queue_qos0_messages: file.queue_qos0_messages.unwrap_or(false),
             queued_bytes_total: usize_of(queued_bytes_total),
             max_inflight_messages,
             queue_full: file.queue_full.unwrap_or_default(),

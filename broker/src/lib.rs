@@ -397,7 +397,7 @@ impl Shared {
                     max_inflight: limits.max_inflight_messages,
                     max_queued_messages: limits.max_queued_messages,
                     max_queued_bytes: limits.max_queued_bytes,
-                    queue_qos0_offline: false,
+                    queue_qos0_offline: limits.queue_qos0_messages,
                 };
                 registry::Registry::new(outbox, limits.max_retained_bytes, queue_budget)
             }),

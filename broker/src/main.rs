@@ -223,12 +223,17 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         ),
         format!("max connections: {}", limits.max_connections),
         format!(
-            "queues: {} messages, {} bytes per client; {} MiB in all; {} in flight; when full: {:?}",
+            "queues: {} messages, {} bytes per client; {} MiB in all; {} in flight; when full: {:?}; QoS 0 for away clients: {}",
             limits.max_queued_messages,
             limits.max_queued_bytes,
             limits.queued_bytes_total >> 20,
             limits.max_inflight_messages,
-            limits.queue_full
+            limits.queue_full,
+            if limits.queue_qos0_messages {
+                "queued"
+            } else {
+                "dropped"
+            }
         ),
         format!("retained: {} MiB", limits.max_retained_bytes >> 20),
         format!("message core: {}", config.core.label()),

@@ -18,8 +18,13 @@ use tokio::net::TcpStream;
 /// the processes that keep them running; `None` where Mosquitto is missing
 /// outside CI.
 fn brokers(dir: &TempDir) -> Option<(Vec<(&'static str, u16)>, impl Sized)> {
-    let (mosquitto, port) = start_mosquitto(dir, "allow_anonymous true\n")?;
-    let broker = Broker::on_own_core(dir, "allow_anonymous = true\n");
+    brokers_with(dir, "", "")
+}
+
+/// The same, with more of each one's configuration.
+fn brokers_with(dir: &TempDir, mosquitto: &str, snigate: &str) -> Option<(Vec<(&'static str, u16)>, impl Sized)> {
+    let (mosquitto, port) = start_mosquitto(dir, &format!("allow_anonymous true\n{mosquitto}"))?;
+    let broker = Broker::on_own_core(dir, &format!("allow_anonymous = true\n{snigate}"));
     let servers = vec![("snigate", broker.addr.port()), ("mosquitto", port)];
     Some((servers, (mosquitto, broker)))
 }
@@ -40,6 +45,22 @@ fn clean() -> Login<'static> {
 fn persistent() -> Login<'static> {
     Login {
         clean_session: false,
+        ..Login::default()
+    }
+}
+
+/// A client subscribed to `wills/#` at `qos`.
+async fn watching_wills(port: u16, qos: u8) -> TcpStream {
+    let (mut watcher, _) = client(port, "watcher", &clean()).await;
+    assert_eq!(raw::subscribe(&mut watcher, "wills/#", qos).await, qos);
+    watcher
+}
+
+/// A login with a QoS 1 will, not retained.
+fn with_will<'a>(clean_session: bool, topic: &'a str, message: &'a [u8]) -> Login<'a> {
+    Login {
+        clean_session,
+        will: Some((topic, message, 1, false)),
         ..Login::default()
     }
 }
@@ -131,6 +152,35 @@ async fn a_persistent_session_gets_what_came_while_its_client_was_away() {
     }
 }
 
+/// With `queue_qos0_messages` (Mosquitto's setting, off by default), QoS 0
+/// messages wait for an away persistent session too, in order with the rest.
+#[tokio::test]
+async fn queue_qos0_messages_keeps_qos_0_for_an_away_client() {
+    let dir = TempDir::new();
+    let setting = ("queue_qos0_messages true\n", "queue_qos0_messages = true\n");
+    let Some((servers, _running)) = brokers_with(&dir, setting.0, setting.1) else {
+        return;
+    };
+    for (server, port) in servers {
+        let (mut away, _) = client(port, "away0", &persistent()).await;
+        assert_eq!(raw::subscribe(&mut away, "away0/#", 1).await, 1);
+        away.write_all(&raw::packet(0xE0, &[])).await.unwrap();
+        drop(away);
+        let (mut publisher, _) = client(port, "pub", &clean()).await;
+        raw::publish(&mut publisher, "away0/1", b"qos 0, kept", 0, false).await;
+        raw::publish(&mut publisher, "away0/2", b"qos 1", 1, false).await;
+        let (mut back, present, _) = connack(port, "away0", &persistent()).await;
+        assert!(present, "{server}");
+        let first = raw::next_message(&mut back).await.expect("queued");
+        let second = raw::next_message(&mut back).await.expect("queued");
+        assert_eq!(
+            (first.payload.as_slice(), first.qos, second.payload.as_slice()),
+            (&b"qos 0, kept"[..], 0, &b"qos 1"[..]),
+            "{server}"
+        );
+    }
+}
+
 /// [MQTT-4.4.0-1], [MQTT-3.3.1-1]: a QoS 1 message not acknowledged when the
 /// connection dropped is sent again on resume, with its packet id and DUP
 /// set. rumqttd did not send it again.
@@ -210,13 +260,8 @@ async fn a_will_is_published_with_its_own_qos() {
         return;
     };
     for (server, port) in servers {
-        let (mut watcher, _) = client(port, "watcher", &clean()).await;
-        assert_eq!(raw::subscribe(&mut watcher, "wills/#", 2).await, 2);
-        let will = Login {
-            clean_session: true,
-            will: Some(("wills/dev", b"gone", 1, false)),
-            ..Login::default()
-        };
+        let mut watcher = watching_wills(port, 2).await;
+        let will = with_will(true, "wills/dev", b"gone");
         let (dying, _) = client(port, "dev", &will).await;
         drop(dying);
         let message = raw::next_message(&mut watcher).await.expect("the will");
@@ -260,13 +305,8 @@ async fn a_clean_session_taken_over_ends_and_its_will_is_published() {
         return;
     };
     for (server, port) in servers {
-        let (mut watcher, _) = client(port, "watcher", &clean()).await;
-        assert_eq!(raw::subscribe(&mut watcher, "wills/#", 1).await, 1);
-        let will = Login {
-            clean_session: true,
-            will: Some(("wills/dev", b"taken over", 1, false)),
-            ..Login::default()
-        };
+        let mut watcher = watching_wills(port, 1).await;
+        let will = with_will(true, "wills/dev", b"taken over");
         let (mut first, _, code) = connack(port, "dev", &will).await;
         assert_eq!(code, 0);
         assert_eq!(raw::subscribe(&mut first, "dev/commands", 1).await, 1);
@@ -290,13 +330,8 @@ async fn a_persistent_session_taken_over_is_resumed_without_its_will() {
         return;
     };
     for (server, port) in servers {
-        let (mut watcher, _) = client(port, "watcher", &clean()).await;
-        assert_eq!(raw::subscribe(&mut watcher, "wills/#", 1).await, 1);
-        let will = Login {
-            clean_session: false,
-            will: Some(("wills/kept", b"should not come", 1, false)),
-            ..Login::default()
-        };
+        let mut watcher = watching_wills(port, 1).await;
+        let will = with_will(false, "wills/kept", b"should not come");
         let (mut first, _, _) = connack(port, "kept", &will).await;
         assert_eq!(raw::subscribe(&mut first, "kept/commands", 1).await, 1);
         let (mut second, present, code) = connack(port, "kept", &persistent()).await;

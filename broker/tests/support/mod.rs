@@ -13,11 +13,12 @@ pub use snigate_shared::testing::mqtt::connect_packet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_snigate-broker");
 
-/// Whether the suite runs against the broker's own core
-/// (`SNIGATE_BROKER_CORE=own`, which the broker under test inherits; `.ci/run`
-/// runs the suite on both cores).
+/// Whether the suite runs against the broker's own core, the default
+/// (`SNIGATE_BROKER_CORE=rumqttd`, which the broker under test inherits,
+/// selects rumqttd's router; `.ci/run` runs the suite on both cores).
 pub fn own_core() -> bool {
     std::env::var("SNIGATE_BROKER_CORE").is_ok_and(|core| core == "own")
+        || std::env::var_os("SNIGATE_BROKER_CORE").is_none()
 }
 
 /// For a test of rumqttd's router itself (its filter logs, match cache and
