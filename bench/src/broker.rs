@@ -21,9 +21,8 @@ use crate::tls::{self, KeyShare, Material};
 pub enum Broker {
     Mosquitto,
     Snigate,
-    /// The same binary on rumqttd's router (`core = "rumqttd"`), the core
-    /// the broker had before its own (issue 19).
-    RumqttdCore,
+    /// An earlier snigate-broker binary (`--broker-baseline`).
+    Baseline,
 }
 
 impl Broker {
@@ -31,7 +30,7 @@ impl Broker {
         match self {
             Broker::Mosquitto => "mosquitto",
             Broker::Snigate => "snigate-broker",
-            Broker::RumqttdCore => "snigate-broker@rumqttd",
+            Broker::Baseline => "snigate-broker@baseline",
         }
     }
 }
@@ -59,6 +58,7 @@ pub fn start(
     passwd: &Path,
     cpu: Option<usize>,
     dir: &Path,
+    baseline: Option<&Path>,
 ) -> anyhow::Result<Running> {
     let plain = SocketAddr::from(([127, 0, 0, 1], sys::free_port()?));
     let tls = SocketAddr::from(([127, 0, 0, 1], sys::free_port()?));
@@ -90,18 +90,17 @@ pub fn start(
                 &dir.join("mosquitto.log"),
             )?
         }
-        Broker::Snigate | Broker::RumqttdCore => {
-            let binary = sys::ours("snigate-broker")?;
-            let config = dir.join("broker.toml");
-            let core = if broker == Broker::RumqttdCore {
-                "core = \"rumqttd\"\n"
-            } else {
-                ""
+        Broker::Snigate | Broker::Baseline => {
+            let binary = match (broker, baseline) {
+                (Broker::Baseline, Some(path)) => path.to_owned(),
+                (Broker::Baseline, None) => anyhow::bail!("no --broker-baseline binary"),
+                _ => sys::ours("snigate-broker")?,
             };
+            let config = dir.join("broker.toml");
             std::fs::write(
                 &config,
                 format!(
-                    "{core}listen = [\"{plain}\"]\ntls_listen = [\"{tls}\"]\ncert_file = {:?}\nkey_file = {:?}\n\
+                    "listen = [\"{plain}\"]\ntls_listen = [\"{tls}\"]\ncert_file = {:?}\nkey_file = {:?}\n\
                      password_file = {:?}\nallow_anonymous = false\nsys_interval = \"0s\"\n\
                      # Room for the idle scenario's clients whatever the machine's cgroup says.\n\
                      memory_limit = \"1GiB\"\n[log]\nlevel = \"warn\"\n",

@@ -6,7 +6,7 @@
 //!
 //! usage: cargo run --release -p snigate-bench -- [all|router|broker] [--quick]
 //!        [--repeats N] [--seconds S] [--only TEXT] [--router-baseline BIN]
-//!        [--rumqttd-core] [--out FILE]
+//!        [--broker-baseline BIN] [--out FILE]
 //! Needs release builds of snigate-router and snigate-broker
 //! (`cargo build --release`), Debian's haproxy and mosquitto (scripts/test
 //! unpacks both under target/tools), and taskset and prlimit (util-linux).
@@ -54,12 +54,12 @@ struct Cli {
     /// ratio to it, scenario by scenario.
     #[arg(long)]
     router_baseline: Option<PathBuf>,
-    /// Run snigate-broker on rumqttd's router too (`core = "rumqttd"`, the
-    /// core before the broker's own) in every broker scenario, as
-    /// `snigate-broker@rumqttd`; the report then ends with the ratio of the
-    /// default core to it.
+    /// An earlier snigate-broker binary (main's, built in a worktree), run
+    /// beside the candidate in every broker scenario as
+    /// `snigate-broker@baseline`; the report then ends with the candidate's
+    /// ratio to it.
     #[arg(long)]
-    rumqttd_core: bool,
+    broker_baseline: Option<PathBuf>,
     /// Where the markdown table goes (also printed).
     #[arg(long, default_value = "target/bench/results.md")]
     out: PathBuf,
@@ -80,7 +80,7 @@ struct Plan {
     qos1_window: usize,
     only: Option<String>,
     router_baseline: Option<PathBuf>,
-    rumqttd_core: bool,
+    broker_baseline: Option<PathBuf>,
 }
 
 impl Plan {
@@ -101,8 +101,8 @@ impl Plan {
     /// The broker targets of every scenario.
     fn brokers(&self) -> Vec<Broker> {
         let mut brokers = vec![Broker::Mosquitto, Broker::Snigate];
-        if self.rumqttd_core {
-            brokers.push(Broker::RumqttdCore);
+        if self.broker_baseline.is_some() {
+            brokers.push(Broker::Baseline);
         }
         brokers
     }
@@ -130,7 +130,7 @@ impl Plan {
             qos1_window: 20,
             only: cli.only.clone(),
             router_baseline: cli.router_baseline.clone(),
-            rumqttd_core: cli.rumqttd_core,
+            broker_baseline: cli.broker_baseline.clone(),
         }
     }
 
@@ -240,7 +240,7 @@ impl Results {
         }
         let pairs = [
             (Proxy::Snigate.name(), Proxy::Baseline.name()),
-            (Broker::Snigate.name(), Broker::RumqttdCore.name()),
+            (Broker::Snigate.name(), Broker::Baseline.name()),
         ];
         for (candidate, baseline) in pairs {
             let versus: Vec<&Row> = self
@@ -617,7 +617,7 @@ fn broker_scenarios(
                     continue;
                 }
                 let dir = next_dir()?;
-                let running = broker::start(target, material, &passwd, None, &dir)?;
+                let running = broker::start(target, material, &passwd, None, &dir, plan.broker_baseline.as_deref())?;
                 let (slope, first) = measure(false, all_cpus, async {
                     broker::idle(&running, tls.then_some(&tls_client), &plan.broker_idle_steps).await
                 })?;
@@ -642,7 +642,14 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
             let dir = next_dir()?;
-            let running = broker::start(target, material, &passwd, Some(1), &dir)?;
+            let running = broker::start(
+                target,
+                material,
+                &passwd,
+                Some(1),
+                &dir,
+                plan.broker_baseline.as_deref(),
+            )?;
             let rate = measure(
                 true,
                 all_cpus,
@@ -669,7 +676,14 @@ fn broker_scenarios(
             .filter(|_| plan.wants("QoS 1, 1 publisher to 1 subscriber"))
         {
             let dir = next_dir()?;
-            let running = broker::start(target, material, &passwd, Some(1), &dir)?;
+            let running = broker::start(
+                target,
+                material,
+                &passwd,
+                Some(1),
+                &dir,
+                plan.broker_baseline.as_deref(),
+            )?;
             let rate = measure(
                 true,
                 all_cpus,
@@ -686,7 +700,14 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("fan-out")) {
             let dir = next_dir()?;
-            let running = broker::start(target, material, &passwd, Some(1), &dir)?;
+            let running = broker::start(
+                target,
+                material,
+                &passwd,
+                Some(1),
+                &dir,
+                plan.broker_baseline.as_deref(),
+            )?;
             let (p50, p99) = measure(
                 true,
                 all_cpus,
@@ -708,7 +729,7 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 1 over TLS")) {
             let dir = next_dir()?;
-            let running = broker::start(target, material, &passwd, None, &dir)?;
+            let running = broker::start(target, material, &passwd, None, &dir, plan.broker_baseline.as_deref())?;
             let direct = measure(
                 false,
                 all_cpus,

@@ -2,11 +2,9 @@
 //! The numbers come from [`crate::config::Limits`]; what each bound protects is
 //! in docs/broker.md ("Memory budget").
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use prometheus::IntGauge;
 
 /// Bytes that all sessions' outbound queues may hold together. A session takes
@@ -105,55 +103,6 @@ impl Drop for Charge {
     }
 }
 
-/// The retained messages, by topic and size, as publishes pass: rumqttd keeps
-/// the messages, this keeps their bytes within `max_bytes` by letting a
-/// publish keep its retain flag only while it fits.
-#[derive(Debug)]
-pub struct Retained {
-    topics: Mutex<HashMap<Bytes, usize>>,
-    bytes: AtomicUsize,
-    max_bytes: usize,
-    count_gauge: IntGauge,
-    bytes_gauge: IntGauge,
-}
-
-impl Retained {
-    pub fn new(max_bytes: usize, count_gauge: IntGauge, bytes_gauge: IntGauge) -> Self {
-        Self {
-            topics: Mutex::new(HashMap::new()),
-            bytes: AtomicUsize::new(0),
-            max_bytes,
-            count_gauge,
-            bytes_gauge,
-        }
-    }
-
-    /// A retained publish of `payload_len` bytes to `topic`; an empty payload
-    /// clears it (MQTT §3.3.1.3). Returns whether it may be retained: false
-    /// when it would take retained messages over the budget; the caller then
-    /// passes it on unretained, and the topic keeps its previous message, as
-    /// the router does.
-    pub fn admit(&self, topic: &Bytes, payload_len: usize) -> bool {
-        let mut topics = self.topics.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let previous = topics.get(topic).copied().unwrap_or(0);
-        let mut bytes = self.bytes.load(Ordering::Acquire);
-        let size = topic.len() + payload_len;
-        let admitted = payload_len == 0 || bytes - previous + size <= self.max_bytes;
-        if admitted {
-            bytes -= previous;
-            topics.remove(topic);
-            if payload_len > 0 {
-                topics.insert(topic.clone(), size);
-                bytes += size;
-            }
-        }
-        self.bytes.store(bytes, Ordering::Release);
-        self.count_gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
-        self.bytes_gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        admitted
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,17 +120,5 @@ mod tests {
         budget.give_back(60);
         assert!(budget.try_take(60));
         assert_eq!(budget.gauge.get(), 100);
-    }
-
-    #[test]
-    fn retained_bytes_stay_within_the_budget() {
-        let retained = Retained::new(20, gauge("c"), gauge("b"));
-        let topic = Bytes::from_static(b"t/1");
-        assert!(retained.admit(&topic, 10));
-        assert!(!retained.admit(&Bytes::from_static(b"t/2"), 10), "3 + 10 + 3 + 10 > 20");
-        assert!(retained.admit(&topic, 15), "a replacement frees its predecessor");
-        assert!(retained.admit(&topic, 0), "clearing is always allowed");
-        assert_eq!(retained.count_gauge.get(), 0);
-        assert!(retained.admit(&Bytes::from_static(b"t/2"), 10));
     }
 }

@@ -143,28 +143,19 @@ pub enum QueueFull {
     #[default]
     Drop,
     /// Disconnect the client: it is not keeping up, and a persistent session
-    /// then keeps what follows in the router's log.
+    /// then keeps what follows in its outbox, within the same bounds.
     Disconnect,
 }
 
-/// Which message core routes between sessions: the broker's own (the
-/// default; docs/broker.md, "The broker's own core") or rumqttd's router,
-/// kept selectable until it is removed (issue 19).
+/// The `core` setting, from when rumqttd's router was a second message core
+/// beside the broker's own: accepted (either value) with a deprecation
+/// warning, since the own core is the only one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Core {
     Rumqttd,
     #[default]
     Own,
-}
-
-impl Core {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Rumqttd => "rumqttd",
-            Self::Own => "own",
-        }
-    }
 }
 
 impl std::str::FromStr for Core {
@@ -236,8 +227,7 @@ pub struct BrokerFile {
     /// offered: the budget needs a bound).
     pub max_queued_bytes: Option<Size>,
     /// Queue QoS 0 messages for a persistent session whose client is away
-    /// (Mosquitto's name and default: off). The own core's; rumqttd's log
-    /// holds every QoS for it.
+    /// (Mosquitto's name and default: off).
     pub queue_qos0_messages: Option<bool>,
     /// QoS 1 and 2 messages sent to a client and not yet acknowledged
     /// (Mosquitto's name).
@@ -247,14 +237,11 @@ pub struct BrokerFile {
     pub queue_full: Option<QueueFull>,
     /// Bytes of retained messages held. Default: an eighth of the budget.
     pub max_retained_bytes: Option<Size>,
-    /// Distinct subscription filters the message router keeps a log for.
-    /// Default: what a quarter of the budget allows.
+    /// Deprecated: settings of rumqttd's router, which the broker no longer
+    /// has. Accepted, with a warning that says what bounds the same now.
     pub max_filters: Option<usize>,
-    /// The router's log per subscription filter: bytes per segment and
-    /// segments kept (rumqttd's settings).
     pub max_segment_size: Option<Size>,
     pub max_segment_count: Option<usize>,
-    /// The message core: `"own"` (default) or `"rumqttd"`.
     pub core: Option<Core>,
     #[serde(default)]
     pub log: LogSettings,
@@ -314,7 +301,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SNIGATE_BROKER_MAX_CONNECTIONS", "most clients connected at once"),
     ("SNIGATE_BROKER_LOG_FORMAT", "text or json"),
     ("SNIGATE_BROKER_LOG_LEVEL", "log filter, when RUST_LOG is not set"),
-    ("SNIGATE_BROKER_CORE", "the message core: rumqttd or own"),
+    ("SNIGATE_BROKER_CORE", "deprecated and ignored: the message core"),
 ];
 
 impl Overrides {
@@ -438,8 +425,30 @@ pub struct BrokerConfig {
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
-    pub core: Core,
+    /// Deprecated settings that were set, each with what replaces it: logged
+    /// at start and printed by `check`.
+    pub deprecated: Vec<&'static str>,
 }
+
+/// What a deprecated setting said, and what bounds the same now.
+const DEPRECATED: &[(&str, &str)] = &[
+    (
+        "max_filters",
+        "max_filters is deprecated and ignored: it bounded rumqttd's router, which is gone; the subscription index takes what subscriptions need, within memory_limit",
+    ),
+    (
+        "max_segment_size",
+        "max_segment_size is deprecated and ignored: rumqttd's commit logs are gone; each client's queue is bounded by max_queued_messages and max_queued_bytes",
+    ),
+    (
+        "max_segment_count",
+        "max_segment_count is deprecated and ignored: rumqttd's commit logs are gone; each client's queue is bounded by max_queued_messages and max_queued_bytes",
+    ),
+    (
+        "core",
+        "core is deprecated and ignored: rumqttd's router is gone, and the broker's own core is the only one",
+    ),
+];
 
 impl BrokerConfig {
     /// Read `path` (if any), apply `overrides`, validate.
@@ -540,7 +549,16 @@ impl BrokerConfig {
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),
             log_format: file.log.format,
             log_level: file.log.level,
-            core: file.core.unwrap_or_default(),
+            deprecated: DEPRECATED
+                .iter()
+                .filter(|(name, _)| match *name {
+                    "max_filters" => file.max_filters.is_some(),
+                    "max_segment_size" => file.max_segment_size.is_some(),
+                    "max_segment_count" => file.max_segment_count.is_some(),
+                    _ => file.core.is_some(),
+                })
+                .map(|(_, warning)| *warning)
+                .collect(),
         })
     }
 }
@@ -563,14 +581,10 @@ pub struct Limits {
     pub max_inflight_messages: usize,
     pub queue_full: QueueFull,
     pub max_retained_bytes: usize,
-    pub max_filters: usize,
-    pub max_segment_size: usize,
-    pub max_segment_count: usize,
-    /// All filters' logs together, in bytes: the router's share less its match
-    /// cache and the filters' own records.
-    pub max_log_bytes: u64,
-    /// The router's cache of which filters a published topic matches.
-    pub max_match_cache_bytes: usize,
+    /// Kept for the subscription index and the sessions' tables (what
+    /// rumqttd's router's logs had); not yet enforced (docs/broker.md,
+    /// "Memory budget").
+    pub index_share: u64,
     /// The largest packet the budget allows (a sixteenth of the queues' share).
     pub max_packet_size: usize,
 }
@@ -580,26 +594,21 @@ const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// The process before any client: runtime, code, TLS configuration, allocator
 /// slack (an idle release build measures about 6 MiB; the rest is margin).
 const BASE_MEMORY: u64 = 16 << 20;
-/// One connected client, budgeted: rumqttd's link (its buffers grow as used,
-/// up to 200 packets each way, and keep what they grew to), the session,
-/// socket buffers in user space and TLS state. An idle client measures about
-/// 8 KiB (15.5 with TLS; docs/performance.md): the rest is for a busy one.
+/// One connected client, budgeted: the session, socket buffers in user space
+/// and TLS state. An idle client measures about 5.9 KiB (13.3 with TLS;
+/// docs/performance.md): the rest is for a busy one. The figure was set for
+/// rumqttd's router, the broker's former core, and is to be re-derived from
+/// what a connection costs at its bounds.
 pub const CONNECTION_MEMORY: u64 = 64 << 10;
 
 /// The largest in-flight window: every packet id (Mosquitto's maximum too).
 pub const MAX_INFLIGHT: usize = 65_535;
-const DEFAULT_SEGMENT_SIZE: u64 = 64 << 10;
-const DEFAULT_SEGMENT_COUNT: usize = 4;
-/// rumqttd refuses smaller segments.
-const MIN_SEGMENT_SIZE: u64 = 1 << 10;
-/// A filter's own records in the router, beside its messages: its name in two
-/// maps, its log's and waiters' headers, the subscribers' entries.
-pub const FILTER_MEMORY: u64 = 1 << 10;
 
 impl Limits {
     /// The budget: an eighth for outbound queues, a sixteenth for retained
-    /// messages, a quarter for the router's per-filter logs, a fixed base for
-    /// the process, and what is left for connections.
+    /// messages, a quarter for the subscription index and the sessions'
+    /// tables, a fixed base for the process, and what is left for
+    /// connections.
     fn derive(file: &BrokerFile, max_packet_size: usize, cgroup: Option<u64>) -> Result<Self, (&'static str, String)> {
         let (memory_limit, memory_limit_source) = match (file.memory_limit, cgroup) {
             (Some(Size(limit)), _) => (limit, "configured"),
@@ -623,47 +632,12 @@ impl Limits {
         }
         let queued_bytes_total = memory_limit / 8;
         let max_retained_bytes = file.max_retained_bytes.map_or(memory_limit / 16, |s| s.0);
-        let router_share = memory_limit / 4;
-        let max_match_cache_bytes = memory_limit / 128;
-        let log_share = router_share - max_match_cache_bytes;
-        let max_segment_size = file.max_segment_size.map_or(DEFAULT_SEGMENT_SIZE, |s| s.0);
-        if max_segment_size < MIN_SEGMENT_SIZE {
-            return Err(("max_segment_size", "must be at least 1KiB".to_owned()));
-        }
-        let max_segment_count = file.max_segment_count.unwrap_or(DEFAULT_SEGMENT_COUNT);
-        if max_segment_count == 0 {
-            return Err(("max_segment_count", "must be at least 1".to_owned()));
-        }
-        // By default, room for every filter's log to be full: the bound on
-        // all logs together then only bites on messages larger than a segment.
-        let per_filter = (max_segment_count as u64)
-            .saturating_mul(max_segment_size)
-            .saturating_add(FILTER_MEMORY);
-        let max_filters = match file.max_filters {
-            Some(0) => return Err(("max_filters", "must be at least 1".to_owned())),
-            Some(n) if (n as u64).saturating_mul(FILTER_MEMORY) >= log_share => {
-                return Err((
-                    "max_filters",
-                    format!(
-                        "{n} filters take {} MiB of the router's {} MiB at {} KiB each before any message: lower it, or raise memory_limit",
-                        (n as u64 * FILTER_MEMORY) >> 20,
-                        log_share >> 20,
-                        FILTER_MEMORY >> 10
-                    ),
-                ));
-            }
-            Some(n) => n,
-            None => usize::try_from(log_share / per_filter).unwrap_or(usize::MAX),
-        };
-        if max_filters == 0 {
-            return too_small("memory_limit", "one filter's log, max_segment_count x max_segment_size");
-        }
-        let max_log_bytes = log_share - max_filters as u64 * FILTER_MEMORY;
+        let index_share = memory_limit / 4;
         let for_connections = memory_limit
             .saturating_sub(BASE_MEMORY)
             .saturating_sub(queued_bytes_total)
             .saturating_sub(max_retained_bytes)
-            .saturating_sub(router_share);
+            .saturating_sub(index_share);
         let affordable = usize::try_from(for_connections / CONNECTION_MEMORY).unwrap_or(usize::MAX);
         let max_connections = match file.max_connections {
             Some(0) => return Err(("max_connections", "must be at least 1".to_owned())),
@@ -715,11 +689,7 @@ impl Limits {
             max_inflight_messages,
             queue_full: file.queue_full.unwrap_or_default(),
             max_retained_bytes: usize_of(max_retained_bytes),
-            max_filters,
-            max_segment_size: usize_of(max_segment_size),
-            max_segment_count,
-            max_log_bytes,
-            max_match_cache_bytes: usize_of(max_match_cache_bytes),
+            index_share,
             max_packet_size: max_packet_size.min(usize_of(queued_bytes_total / 16)),
         })
     }
@@ -807,35 +777,18 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_bounds_connections_filters_and_packets() {
+    fn the_budget_bounds_connections_and_packets() {
         let file: BrokerFile = parse_file("memory_limit = \"128MiB\"").unwrap();
         let limits = Limits::derive(&file, DEFAULT_MAX_PACKET_SIZE, Some(1 << 40)).unwrap();
         assert_eq!(limits.memory_limit_source, "configured");
-        // 128 - 16 base - 16 queues - 8 retained - 32 logs = 56 MiB / 64 KiB.
+        // 128 - 16 base - 16 queues - 8 retained - 32 index = 56 MiB / 64 KiB.
         assert_eq!(limits.max_connections, 896);
-        // The router's 32 MiB: 1 MiB of match cache, then a full log (4 x 64
-        // KiB) and 1 KiB of records per filter.
-        assert_eq!(limits.max_match_cache_bytes, 1 << 20);
-        assert_eq!(limits.max_filters, (31 << 20) / (4 * (64 << 10) + 1024));
-        assert_eq!(limits.max_filters, 123);
-        assert_eq!(limits.max_log_bytes, (31 << 20) - 123 * 1024);
+        assert_eq!(limits.index_share, 32 << 20);
         assert_eq!(limits.max_packet_size, 1 << 20);
         let from_cgroup = Limits::derive(&BrokerFile::default(), 1000, Some(256 << 20)).unwrap();
         assert_eq!(
             (from_cgroup.memory_limit, from_cgroup.memory_limit_source),
             (256 << 20, "cgroup")
-        );
-
-        let many_filters: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_filters = 100000").unwrap();
-        let (field, message) = Limits::derive(&many_filters, 1000, None).unwrap_err();
-        assert_eq!(field, "max_filters");
-        assert!(message.contains("97 MiB of the router's 31 MiB"), "{message}");
-        let more_filters: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_filters = 1000").unwrap();
-        let limits = Limits::derive(&more_filters, 1000, None).unwrap();
-        assert_eq!(
-            limits.max_log_bytes,
-            (31 << 20) - 1000 * 1024,
-            "fewer bytes for messages"
         );
 
         let greedy: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_connections = 5000").unwrap();
@@ -844,6 +797,18 @@ mod tests {
         assert!(message.contains("allows 896"), "{message}");
         let tiny: BrokerFile = parse_file("memory_limit = 1000").unwrap();
         assert_eq!(Limits::derive(&tiny, 1000, None).unwrap_err().0, "memory_limit");
+    }
+
+    #[test]
+    fn the_router_s_settings_are_accepted_with_a_warning() {
+        let file = "max_filters = 10\nmax_segment_size = \"64KiB\"\nmax_segment_count = 4\ncore = \"rumqttd\"\n";
+        let path = std::env::temp_dir().join(format!("snigate-deprecated-{}.toml", std::process::id()));
+        std::fs::write(&path, file).unwrap();
+        let config = BrokerConfig::load(Some(&path), &[]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.deprecated.len(), 4, "{:?}", config.deprecated);
+        assert!(config.deprecated[0].starts_with("max_filters is deprecated"));
+        assert!(BrokerConfig::load(None, &[]).unwrap().deprecated.is_empty());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The broker's inbound path without sockets, for the fuzz target
 //! (`broker/fuzz`) and the deterministic mutation test below: the bytes of
 //! one connection go through a real session exactly as a client's would (the
-//! codec, validation, CONNECT and login, the ACL, the message router) over an
+//! codec, validation, CONNECT and login, the ACL, the message core) over an
 //! in-memory stream, and what the broker answered comes back. A panic
-//! anywhere on that path (the session's task, the router's thread) becomes a
-//! panic of [`Harness::connection`], for the fuzzer to report.
+//! anywhere on that path becomes a panic of [`Harness::connection`], for the
+//! fuzzer to report.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 const SAVED_SESSIONS: Duration = Duration::from_secs(3600);
 
 /// A broker without listeners: the sessions' shared state and the message
-/// router, on a runtime of its own.
+/// core, on a runtime of its own.
 pub struct Harness {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
@@ -46,11 +46,6 @@ pub struct Harness {
 impl Harness {
     /// A broker with its default settings, anonymous clients and [`ACL`].
     pub fn new() -> anyhow::Result<Self> {
-        Self::on(crate::config::Core::default())
-    }
-
-    /// The same, on the message core `core`.
-    pub fn on(core: crate::config::Core) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -60,7 +55,6 @@ impl Harness {
         // end them all: millions of fuzzed connections must not pile up
         // sessions kept until a restart.
         config.persistent_client_expiration = Some(SAVED_SESSIONS);
-        config.core = core;
         let acl = Acl::parse(ACL).map_err(|e| anyhow::anyhow!("line {}: {}", e.line, e.message))?;
         let material = Material {
             auth: Auth {
@@ -101,17 +95,10 @@ impl Harness {
                 Ok(_) if finished => {}
                 _ => panic!("a session outlived its input by {CONNECTION_DEADLINE:?}"),
             }
-            assert!(
-                !self.shared.engine.is_stopped(),
-                "the message router's thread has ended"
-            );
             // Connections are independent inputs: what one left saved is
             // discarded, as its expiry would.
             let later = std::time::Instant::now() + SAVED_SESSIONS * 2;
-            self.shared.sessions.expire(later, &self.shared.engine);
-            if let Some(registry) = &self.shared.registry {
-                registry.expire(later);
-            }
+            self.shared.registry.expire(later);
             answer
         })
     }
@@ -216,17 +203,9 @@ fn s(bytes: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    const CORES: [crate::config::Core; 2] = [crate::config::Core::Rumqttd, crate::config::Core::Own];
-
     #[test]
     fn the_seeds_are_served_as_a_client_would_be() {
-        for core in CORES {
-            seeds_served(core);
-        }
-    }
-
-    fn seeds_served(core: crate::config::Core) {
-        let harness = Harness::on(core).unwrap();
+        let harness = Harness::new().unwrap();
         let seeds = seed_packets();
         for packets in &seeds {
             // CONNACK accepted.
@@ -245,17 +224,11 @@ mod tests {
     }
 
     /// Deterministic mutations of the seeds, through the whole inbound path:
-    /// whatever a client sends, no panic, no stuck session, the router alive.
+    /// whatever a client sends, no panic, no stuck session.
     /// (The fuzz target explores far more; this keeps CI honest.)
     #[test]
     fn mutated_connections_never_panic() {
-        for core in CORES {
-            mutations(core);
-        }
-    }
-
-    fn mutations(core: crate::config::Core) {
-        let harness = Harness::on(core).unwrap();
+        let harness = Harness::new().unwrap();
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
             state ^= state << 13;
@@ -278,12 +251,9 @@ mod tests {
     }
 
     /// Crashes the fuzz target found, replayed: `testdata/fuzz-router-wake-after-drop.bin`
-    /// (two MQTT 5 CONNECTs and what follows) ended a link in rumqttd while
-    /// its session still woke the router for it, which panicked the router's
-    /// thread (fixed in the fork's `Scheduler::reschedule`). It was a race
-    /// after 3.9 million inputs and does not reproduce alone; the fork's
-    /// `a_link_waking_the_router_after_it_was_dropped_is_ignored` fails
-    /// without the fix, deterministically. This keeps the input in the run.
+    /// (two MQTT 5 CONNECTs and what follows) once panicked rumqttd's router
+    /// thread, the broker's former core. Kept as an input: a takeover between
+    /// two MQTT 5 connections with what follows.
     #[test]
     fn crashes_the_fuzzer_found_stay_fixed() {
         let harness = Harness::new().unwrap();

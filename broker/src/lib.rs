@@ -1,12 +1,15 @@
-//! snigate-broker: an MQTT broker that is a drop-in for Mosquitto, on rumqttd.
+//! snigate-broker: an MQTT broker that is a drop-in for Mosquitto, with a
+//! message core of its own over rumqttd's MQTT codecs.
 //!
 //! Layout:
 //! - [`session`]: one client connection: MQTT framing, CONNECT and login as
-//!   Mosquitto answers them, packets to and from the router, keepalive, will.
+//!   Mosquitto answers them, packets to and from the core, keepalive, will.
+//! - [`registry`], [`index`], [`retained`], [`outbox`], [`message`]: the
+//!   core: sessions by client id, the subscription index, retained
+//!   messages, each session's queue, a message decoded once.
 //! - [`validate`]: what a client sends, checked as MQTT requires before
 //!   anything else sees it (pure).
 //! - [`inbound`]: the session driven without sockets, for the fuzz target.
-//! - [`engine`]: the only module that knows rumqttd's router (local links).
 //! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
 //! - [`passwd_cmd`]: the `passwd` subcommand, mosquitto_passwd's twin.
 //! - [`certs_cmd`]: the `certs` subcommand: a CA and server certificates.
@@ -18,7 +21,6 @@ pub mod auth;
 pub mod budget;
 pub mod certs_cmd;
 pub mod config;
-pub mod engine;
 pub mod inbound;
 pub mod index;
 pub mod message;
@@ -48,7 +50,6 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::auth::passwd::PasswordFile;
 use crate::config::BrokerConfig;
-use crate::engine::{Engine, EngineLimits};
 use crate::metrics::Metrics;
 
 /// Why the broker ends a session from outside it.
@@ -71,19 +72,11 @@ struct Tracked {
 
 /// The client ids connected now, so a new connection with the same id can take
 /// the session over from the old one, and a reload can end the sessions whose
-/// credentials changed.
+/// credentials changed. (What a session holds is the registry's.)
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_client_id: std::sync::Mutex<std::collections::HashMap<String, Tracked>>,
     next: std::sync::atomic::AtomicU64,
-    /// The subscription filters of persistent sessions, connected or not.
-    /// rumqttd 0.20 restores a persistent session's subscriptions without
-    /// registering them for UNSUBSCRIBE (its `subscription_map`), so a
-    /// resumed session could never unsubscribe: the session subscribes them
-    /// again on resume, and needs to know which they are.
-    persistent_filters: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
-    /// Persistent sessions whose client is away, and when they expire.
-    away: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Sessions {
@@ -102,88 +95,13 @@ impl Sessions {
         if let Some(old) = map.insert(client_id.to_owned(), tracked) {
             old.eviction.token.cancel();
         }
-        self.away().remove(client_id);
         (generation, eviction)
-    }
-
-    /// A client's connection ended (not taken over): `expiry` is `None` for a
-    /// session that ended with it, `Some(None)` for one kept until a restart,
-    /// `Some(Some(after))` for one that expires `after` from now unless the
-    /// client is back. Nothing changes if the client is back already.
-    pub fn left(&self, client_id: &str, expiry: Option<Option<std::time::Duration>>, engine: &Engine) {
-        let connected = self.connected();
-        if connected.contains_key(client_id) {
-            return;
-        }
-        match expiry {
-            None => {
-                self.persistent_filters().remove(client_id);
-            }
-            Some(None) => {}
-            // Kept by the router, but to end now (an MQTT 5 DISCONNECT's
-            // interval of 0).
-            Some(Some(after)) if after.is_zero() => {
-                drop(connected);
-                self.discard_if_away(client_id, None, engine);
-            }
-            Some(Some(after)) => {
-                self.away()
-                    .insert(client_id.to_owned(), std::time::Instant::now() + after);
-            }
-        }
-    }
-
-    /// Discard the persistent sessions whose clients stayed away past their
-    /// expiry. Returns how many.
-    pub fn expire(&self, now: std::time::Instant, engine: &Engine) -> usize {
-        let expired: Vec<String> = self
-            .away()
-            .iter()
-            .filter(|(_, deadline)| **deadline <= now)
-            .map(|(client_id, _)| client_id.clone())
-            .collect();
-        expired
-            .into_iter()
-            .filter(|client_id| self.discard_if_away(client_id, Some(now), engine))
-            .count()
-    }
-
-    /// Discard `client_id`'s saved session unless it is connected. The check
-    /// and the router's event happen under the lock a connecting client
-    /// claims its id with, and the router reads its events in order: a client
-    /// that connects after this starts afresh, one connected before keeps its
-    /// session.
-    /// With `due`, only if its deadline is still due then: the client may have
-    /// come back and left again since the deadline was read.
-    fn discard_if_away(&self, client_id: &str, due: Option<std::time::Instant>, engine: &Engine) -> bool {
-        let connected = self.connected();
-        if connected.contains_key(client_id) {
-            self.away().remove(client_id);
-            return false;
-        }
-        if let Some(now) = due
-            && self.away().get(client_id).is_none_or(|deadline| *deadline > now)
-        {
-            return false;
-        }
-        if let Err(error) = engine.discard(client_id) {
-            // The router's queue is full: tried again at the next sweep.
-            tracing::debug!(client_id, error, "expiring a session: the router is busy");
-            return false;
-        }
-        self.away().remove(client_id);
-        self.persistent_filters().remove(client_id);
-        true
     }
 
     fn connected(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Tracked>> {
         self.by_client_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn away(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
-        self.away.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// End the sessions whose user's password entry is not what it was at
@@ -206,15 +124,6 @@ impl Sessions {
         revoked
     }
 
-    /// The subscription filters of persistent sessions, by client id.
-    pub fn persistent_filters(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::collections::HashSet<String>>> {
-        self.persistent_filters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Forget `client_id` if it is still this session's.
     pub fn release(&self, client_id: &str, generation: u64) {
         let mut map = self.connected();
@@ -228,15 +137,10 @@ impl Sessions {
 /// days in Mosquitto's units, seconds in MQTT 5's.
 const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Discard persistent sessions whose clients stayed away past their expiry
-/// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
-/// interval), until the broker stops.
 /// The own core's `$SYS`: each snapshot's changes published into the index
 /// ([`sys::publish`]), with the ACL at delivery as any message has it.
 async fn publish_sys(shared: Arc<Shared>) {
-    let Some(registry) = &shared.registry else {
-        return shared.stop.cancelled().await;
-    };
+    let registry = &shared.registry;
     let mut snapshots = shared.sys.clone();
     let mut previous = sys::Snapshot::default();
     loop {
@@ -271,6 +175,9 @@ async fn publish_sys(shared: Arc<Shared>) {
     }
 }
 
+/// Discard persistent sessions whose clients stayed away past their expiry
+/// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
+/// interval), until the broker stops.
 async fn expire_sessions(shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,18 +186,14 @@ async fn expire_sessions(shared: Arc<Shared>) {
             () = shared.stop.cancelled() => return,
             _ = sweep.tick() => {}
         }
+        #[cfg(feature = "fault-injection")]
+        fault::on_sweep(&shared);
         let now = std::time::Instant::now();
-        let expired = match &shared.registry {
-            Some(registry) => {
-                let expired = registry.expire(now);
-                shared
-                    .metrics
-                    .subscriptions
-                    .set(gauge(registry.figures().subscriptions));
-                expired
-            }
-            None => shared.sessions.expire(now, &shared.engine),
-        };
+        let expired = shared.registry.expire(now);
+        shared
+            .metrics
+            .subscriptions
+            .set(gauge(shared.registry.figures().subscriptions));
         if expired > 0 {
             shared.metrics.sessions_expired.inc_by(expired as u64);
             tracing::info!(expired, "persistent sessions expired");
@@ -323,12 +226,10 @@ pub struct Shared {
     pub password_checks: tokio::sync::Semaphore,
     /// Credentials and TLS material, swapped whole by a reload.
     pub material: arc_swap::ArcSwap<Material>,
-    pub retained: budget::Retained,
     /// All outbound queues together.
     pub queue_budget: Arc<budget::Budget>,
-    /// The broker's own core, with `core = "own"`; rumqttd's router (the
-    /// engine) otherwise.
-    pub registry: Option<registry::Registry>,
+    /// The message core: sessions, subscriptions, retained messages.
+    pub registry: registry::Registry,
     /// One permit per open socket, from accept to close: `max_connections`.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Permits to answer a socket "busy" when no slot is left.
@@ -337,14 +238,15 @@ pub struct Shared {
     /// The settings the broker started with (the files they name are
     /// reloaded; the settings themselves need a restart).
     pub settings: BrokerConfig,
-    pub engine: Arc<Engine>,
     pub metrics: Metrics,
+    /// Set by a test's fault topic: the expiry task panics ([`fault`]).
+    #[cfg(feature = "fault-injection")]
+    pub fault_expiry: std::sync::atomic::AtomicBool,
     pub stop: CancellationToken,
 }
 
 impl Shared {
-    /// What the sessions share, with the message router started on its own
-    /// thread; metrics registered in `registry`. The `$SYS` sender is the
+    /// What the sessions share; metrics registered in `registry`. The `$SYS` sender is the
     /// caller's to keep (and publish on) while sessions run.
     pub fn start(
         config: BrokerConfig,
@@ -354,29 +256,17 @@ impl Shared {
     ) -> anyhow::Result<(Arc<Self>, tokio::sync::watch::Sender<sys::Snapshot>)> {
         let metrics = Metrics::new(registry)?;
         let limits = config.limits;
-        let engine = Engine::start(EngineLimits {
-            // Room for a session being taken over while its successor attaches.
-            max_connections: limits.max_connections.saturating_mul(2),
-            max_segment_size: limits.max_segment_size,
-            max_segment_count: limits.max_segment_count,
-            max_outgoing_packet_count: 200,
-            max_filters: limits.max_filters,
-            max_log_bytes: limits.max_log_bytes,
-            max_match_cache_bytes: limits.max_match_cache_bytes,
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the message router: {e}"))?;
-        registry.register(Box::new(engine.metrics()?))?;
         tracing::info!(
             memory_limit_mib = limits.memory_limit >> 20,
             source = limits.memory_limit_source,
             max_connections = limits.max_connections,
-            max_filters = limits.max_filters,
-            log_mib = limits.max_log_bytes >> 20,
             queued_mib = limits.queued_bytes_total >> 20,
             retained_mib = limits.max_retained_bytes >> 20,
-            core = config.core.label(),
             "memory budget"
         );
+        for warning in &config.deprecated {
+            tracing::warn!("{warning}");
+        }
         let (sys_tx, sys_rx) = tokio::sync::watch::channel(sys::Snapshot::default());
         let queue_budget = Arc::new(budget::Budget::new(
             limits.queued_bytes_total,
@@ -386,27 +276,25 @@ impl Shared {
             sys: sys_rx,
             password_checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
             material: arc_swap::ArcSwap::from_pointee(material),
-            retained: budget::Retained::new(
-                limits.max_retained_bytes,
-                metrics.retained.clone(),
-                metrics.retained_bytes.clone(),
-            ),
             queue_budget: queue_budget.clone(),
-            registry: (config.core == config::Core::Own).then(|| {
-                let outbox = outbox::Limits {
+            registry: registry::Registry::new(
+                outbox::Limits {
                     max_inflight: limits.max_inflight_messages,
                     max_queued_messages: limits.max_queued_messages,
                     max_queued_bytes: limits.max_queued_bytes,
                     queue_qos0_offline: limits.queue_qos0_messages,
-                };
-                registry::Registry::new(outbox, limits.max_retained_bytes, queue_budget)
-            }),
+                },
+                limits.max_retained_bytes,
+                queue_budget,
+            )
+            .with_index_share(usize::try_from(limits.index_share).unwrap_or(usize::MAX)),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
             sessions: Sessions::default(),
             settings: config,
-            engine: Arc::new(engine),
             metrics,
+            #[cfg(feature = "fault-injection")]
+            fault_expiry: std::sync::atomic::AtomicBool::new(false),
             stop,
         });
         Ok((shared, sys_tx))
@@ -592,9 +480,7 @@ pub async fn run(
                 shutdown.stop.clone(),
             ),
         );
-        if shared.registry.is_some() {
-            components.spawn("sys_publisher", publish_sys(shared.clone()));
-        }
+        components.spawn("sys_publisher", publish_sys(shared.clone()));
     }
     let readiness = Readiness::default();
     let health = Health::default();
@@ -669,7 +555,6 @@ pub async fn run(
     let failed = tokio::select! {
         biased;
         () = shutdown.stop.cancelled() => None,
-        () = shared.engine.stopped() => Some("message_router"),
         // The components end with the broker too: only one that ends before
         // it is told to stop has failed.
         component = components.ended() => (!shutdown.stop.is_cancelled()).then_some(component),

@@ -10,7 +10,7 @@ use snigate_shared::config::EXIT_CONFIG;
 use snigate_shared::logging::{self, LogFormat};
 use snigate_shared::shutdown::Shutdown;
 
-/// MQTT broker on rumqttd, a drop-in for Mosquitto: mosquitto_passwd files,
+/// MQTT broker, a drop-in for Mosquitto: mosquitto_passwd files,
 /// Mosquitto's answers to CONNECT. With no configuration it listens on
 /// 127.0.0.1:1883 and lets anonymous clients in, as Mosquitto 2.0 does.
 #[derive(Parser)]
@@ -236,15 +236,7 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
             }
         ),
         format!("retained: {} MiB", limits.max_retained_bytes >> 20),
-        format!("message core: {}", config.core.label()),
-        format!(
-            "router logs: {} filters x {} segments of {} bytes, {} MiB in all; match cache {} KiB",
-            limits.max_filters,
-            limits.max_segment_count,
-            limits.max_segment_size,
-            limits.max_log_bytes >> 20,
-            limits.max_match_cache_bytes >> 10
-        ),
+        format!("subscriptions and sessions: {} MiB", limits.index_share >> 20),
         format!(
             "persistent sessions: {}",
             config
@@ -258,7 +250,8 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
         format!("drain timeout: {:?}", config.drain_timeout),
         format!("log: {:?} {}", config.log_format, config.log_level),
     ];
-    lines.join("\n") + "\n"
+    let warnings = config.deprecated.iter().map(|w| format!("warning: {w}"));
+    lines.into_iter().chain(warnings).collect::<Vec<_>>().join("\n") + "\n"
 }
 
 fn serve(config: BrokerConfig, material: snigate_broker::Material) -> anyhow::Result<()> {

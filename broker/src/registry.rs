@@ -253,7 +253,14 @@ pub struct Registry {
     sys: retained::Store<Arc<Message>>,
     budget: Arc<Budget>,
     limits: outbox::Limits,
+    /// What the index may hold before a new subscription is refused: its
+    /// share of `memory_limit` ([`Self::with_index_share`]).
+    max_index_bytes: usize,
 }
+
+/// A new subscription was refused: the index holds its share of the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexFull;
 
 impl Registry {
     pub fn new(limits: outbox::Limits, max_retained_bytes: usize, budget: Arc<Budget>) -> Self {
@@ -265,7 +272,16 @@ impl Registry {
             sys: retained::Store::new(usize::MAX),
             budget,
             limits,
+            max_index_bytes: usize::MAX,
         }
+    }
+
+    /// Bound the subscription index at `bytes`: past them, a subscription to
+    /// a filter the session does not have yet is refused (a filter it has
+    /// is replaced, as ever).
+    pub fn with_index_share(mut self, bytes: usize) -> Self {
+        self.max_index_bytes = bytes;
+        self
     }
 
     fn sessions(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
@@ -434,19 +450,22 @@ impl Registry {
         filter: &str,
         options: Options,
         may_read: impl Fn(&[u8]) -> bool,
-    ) -> Fanout {
+    ) -> Result<Fanout, IndexFull> {
         let mut fanout = Fanout::default();
         {
             let mut subscriptions = lock(&session.subscriptions);
             if subscriptions.discarded {
-                return fanout;
+                return Ok(fanout);
+            }
+            if self.index.bytes() >= self.max_index_bytes && !subscriptions.filters.contains_key(filter) {
+                return Err(IndexFull);
             }
             self.index.subscribe(filter, Subscriber(session.clone()), options);
             subscriptions.filters.insert(filter.into(), options);
         }
         let parsed = Filter::parse(filter);
         if parsed.group.is_some() {
-            return fanout;
+            return Ok(fanout);
         }
         let mut found = Vec::new();
         self.retained
@@ -462,7 +481,7 @@ impl Registry {
             let qos = lower(message.qos(), options.qos);
             self.queue(session, message, qos, true, &mut fanout);
         }
-        fanout
+        Ok(fanout)
     }
 
     /// Returns whether `session` had subscribed to `filter`.

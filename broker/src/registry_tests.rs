@@ -56,7 +56,7 @@ fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
     // [MQTT-3.8.4-6]
     let registry = registry();
     let claim = registry.connect("sub", None, CLEAN, CancellationToken::new());
-    registry.subscribe(&claim.session, "t/+", qos1(), |_| true);
+    registry.subscribe(&claim.session, "t/+", qos1(), |_| true).unwrap();
     for qos in [QoS::ExactlyOnce, QoS::AtMostOnce] {
         let fanout = registry.publish(&message(&registry, "t/1", "m", qos), everyone);
         assert_eq!(fanout.queued.iter().sum::<u64>(), 1);
@@ -70,7 +70,7 @@ fn a_clean_session_ends_with_its_connection() {
     let registry = registry();
     let claim = registry.connect("c", None, CLEAN, CancellationToken::new());
     assert!(!claim.present, "[MQTT-3.2.2-2]");
-    registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
+    registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
     registry.disconnect("c", claim.generation, Leave::End, Instant::now());
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0, "its subscriptions left the index");
@@ -82,7 +82,7 @@ fn a_clean_session_ends_with_its_connection() {
 fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let registry = registry();
     let claim = registry.connect("p", Some("alice"), PERSISTENT, CancellationToken::new());
-    registry.subscribe(&claim.session, "a/#", qos1(), |_| true);
+    registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
     registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
     assert_eq!(written(&claim.session).len(), 1, "written, not acknowledged");
     registry.disconnect("p", claim.generation, Leave::Keep, Instant::now());
@@ -113,7 +113,9 @@ fn clean_start_or_another_user_discards_the_session_there_was() {
     let registry = registry();
     for (user, clean) in [(Some("alice"), true), (Some("mallory"), false)] {
         let first = registry.connect("id", Some("alice"), PERSISTENT, CancellationToken::new());
-        registry.subscribe(&first.session, "secret/#", qos1(), |_| true);
+        registry
+            .subscribe(&first.session, "secret/#", qos1(), |_| true)
+            .unwrap();
         registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
         let second = registry.connect(
             "id",
@@ -139,7 +141,7 @@ fn a_second_connection_takes_the_session_over() {
     let registry = registry();
     let first_token = CancellationToken::new();
     let first = registry.connect("id", None, PERSISTENT, first_token.clone());
-    registry.subscribe(&first.session, "t", qos1(), |_| true);
+    registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
     let second = registry.connect("id", None, PERSISTENT, CancellationToken::new());
     assert!(first_token.is_cancelled());
     assert!(second.present);
@@ -155,14 +157,14 @@ fn an_away_session_expires_on_time() {
     let registry = registry();
     let start = Instant::now();
     let claim = registry.connect("e", None, PERSISTENT, CancellationToken::new());
-    registry.subscribe(&claim.session, "t", qos1(), |_| true);
+    registry.subscribe(&claim.session, "t", qos1(), |_| true).unwrap();
     registry.disconnect("e", claim.generation, Leave::KeepFor(Duration::from_secs(10)), start);
     assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
     assert_eq!(registry.expire(start + Duration::from_secs(10)), 1);
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0);
     // A subscription its connection was still making adds nothing now.
-    registry.subscribe(&claim.session, "late", qos1(), |_| true);
+    registry.subscribe(&claim.session, "late", qos1(), |_| true).unwrap();
     assert_eq!(registry.figures().subscriptions, 0);
 }
 
@@ -184,11 +186,15 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
     let claim = registry.connect("s", None, CLEAN, CancellationToken::new());
     // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: sent on subscribe with retain set, at
     // the lower QoS; the ACL is asked for each.
-    let fanout = registry.subscribe(&claim.session, "r/+", qos1(), |topic| topic != b"r/2");
+    let fanout = registry
+        .subscribe(&claim.session, "r/+", qos1(), |topic| topic != b"r/2")
+        .unwrap();
     assert_eq!((fanout.queued, fanout.withheld), ([0, 1, 0], 1));
     assert_eq!(written(&claim.session), [("one".into(), QoS::AtLeastOnce, true, false)]);
     // A shared subscription gets none (MQTT 5 §4.8.2).
-    let shared = registry.subscribe(&claim.session, "$share/g/r/+", qos1(), |_| true);
+    let shared = registry
+        .subscribe(&claim.session, "$share/g/r/+", qos1(), |_| true)
+        .unwrap();
     assert_eq!(shared, Fanout::default());
     // Copies of a publish go with retain off ([MQTT-3.3.1-9]).
     registry.publish(&message(&registry, "r/1", "live", QoS::AtLeastOnce), everyone);
@@ -202,8 +208,8 @@ fn the_acl_at_delivery_withholds_a_copy() {
     let registry = registry();
     let reader = registry.connect("reader", Some("r"), CLEAN, CancellationToken::new());
     let other = registry.connect("other", Some("o"), CLEAN, CancellationToken::new());
-    registry.subscribe(&reader.session, "#", qos1(), |_| true);
-    registry.subscribe(&other.session, "#", qos1(), |_| true);
+    registry.subscribe(&reader.session, "#", qos1(), |_| true).unwrap();
+    registry.subscribe(&other.session, "#", qos1(), |_| true).unwrap();
     let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
         session.user() == Some("r")
     });
@@ -219,7 +225,7 @@ fn a_clean_session_taken_over_ends_and_a_persistent_one_is_resumed() {
     // (its will is due, as Mosquitto sends it).
     let registry = registry();
     let first = registry.connect("id", None, CLEAN, CancellationToken::new());
-    registry.subscribe(&first.session, "t", qos1(), |_| true);
+    registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
     let second = registry.connect("id", None, PERSISTENT, CancellationToken::new());
     assert!(!second.present);
     assert!(first.session.is_ended());
@@ -252,4 +258,28 @@ fn qos_2_packet_ids_received_outlive_the_connection() {
     assert!(back.session.receive_qos2(7), "a new message with the id");
     let clean = registry.connect("p", None, CLEAN, CancellationToken::new());
     assert!(clean.session.receive_qos2(7));
+}
+
+#[test]
+fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
+    let registry = registry().with_index_share(2000);
+    let claim = registry.connect("many", None, CLEAN, CancellationToken::new());
+    let mut taken = 0;
+    while registry
+        .subscribe(&claim.session, &format!("f/{taken}"), qos1(), |_| true)
+        .is_ok()
+    {
+        taken += 1;
+        assert!(taken < 1000, "never full");
+    }
+    assert!(taken > 0);
+    assert!(registry.figures().index_bytes >= 2000);
+    // A filter the session has is replaced, full or not.
+    assert!(registry.subscribe(&claim.session, "f/0", qos1(), |_| true).is_ok());
+    registry.unsubscribe(&claim.session, "f/0");
+    registry.unsubscribe(&claim.session, "f/1");
+    assert!(
+        registry.subscribe(&claim.session, "g", qos1(), |_| true).is_ok(),
+        "room again"
+    );
 }

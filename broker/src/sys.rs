@@ -1,13 +1,10 @@
-//! `$SYS/broker/...` topics, served by snigate (rumqttd refuses `$` filters).
+//! `$SYS/broker/...` topics, as Mosquitto publishes them.
 //!
 //! Every `sys_interval` a snapshot of Mosquitto's common `$SYS` topics is taken
-//! from the broker's metrics and published on a watch channel. On the rumqttd
-//! core, sessions that hold a `$` subscription deliver the matching topics from
-//! it, as retained QoS 0 messages: at once when they subscribe, then at each
-//! new snapshot. On the own core, [`publish`] puts the values that changed
-//! into the index as retained QoS 0 messages the broker publishes, as
-//! Mosquitto does: a `$SYS` subscription is then an ordinary one. So
-//! dashboards that subscribe to `$SYS/#` keep working.
+//! from the broker's metrics and published on a watch channel; [`publish`]
+//! puts the values that changed into the index as retained QoS 0 messages the
+//! broker publishes, as Mosquitto does: a `$SYS` subscription is then an
+//! ordinary one. So dashboards that subscribe to `$SYS/#` keep working.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,7 +136,7 @@ mod tests {
         };
         let claim = registry.connect("dash", None, clean, CancellationToken::new());
         let qos0 = Options { qos: QoS::AtMostOnce };
-        registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true);
+        registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true).unwrap();
         let fanout = publish(&registry, &budget, &values("1 seconds"), &values("2 seconds"), everyone);
         assert_eq!(fanout.queued, [1, 0, 0], "only the value that changed");
         let mut outbox = claim.session.outbox();
@@ -160,7 +157,7 @@ mod tests {
         );
         // `#` alone does not reach `$` topics ([MQTT-4.7.2-1]).
         let other = registry.connect("all", None, clean, CancellationToken::new());
-        registry.subscribe(&other.session, "#", qos0, |_| true);
+        registry.subscribe(&other.session, "#", qos0, |_| true).unwrap();
         assert!(other.session.outbox().next_to_write().is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! What a client sends, checked as MQTT requires, right after the codec has
-//! framed it and before anything else (login, ACL, retained store, router)
+//! framed it and before anything else (login, ACL, retained store, index)
 //! sees it. Pure: a decoded packet in, the first thing wrong with it out.
 //!
 //! Strings (MQTT 3.1.1 §1.5.3, MQTT 5 §1.5.4): well-formed UTF-8 (the codec

@@ -1,9 +1,8 @@
-//! The broker's own core (`core = "own"`, issue 19) on the real binary, beside
-//! Debian's Mosquitto 2.0 with the same raw MQTT 3.1.1 clients: what rumqttd's
-//! router got wrong (docs/broker.md, "What rumqttd 0.20 does not carry") and
-//! the own core does as the specification says (each fails on the rumqttd
-//! core unless it says otherwise). These brokers run the own core whatever core the rest of the suite
-//! runs on.
+//! The broker's own core (issue 19) on the real binary, beside Debian's
+//! Mosquitto 2.0 with the same raw MQTT 3.1.1 clients: what rumqttd's router,
+//! the broker's former core, got wrong and the own core does as the
+//! specification says (each failed on the rumqttd core unless it says
+//! otherwise).
 #![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
 
 mod support;
@@ -24,7 +23,7 @@ fn brokers(dir: &TempDir) -> Option<(Vec<(&'static str, u16)>, impl Sized)> {
 /// The same, with more of each one's configuration.
 fn brokers_with(dir: &TempDir, mosquitto: &str, snigate: &str) -> Option<(Vec<(&'static str, u16)>, impl Sized)> {
     let (mosquitto, port) = start_mosquitto(dir, &format!("allow_anonymous true\n{mosquitto}"))?;
-    let broker = Broker::on_own_core(dir, &format!("allow_anonymous = true\n{snigate}"));
+    let broker = Broker::with_config(dir, &format!("allow_anonymous = true\n{snigate}"));
     let servers = vec![("snigate", broker.addr.port()), ("mosquitto", port)];
     Some((servers, (mosquitto, broker)))
 }
@@ -408,7 +407,7 @@ async fn sys_topics_are_retained_messages_the_broker_publishes() {
     let Some((mosquitto, port)) = start_mosquitto(&dir, "allow_anonymous true\nsys_interval 1\n") else {
         return;
     };
-    let broker = Broker::on_own_core(&dir, "allow_anonymous = true\nsys_interval = \"1s\"\n");
+    let broker = Broker::with_config(&dir, "allow_anonymous = true\nsys_interval = \"1s\"\n");
     let _running = (mosquitto, &broker);
     for (server, port) in [("snigate", broker.addr.port()), ("mosquitto", port)] {
         let (mut everything, _) = client(port, "everything", &clean()).await;

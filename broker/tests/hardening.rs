@@ -639,12 +639,12 @@ async fn a_panicking_session_is_contained_and_cleaned_up() {
     assert_eq!(status(&health), "200", "{health}");
 }
 
-/// When a broker-wide task ends (here rumqttd's router thread, panicked
+/// When a broker-wide task ends (here the session-expiry task, panicked
 /// through the `fault-injection` feature), the broker says so in its log and
 /// a metric, fails `/healthz` and `/readyz`, and exits non-zero, so that a
 /// supervisor restarts it.
 #[tokio::test]
-async fn a_dead_message_router_fails_health_and_exits_non_zero() {
+async fn a_dead_broker_wide_task_fails_health_and_exits_non_zero() {
     let dir = TempDir::new();
     let mut broker = Broker::with_config(
         &dir,
@@ -653,22 +653,22 @@ async fn a_dead_message_router_fails_health_and_exits_non_zero() {
     let admin = broker.process.address("http");
     let mut client = connected(broker.addr, "trigger", 0).await;
     client
-        .write_all(&raw::publish_packet("$snigate/fault/router-panic", b"", 0, 0))
+        .write_all(&raw::publish_packet("$snigate/fault/expiry-panic", b"", 0, 0))
         .await
         .unwrap();
     let line = broker.process.line_async("a broker-wide task has ended").await;
-    assert!(line.contains("message_router"), "{line}");
+    assert!(line.contains("session_expiry"), "{line}");
     for path in ["/healthz", "/readyz"] {
         let answer = http_get(admin, path).await;
         assert_eq!(status(&answer), "503", "{path}: {answer}");
-        assert!(answer.contains("failed: message_router"), "{path}: {answer}");
+        assert!(answer.contains("failed: session_expiry"), "{path}: {answer}");
     }
     let metrics = http_get(admin, "/metrics").await;
     assert_eq!(
         metric_sum(
             &metrics,
             "snigate_broker_component_failures_total",
-            "component=\"message_router\""
+            "component=\"session_expiry\""
         ),
         1.0
     );

@@ -1,7 +1,7 @@
 //! Any bytes as what one client sends: through the codec, validation, CONNECT
-//! and login, the ACL and the message router, over an in-memory stream
-//! (`snigate_broker::inbound`). The broker must answer and go on: no panic in
-//! the session or the router, no session outliving its input.
+//! and login, the ACL and the message core, over an in-memory stream
+//! (`snigate_broker::inbound`). The broker must answer and go on: no panic,
+//! no session outliving its input.
 #![no_main]
 
 use std::sync::LazyLock;

@@ -1,10 +1,7 @@
-//! The session over the broker's own core (`core = "own"`, issue 19): after
-//! CONNECT, packets go to the session registry ([`crate::registry`]) instead
-//! of rumqttd's router, and messages come from the session's outbox
-//! ([`crate::outbox`]). Everything before (TLS, framing, validation, login,
-//! CONNACK's answers) and the write path are the session's, shared with the
-//! rumqttd core; this module goes when that core does, and the session then
-//! splits into connect, inbound and outbound parts.
+//! The session once its CONNECT is accepted: packets go to the session
+//! registry ([`crate::registry`]), and messages come from the session's
+//! outbox ([`crate::outbox`]). Everything before (TLS, framing, validation,
+//! login, CONNACK's answers) and the write path are `mod.rs`'s.
 
 use crate::message::{Message, Version};
 use crate::outbox::Outgoing;
@@ -24,7 +21,7 @@ pub(super) struct Own {
 /// A `$` filter other than a shared subscription (`$SYS/#`): an ordinary
 /// subscription in the index, where the broker publishes `$SYS`
 /// ([`crate::sys::publish`]), but bounded per client and granted at QoS 0,
-/// as on the rumqttd core.
+/// as Mosquitto grants `$SYS`.
 fn reserved(filter: &str) -> bool {
     filter.starts_with('$') && !filter.starts_with("$share/")
 }
@@ -77,8 +74,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// sends is handled at once ([`Self::on_readable_own`]); what its outbox
     /// gets wakes the loop and is written as the socket takes it.
     pub(super) async fn relay_own(&mut self, keep_alive: u16, eviction: &crate::Eviction) -> End {
+        // Set by `attach_own`, which the relay follows: never missing here.
         let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
-            return End::RouterError;
+            return End::NetworkError;
         };
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut last_heard = Instant::now();
@@ -262,11 +260,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     fn publish_own(&mut self, publish: Publish, props: Option<PublishProperties>) {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
+        let (qos, pkid) = (publish.qos(), publish.pkid());
         if !self.allowed(&publish.topic, Access::Write) {
-            self.refuse_publish();
+            self.refuse_publish(qos, pkid);
             return;
         }
-        let (qos, pkid) = (publish.qos(), publish.pkid());
         let again = qos == QoS::ExactlyOnce && self.own.as_ref().is_some_and(|own| !own.session.receive_qos2(pkid));
         if !again {
             self.route(publish, props);
@@ -295,7 +293,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// would otherwise pin for as long as a queue holds them.
     fn route(&mut self, publish: Publish, props: Option<PublishProperties>) {
         let shared = self.shared.clone();
-        let Some(registry) = &shared.registry else { return };
+        let registry = &shared.registry;
         let qos = publish.qos();
         let publish = Publish::delivery(
             Bytes::copy_from_slice(&publish.topic),
@@ -351,7 +349,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// retained messages follow the SUBACK (queued now, written after it).
     fn subscribe_own(&mut self, subscribe: Subscribe) {
         let shared = self.shared.clone();
-        let Some(registry) = &shared.registry else { return };
+        let registry = &shared.registry;
         let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
             return;
         };
@@ -383,7 +381,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 // Granted at QoS 0, as Mosquitto grants `$SYS`.
                 qos = QoS::AtMostOnce;
             }
-            let fanout = registry.subscribe(&session, &path, Options { qos }, may_read);
+            let Ok(fanout) = registry.subscribe(&session, &path, Options { qos }, may_read) else {
+                // The index holds its share of memory_limit.
+                shared.metrics.refused.with_label_values(&["filters"]).inc();
+                return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
+                continue;
+            };
             for (refused, qos) in fanout.dropped {
                 shared
                     .metrics
@@ -406,7 +409,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Every filter is answered, subscribed or not (MQTT 5 §3.11.3).
     fn unsubscribe_own(&mut self, unsubscribe: Unsubscribe) {
         let shared = self.shared.clone();
-        let Some(registry) = &shared.registry else { return };
+        let registry = &shared.registry;
         let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
             return;
         };
@@ -433,7 +436,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Move what the outbox lets go now into the write buffer, up to
     /// [`WRITE_CHUNK`]: each copy written with its own header.
-    pub(super) fn refill_own(&mut self) {
+    pub(super) fn refill(&mut self) {
         let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
             return;
         };
@@ -498,7 +501,7 @@ impl<P, S> Session<P, S> {
     /// asked (a drop guard calls this, however the session ended).
     pub(super) fn leave_own(&mut self) {
         let Some(own) = self.own.take() else { return };
-        let Some(registry) = &self.shared.registry else { return };
+        let registry = &self.shared.registry;
         let leave = match (self.persistent, self.expiry) {
             (false, _) => Leave::End,
             (true, None) => Leave::Keep,

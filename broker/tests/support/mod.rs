@@ -13,25 +13,6 @@ pub use snigate_shared::testing::mqtt::connect_packet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_snigate-broker");
 
-/// Whether the suite runs against the broker's own core, the default
-/// (`SNIGATE_BROKER_CORE=rumqttd`, which the broker under test inherits,
-/// selects rumqttd's router; `.ci/run` runs the suite on both cores).
-pub fn own_core() -> bool {
-    std::env::var("SNIGATE_BROKER_CORE").is_ok_and(|core| core == "own")
-        || std::env::var_os("SNIGATE_BROKER_CORE").is_none()
-}
-
-/// For a test of rumqttd's router itself (its filter logs, match cache and
-/// `max_filters`), which the own core does not have: true, with a line saying
-/// so, when the suite runs on the own core.
-pub fn router_only(test: &str) -> bool {
-    let skip = own_core();
-    if skip {
-        eprintln!("{test}: a test of rumqttd's router; the own core has none (docs/broker.md)");
-    }
-    skip
-}
-
 /// The broker, running, with its MQTT address.
 pub struct Broker {
     pub process: Process,
@@ -52,21 +33,6 @@ impl Broker {
         let path = dir.path("broker.toml");
         std::fs::write(&path, config).unwrap();
         Self::start(&["--config", path.to_str().unwrap()])
-    }
-
-    /// The broker with `config`, on the own core whatever
-    /// `SNIGATE_BROKER_CORE` the suite runs with (the environment overrides
-    /// the file).
-    pub fn on_own_core(dir: &TempDir, config: &str) -> Self {
-        let path = dir.path("broker.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut command = Command::new(BIN);
-        command
-            .env("SNIGATE_BROKER_CORE", "own")
-            .args(["--listen", "127.0.0.1:0", "--config", path.to_str().unwrap()]);
-        let process = Process::spawn("broker", command);
-        let addr = process.address("mqtt");
-        Self { process, addr }
     }
 
     pub fn port(&self) -> String {
