@@ -1,3 +1,0 @@
-pub mod alerts;
-pub mod local;
-pub mod meters;
