@@ -10,8 +10,8 @@ use rumqttd::protocol::PublishProperties;
 
 use super::*;
 
-/// A connection's hold on its session in the own core.
-pub(super) struct Own {
+/// A connection's hold on its session in the registry.
+pub(super) struct Attached {
     pub(super) session: Arc<SessionState>,
     /// Its generation in the registry: a connection taken over ends without
     /// touching the session its successor has.
@@ -35,7 +35,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// registry (taking it over from a connection that has it) and answer
     /// CONNACK with Session Present as the registry says.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn attach_own(
+    pub(super) async fn attach(
         &mut self,
         registry: &Registry,
         continuity: Continuity,
@@ -47,7 +47,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let client_id = self.client_id.clone();
         let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.token.clone());
         self.persistent = continuity.keep;
-        self.own = Some(Own {
+        self.attached = Some(Attached {
             session: claim.session,
             generation: claim.generation,
         });
@@ -71,17 +71,17 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// Pass packets both ways until the connection ends: what the client
-    /// sends is handled at once ([`Self::on_readable_own`]); what its outbox
+    /// sends is handled at once ([`Self::on_readable`]); what its outbox
     /// gets wakes the loop and is written as the socket takes it.
-    pub(super) async fn relay_own(&mut self, keep_alive: u16, eviction: &crate::Eviction) -> End {
-        // Set by `attach_own`, which the relay follows: never missing here.
-        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+    pub(super) async fn relay(&mut self, keep_alive: u16, eviction: &crate::Eviction) -> End {
+        // Set by `attach`, which the relay follows: never missing here.
+        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return End::NetworkError;
         };
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut last_heard = Instant::now();
         if !self.read.is_empty()
-            && let Err(end) = self.on_readable_own().await
+            && let Err(end) = self.on_readable().await
         {
             return end;
         }
@@ -117,7 +117,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         Ok(_) => last_heard = Instant::now(),
                         Err(_) => return End::NetworkError,
                     }
-                    if let Err(end) = self.on_readable_own().await {
+                    if let Err(end) = self.on_readable().await {
                         return end;
                     }
                 }
@@ -159,7 +159,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Handle every complete packet in the read buffer. `Err`: the session
     /// ends.
-    async fn on_readable_own(&mut self) -> Result<(), End> {
+    async fn on_readable(&mut self) -> Result<(), End> {
         let mut ended = None;
         loop {
             let packet = match self.decode() {
@@ -184,7 +184,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 | Packet::UnsubAck(..)
                 | Packet::PingResp(_) => return Err(End::ProtocolError),
                 Packet::Publish(publish, props) => {
-                    self.publish_own(publish, props);
+                    self.publish(publish, props);
                     // A publisher's task would otherwise route a whole burst
                     // before its subscribers' tasks run: with a fast
                     // publisher on loopback, readers fell behind their queue
@@ -196,9 +196,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 Packet::PubRel(pubrel, _) => {
                     let known = self.refused_qos2.remove(&pubrel.pkid)
                         || self
-                            .own
+                            .attached
                             .as_ref()
-                            .is_some_and(|own| own.session.release_qos2(pubrel.pkid));
+                            .is_some_and(|held| held.session.release_qos2(pubrel.pkid));
                     let reason = if known || self.level != 5 {
                         PubCompReason::Success
                     } else {
@@ -212,20 +212,20 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         None,
                     ));
                 }
-                Packet::Subscribe(subscribe, _) => self.subscribe_own(subscribe),
-                Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe_own(unsubscribe),
+                Packet::Subscribe(subscribe, _) => self.subscribe(subscribe),
+                Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe(unsubscribe),
                 Packet::PubAck(ack, _) => {
-                    if let Some(own) = &self.own {
+                    if let Some(held) = &self.attached {
                         // An acknowledgement for nothing in flight is ignored,
                         // as Mosquitto ignores it.
-                        let _ = own.session.outbox().puback(ack.pkid);
+                        let _ = held.session.outbox().puback(ack.pkid);
                     }
                 }
                 Packet::PubRec(rec, _) => {
                     let known = self
-                        .own
+                        .attached
                         .as_ref()
-                        .is_some_and(|own| own.session.outbox().pubrec(rec.pkid).is_ok());
+                        .is_some_and(|held| held.session.outbox().pubrec(rec.pkid).is_ok());
                     let reason = if known || self.level != 5 {
                         PubRelReason::Success
                     } else {
@@ -234,8 +234,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     self.push_control(Packet::PubRel(PubRel { pkid: rec.pkid, reason }, None));
                 }
                 Packet::PubComp(comp, _) => {
-                    if let Some(own) = &self.own {
-                        let _ = own.session.outbox().pubcomp(comp.pkid);
+                    if let Some(held) = &self.attached {
+                        let _ = held.session.outbox().pubcomp(comp.pkid);
                     }
                 }
             }
@@ -257,7 +257,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// then the registry, then its acknowledgement (PUBACK or PUBREC; MQTT
     /// requires them in the order the PUBLISHes came, [MQTT-4.6.0-2] and
     /// [MQTT-4.6.0-3], which writing each at once keeps).
-    fn publish_own(&mut self, publish: Publish, props: Option<PublishProperties>) {
+    fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
         let (qos, pkid) = (publish.qos(), publish.pkid());
@@ -265,7 +265,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.refuse_publish(qos, pkid);
             return;
         }
-        let again = qos == QoS::ExactlyOnce && self.own.as_ref().is_some_and(|own| !own.session.receive_qos2(pkid));
+        let again = qos == QoS::ExactlyOnce
+            && self
+                .attached
+                .as_ref()
+                .is_some_and(|held| !held.session.receive_qos2(pkid));
         if !again {
             self.route(publish, props);
         }
@@ -347,10 +351,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Each filter is answered in the SUBACK as the ACL and the bounds say;
     /// retained messages follow the SUBACK (queued now, written after it).
-    fn subscribe_own(&mut self, subscribe: Subscribe) {
+    fn subscribe(&mut self, subscribe: Subscribe) {
         let shared = self.shared.clone();
         let registry = &shared.registry;
-        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return;
         };
         let material = shared.material.load();
@@ -407,10 +411,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 
     /// Every filter is answered, subscribed or not (MQTT 5 §3.11.3).
-    fn unsubscribe_own(&mut self, unsubscribe: Unsubscribe) {
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {
         let shared = self.shared.clone();
         let registry = &shared.registry;
-        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return;
         };
         let reasons = unsubscribe
@@ -437,7 +441,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Move what the outbox lets go now into the write buffer, up to
     /// [`WRITE_CHUNK`]: each copy written with its own header.
     pub(super) fn refill(&mut self) {
-        let Some(session) = self.own.as_ref().map(|own| own.session.clone()) else {
+        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return;
         };
         let version = self.version();
@@ -475,7 +479,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// The will, at an unclean end: the ACL of now, then delivered as any
     /// message, with its own QoS and retain flag ([MQTT-3.1.2-14],
     /// [MQTT-3.1.2-15]).
-    pub(super) fn publish_will_own(&mut self, will: LastWill) {
+    pub(super) fn publish_will(&mut self, will: LastWill) {
         if !self.allowed(&will.topic, Access::Write) {
             self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
             tracing::info!(client_id = self.client_id, "the ACL refuses the will's topic; not sent");
@@ -499,8 +503,8 @@ impl<P, S> Session<P, S> {
 
     /// The connection is over: its session stays, expires or ends, as it
     /// asked (a drop guard calls this, however the session ended).
-    pub(super) fn leave_own(&mut self) {
-        let Some(own) = self.own.take() else { return };
+    pub(super) fn leave(&mut self) {
+        let Some(held) = self.attached.take() else { return };
         let registry = &self.shared.registry;
         let leave = match (self.persistent, self.expiry) {
             (false, _) => Leave::End,
@@ -508,7 +512,7 @@ impl<P, S> Session<P, S> {
             (true, Some(after)) if after.is_zero() => Leave::End,
             (true, Some(after)) => Leave::KeepFor(after),
         };
-        registry.disconnect(&self.client_id, own.generation, leave, std::time::Instant::now());
+        registry.disconnect(&self.client_id, held.generation, leave, std::time::Instant::now());
         self.figures(registry);
     }
 }
