@@ -595,7 +595,7 @@ const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// slack (an idle release build measures about 6 MiB; the rest is margin).
 const BASE_MEMORY: u64 = 16 << 20;
 /// One connected client, budgeted: the session, socket buffers in user space
-/// and TLS state. An idle client measures about 5.9 KiB (13.3 with TLS;
+/// and TLS state. An idle client measures about 4.5 KiB (11.9 with TLS;
 /// docs/performance.md): the rest is for a busy one. The figure was set for
 /// rumqttd's router, the broker's former core, and is to be re-derived from
 /// what a connection costs at its bounds.
