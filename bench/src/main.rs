@@ -607,6 +607,10 @@ fn broker_scenarios(
     let row = |results: &mut Results, scenario: &str, unit: &'static str, target: Broker, value: f64| {
         results.record(SECTION, scenario, unit, "mosquitto", target.name(), value);
     };
+    // A fresh broker per run: `cpu` pins it; the baseline binary when given.
+    let start = |target: Broker, cpu: Option<usize>, dir: &std::path::Path| {
+        broker::start(target, material, &passwd, cpu, dir, plan.broker_baseline.as_deref())
+    };
     let steps = format!("{:?}", plan.broker_idle_steps);
     let budget_kib = 128.0 * 1024.0;
     for repeat in 0..plan.repeats {
@@ -617,7 +621,7 @@ fn broker_scenarios(
                     continue;
                 }
                 let dir = next_dir()?;
-                let running = broker::start(target, material, &passwd, None, &dir, plan.broker_baseline.as_deref())?;
+                let running = start(target, None, &dir)?;
                 let (slope, first) = measure(false, all_cpus, async {
                     broker::idle(&running, tls.then_some(&tls_client), &plan.broker_idle_steps).await
                 })?;
@@ -642,14 +646,7 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
             let dir = next_dir()?;
-            let running = broker::start(
-                target,
-                material,
-                &passwd,
-                Some(1),
-                &dir,
-                plan.broker_baseline.as_deref(),
-            )?;
+            let running = start(target, Some(1), &dir)?;
             let rate = measure(
                 true,
                 all_cpus,
@@ -676,14 +673,7 @@ fn broker_scenarios(
             .filter(|_| plan.wants("QoS 1, 1 publisher to 1 subscriber"))
         {
             let dir = next_dir()?;
-            let running = broker::start(
-                target,
-                material,
-                &passwd,
-                Some(1),
-                &dir,
-                plan.broker_baseline.as_deref(),
-            )?;
+            let running = start(target, Some(1), &dir)?;
             let rate = measure(
                 true,
                 all_cpus,
@@ -700,14 +690,7 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("fan-out")) {
             let dir = next_dir()?;
-            let running = broker::start(
-                target,
-                material,
-                &passwd,
-                Some(1),
-                &dir,
-                plan.broker_baseline.as_deref(),
-            )?;
+            let running = start(target, Some(1), &dir)?;
             let (p50, p99) = measure(
                 true,
                 all_cpus,
@@ -729,7 +712,7 @@ fn broker_scenarios(
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 1 over TLS")) {
             let dir = next_dir()?;
-            let running = broker::start(target, material, &passwd, None, &dir, plan.broker_baseline.as_deref())?;
+            let running = start(target, None, &dir)?;
             let direct = measure(
                 false,
                 all_cpus,
