@@ -80,9 +80,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Register `client_id` (logged in as `login`: user and password entry id),
-    /// evicting a session that had it. Returns this session's generation and
-    /// its eviction handle.
+    /// Register `client_id` (logged in as `login`: user and password entry id)
+    /// in place of the connection that had it. Returns this connection's
+    /// generation and its eviction handle. The connection it replaces is ended
+    /// by the registry ([`registry::Registry::connect`]), not here: the
+    /// registry first says whether its session goes on, which decides its
+    /// will, and a cancel here would let it look before that.
     pub fn claim(&self, client_id: &str, login: Option<(String, Option<u64>)>) -> (u64, Arc<Eviction>) {
         let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let eviction = Arc::new(Eviction::default());
@@ -91,10 +94,7 @@ impl Sessions {
             eviction: eviction.clone(),
             login,
         };
-        let mut map = self.connected();
-        if let Some(old) = map.insert(client_id.to_owned(), tracked) {
-            old.eviction.token.cancel();
-        }
+        self.connected().insert(client_id.to_owned(), tracked);
         (generation, eviction)
     }
 

@@ -120,8 +120,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.will_bytes = will_bytes;
 
         // MQTT §3.1.4-3: a second connection with this client id takes the
-        // session over; the first is closed (0x8E on MQTT 5): the token tells
-        // the old session that this, not a failure, is what happened.
+        // session over; the first is closed (0x8E on MQTT 5) when the
+        // registry cancels its token, which tells it that this, not a
+        // failure, is what happened.
         let tracked_login = user.clone().map(|user| {
             let entry = material.auth.passwords.as_ref().and_then(|p| p.entry_id(&user));
             (user, entry)
