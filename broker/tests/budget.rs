@@ -455,6 +455,43 @@ fn the_connection_cap_follows_the_memory_limit() {
     );
 }
 
+/// The settings of rumqttd's router, the broker's former core, still load:
+/// `check` says each is deprecated and what bounds the same now, and the
+/// broker starts and logs the same at `warn`.
+#[tokio::test]
+async fn the_router_s_settings_are_accepted_with_a_deprecation_warning() {
+    let dir = TempDir::new();
+    let config = dir.path("broker.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"127.0.0.1:0\"]\nallow_anonymous = true\nmax_filters = 100\nmax_segment_size = \"64KiB\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: max_filters is deprecated and ignored"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: max_segment_size is deprecated and ignored"),
+        "{text}"
+    );
+    assert!(!text.contains("max_segment_count"), "only what was set: {text}");
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let process = Process::spawn("broker", command);
+    process.line("max_filters is deprecated");
+    let mut client = connected(process.address("mqtt"), "c", 0).await;
+    assert_eq!(subscribe(&mut client, "a/b", 1).await, 1, "and works");
+}
+
 /// The subscription index holds at most its share of `memory_limit` (a
 /// quarter): past it a new filter is refused, 0x97 (quota exceeded) to an
 /// MQTT 5 client and 0x80 to an MQTT 3.1.1 one, counted; the filters there
