@@ -52,86 +52,7 @@ use crate::auth::passwd::PasswordFile;
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
 
-/// Why the broker ends a session from outside it.
-#[derive(Debug, Default)]
-pub struct Eviction {
-    pub token: CancellationToken,
-    /// Set before `token` is cancelled when the user's credentials changed (a
-    /// reload); otherwise a cancelled token means a takeover.
-    pub revoked: std::sync::atomic::AtomicBool,
-}
-
-/// One connected client, as the broker tracks it.
-#[derive(Debug)]
-struct Tracked {
-    generation: u64,
-    eviction: Arc<Eviction>,
-    /// The user and the identity of their password entry at login.
-    login: Option<(String, Option<u64>)>,
-}
-
-/// The client ids connected now, so a new connection with the same id can take
-/// the session over from the old one, and a reload can end the sessions whose
-/// credentials changed. (What a session holds is the registry's.)
-#[derive(Debug, Default)]
-pub struct Sessions {
-    by_client_id: std::sync::Mutex<std::collections::HashMap<String, Tracked>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Sessions {
-    /// Register `client_id` (logged in as `login`: user and password entry id)
-    /// in place of the connection that had it. Returns this connection's
-    /// generation and its eviction handle. The connection it replaces is ended
-    /// by the registry ([`registry::Registry::connect`]), not here: the
-    /// registry first says whether its session goes on, which decides its
-    /// will, and a cancel here would let it look before that.
-    pub fn claim(&self, client_id: &str, login: Option<(String, Option<u64>)>) -> (u64, Arc<Eviction>) {
-        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let eviction = Arc::new(Eviction::default());
-        let tracked = Tracked {
-            generation,
-            eviction: eviction.clone(),
-            login,
-        };
-        self.connected().insert(client_id.to_owned(), tracked);
-        (generation, eviction)
-    }
-
-    fn connected(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Tracked>> {
-        self.by_client_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// End the sessions whose user's password entry is not what it was at
-    /// login (changed or removed), as Mosquitto does on reload. Returns how many.
-    pub fn revoke_changed(&self, auth: &Auth) -> usize {
-        let Some(passwords) = &auth.passwords else { return 0 };
-        let map = self.connected();
-        let mut revoked = 0;
-        for tracked in map.values() {
-            let Some((user, entry)) = &tracked.login else { continue };
-            if passwords.entry_id(user) != *entry {
-                tracked
-                    .eviction
-                    .revoked
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracked.eviction.token.cancel();
-                revoked += 1;
-            }
-        }
-        revoked
-    }
-
-    /// Forget `client_id` if it is still this session's.
-    pub fn release(&self, client_id: &str, generation: u64) {
-        let mut map = self.connected();
-        if map.get(client_id).is_some_and(|t| t.generation == generation) {
-            map.remove(client_id);
-        }
-    }
-}
+pub use registry::Eviction;
 
 /// How often persistent sessions are checked for expiry: expiries are hours or
 /// days in Mosquitto's units, seconds in MQTT 5's.
@@ -234,7 +155,6 @@ pub struct Shared {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Permits to answer a socket "busy" when no slot is left.
     pub busy_answers: Arc<tokio::sync::Semaphore>,
-    pub sessions: Sessions,
     /// The settings the broker started with (the files they name are
     /// reloaded; the settings themselves need a restart).
     pub settings: BrokerConfig,
@@ -290,7 +210,6 @@ impl Shared {
             .with_index_share(usize::try_from(limits.index_share).unwrap_or(usize::MAX)),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
-            sessions: Sessions::default(),
             settings: config,
             metrics,
             #[cfg(feature = "fault-injection")]

@@ -37,6 +37,19 @@ pub struct Continuity {
     pub keep: bool,
 }
 
+/// Why the broker ends a connection from outside it: a takeover, or a
+/// reload that revoked its login.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    pub token: CancellationToken,
+    /// Set before `token` is cancelled when the user's credentials changed (a
+    /// reload); otherwise a cancelled token means a takeover.
+    pub revoked: std::sync::atomic::AtomicBool,
+    /// The user and the identity of their password entry at login, for
+    /// [`Registry::revoke`].
+    pub login: Option<(String, Option<u64>)>,
+}
+
 /// What a subscription asks for. (MQTT 5's options are the MQTT 5 issue's.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -185,7 +198,7 @@ impl Hash for Subscriber {
 struct Entry {
     session: Arc<SessionState>,
     /// The connection that has it now: its generation and how to end it.
-    connection: Option<(u64, CancellationToken)>,
+    connection: Option<(u64, Arc<Eviction>)>,
     /// It outlives its connection: a takeover resumes it, where a
     /// connection's own session ends with it.
     persistent: bool,
@@ -312,14 +325,8 @@ impl Registry {
     /// whose connection is taken over is persistent only if that connection
     /// asked for it: one with a clean session lives only as long as its
     /// connection (§3.1.2.4), so Session Present is 0, as Mosquitto answers.
-    /// `ended` is this connection's own token.
-    pub fn connect(
-        &self,
-        client_id: &str,
-        user: Option<&str>,
-        continuity: Continuity,
-        ended: CancellationToken,
-    ) -> Claim {
+    /// `ended` is how to end this connection.
+    pub fn connect(&self, client_id: &str, user: Option<&str>, continuity: Continuity, ended: Arc<Eviction>) -> Claim {
         let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut sessions = self.sessions();
         let previous = sessions.remove(client_id);
@@ -334,8 +341,8 @@ impl Registry {
                 // decide on its will.
                 previous.session.ended.store(true, std::sync::atomic::Ordering::Release);
             }
-            if let Some((_, token)) = &previous.connection {
-                token.cancel();
+            if let Some((_, eviction)) = &previous.connection {
+                eviction.token.cancel();
             }
         }
         let (session, present, discarded) = match previous {
@@ -427,6 +434,23 @@ impl Registry {
         for filter in std::mem::take(&mut subscriptions.filters).keys() {
             self.index.unsubscribe(filter, &subscriber);
         }
+    }
+
+    /// End the connections whose login `changed` says is no longer what it
+    /// was (a reload changed or removed the user's password entry), as
+    /// Mosquitto does. Their sessions go on as each asked. Returns how many.
+    pub fn revoke(&self, changed: impl Fn(&str, Option<u64>) -> bool) -> usize {
+        let sessions = self.sessions();
+        let mut revoked = 0;
+        for (_, eviction) in sessions.values().filter_map(|entry| entry.connection.as_ref()) {
+            let Some((user, entry)) = &eviction.login else { continue };
+            if changed(user, *entry) {
+                eviction.revoked.store(true, std::sync::atomic::Ordering::Release);
+                eviction.token.cancel();
+                revoked += 1;
+            }
+        }
+        revoked
     }
 
     /// Sessions held, connected or away.

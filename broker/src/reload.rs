@@ -52,7 +52,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         };
         match load_material(settings, true) {
             Ok(material) => {
-                let revoked = shared.sessions.revoke_changed(&material.auth);
+                let revoked = material.auth.passwords.as_ref().map_or(0, |passwords| {
+                    shared.registry.revoke(|user, entry| passwords.entry_id(user) != entry)
+                });
                 shared.material.store(Arc::new(material));
                 shared.metrics.reloads.with_label_values(&["success"]).inc();
                 tracing::info!(trigger, revoked, "password file and TLS material reloaded");

@@ -130,8 +130,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         drop(material);
         self.user.clone_from(&user);
         self.client_id.clone_from(&client_id);
-        let (generation, eviction) = self.shared.sessions.claim(&client_id, tracked_login);
-        self.claim = Some(generation);
+        let eviction = Arc::new(crate::Eviction {
+            login: tracked_login,
+            ..crate::Eviction::default()
+        });
 
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
         self.expiry = expiry;

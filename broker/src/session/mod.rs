@@ -150,9 +150,6 @@ struct Session<P, S> {
     deadline: Instant,
     /// Let in only to be told the server is busy ([`Admission::Busy`]).
     busy: bool,
-    /// This connection's claim on its client id (its generation in
-    /// [`crate::Sessions`]), given up when the session is dropped.
-    claim: Option<u64>,
     /// Counted in the connected gauge.
     counted: bool,
     /// Bytes of the will, held in the shared queue budget.
@@ -184,9 +181,6 @@ impl<P, S> Drop for Session<P, S> {
         if std::mem::take(&mut self.counted) {
             metrics.connected.dec();
         }
-        if let Some(generation) = self.claim.take() {
-            self.shared.sessions.release(&self.client_id, generation);
-        }
         self.leave();
     }
 }
@@ -207,7 +201,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             unflushed: false,
             deadline: arrival.deadline,
             busy: arrival.busy,
-            claim: None,
             counted: false,
             will_bytes: 0,
             finished: None,

@@ -39,13 +39,13 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         &mut self,
         registry: &Registry,
         continuity: Continuity,
-        eviction: &crate::Eviction,
+        eviction: &Arc<crate::Eviction>,
         assigned: bool,
         asked_expiry: Option<u32>,
         keep_alive: u16,
     ) -> Result<(), End> {
         let client_id = self.client_id.clone();
-        let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.token.clone());
+        let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.clone());
         self.persistent = continuity.keep;
         self.attached = Some(Attached {
             session: claim.session,
