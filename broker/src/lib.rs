@@ -490,6 +490,8 @@ pub async fn run(
         shutdown.stop.cancel();
     }
     readiness.set(false);
+    // Every connected client is told, as its session sees the stop.
+    shared.registry.evict_all();
     while accept_loops.join_next().await.is_some() {}
     components.finish().await;
     // Kept until here even with `$SYS` off, so sessions' receivers never see

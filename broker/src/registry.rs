@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use rumqttd::protocol::{Publish, PublishProperties, QoS};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::budget::Budget;
 use crate::index::{Filter, Index};
@@ -39,15 +38,46 @@ pub struct Continuity {
 
 /// Why the broker ends a connection from outside it: a takeover, or a
 /// reload that revoked its login.
+///
+/// A `Notify` rather than a cancellation token: the connection is its one
+/// waiter, and a notification waits for it as a permit if it is busy, with
+/// no allocation of its own (a token is a node of its own in a tree).
 #[derive(Debug, Default)]
 pub struct Eviction {
-    pub token: CancellationToken,
-    /// Set before `token` is cancelled when the user's credentials changed (a
-    /// reload); otherwise a cancelled token means a takeover.
+    ended: Notify,
+    /// Set once the connection is to end, before it is told.
+    evicted: std::sync::atomic::AtomicBool,
+    /// Set before the connection is told when the user's credentials changed
+    /// (a reload); otherwise an eviction is a takeover.
     pub revoked: std::sync::atomic::AtomicBool,
     /// The user and the identity of their password entry at login, for
     /// [`Registry::revoke`].
     pub login: Option<(String, Option<u64>)>,
+}
+
+impl Eviction {
+    pub fn new(login: Option<(String, Option<u64>)>) -> Self {
+        Self {
+            login,
+            ..Self::default()
+        }
+    }
+
+    /// End the connection.
+    pub fn evict(&self) {
+        self.evicted.store(true, std::sync::atomic::Ordering::Release);
+        self.ended.notify_one();
+    }
+
+    /// Whether [`Self::evict`] was called.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once [`Self::evict`] is called, or at once if it was.
+    pub fn evicted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ended.notified()
+    }
 }
 
 /// What a subscription asks for. (MQTT 5's options are the MQTT 5 issue's.)
@@ -318,7 +348,7 @@ impl Registry {
     }
 
     /// A CONNECT for `client_id`, logged in as `user`: the connection that
-    /// has the session now is ended through its token ([MQTT-3.1.4-2]). A
+    /// has the session now is evicted ([MQTT-3.1.4-2]). A
     /// persistent session is resumed unless `continuity` says clean start
     /// ([MQTT-3.1.2-4]), what was in flight to be sent again
     /// ([MQTT-4.4.0-1]); any other ends, and a new one starts. A session
@@ -337,12 +367,12 @@ impl Registry {
             .is_some_and(|p| continuity.resume && p.persistent && p.session.user() == user);
         if let Some(previous) = &previous {
             if !resume {
-                // Before the token: the connection it ends reads this to
+                // Before the eviction: the connection it ends reads this to
                 // decide on its will.
                 previous.session.ended.store(true, std::sync::atomic::Ordering::Release);
             }
             if let Some((_, eviction)) = &previous.connection {
-                eviction.token.cancel();
+                eviction.evict();
             }
         }
         let (session, present, discarded) = match previous {
@@ -446,11 +476,18 @@ impl Registry {
             let Some((user, entry)) = &eviction.login else { continue };
             if changed(user, *entry) {
                 eviction.revoked.store(true, std::sync::atomic::Ordering::Release);
-                eviction.token.cancel();
+                eviction.evict();
                 revoked += 1;
             }
         }
         revoked
+    }
+
+    /// End every connection (the broker stops: each one sees why).
+    pub fn evict_all(&self) {
+        for (_, eviction) in self.sessions().values().filter_map(|entry| entry.connection.as_ref()) {
+            eviction.evict();
+        }
     }
 
     /// Sessions held, connected or away.

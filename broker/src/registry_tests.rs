@@ -138,7 +138,7 @@ fn a_second_connection_takes_the_session_over() {
     let first = registry.connect("id", None, PERSISTENT, first_token.clone());
     registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
     let second = registry.connect("id", None, PERSISTENT, Arc::default());
-    assert!(first_token.token.is_cancelled());
+    assert!(first_token.is_evicted());
     assert!(second.present);
     registry.disconnect("id", first.generation, Leave::End, Instant::now());
     assert_eq!(registry.len(), 1, "the old connection's end is ignored");
@@ -294,6 +294,6 @@ fn a_revoked_login_ends_its_connection_and_no_other() {
     // alice's password entry changed: 1 is no longer hers.
     let revoked = registry.revoke(|user, entry| user == "alice" && entry == Some(1));
     assert_eq!(revoked, 1);
-    assert!(alice.token.is_cancelled() && alice.revoked.load(std::sync::atomic::Ordering::Acquire));
-    assert!(!bob.token.is_cancelled());
+    assert!(alice.is_evicted() && alice.revoked.load(std::sync::atomic::Ordering::Acquire));
+    assert!(!bob.is_evicted());
 }

@@ -10,74 +10,78 @@ use super::*;
 ///
 /// With `proxy_protocol`, the connection starts with a PROXY header (v1 or v2)
 /// whose client address stands for the peer's from then on.
-pub async fn serve(
-    mut stream: TcpStream,
-    mut peer: SocketAddr,
+// Not an `async fn`: those keep both their arguments and the locals they
+// are moved into, for the connection's life; an async block uses what it
+// captures in place.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     admission: Admission,
-) {
-    let started = Instant::now();
-    // One deadline for PROXY header, handshake, protocol level and CONNECT.
-    let deadline = started + shared.settings.connect_timeout;
-    if proxy_protocol {
-        match tokio::time::timeout_at(deadline, snigate_shared::proxy_protocol::read_header(&mut stream)).await {
-            Ok(Ok(Some(client))) => peer = client,
-            // A health check or LOCAL command: the proxy speaks for itself.
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => {
-                tracing::info!(%peer, %error, "bad PROXY protocol header; closing");
-                shared
-                    .metrics
-                    .disconnections
-                    .with_label_values(&[End::BadProxyHeader.label()])
-                    .inc();
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, "no PROXY protocol header in time; closing");
-                shared
-                    .metrics
-                    .disconnections
-                    .with_label_values(&[End::ConnectTimeout.label()])
-                    .inc();
-                return;
-            }
-        }
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut peer = peer;
+        let started = Instant::now();
+        // One deadline for PROXY header, handshake, protocol level and CONNECT.
+        let deadline = started + shared.settings.connect_timeout;
+        // Boxed, as the session is: a task keeps room for its largest state
+        // for the connection's life, and what comes before the session is
+        // over once it starts.
+        let arrived = Box::pin(arrive(stream, &mut peer, tls, proxy_protocol, deadline)).await;
+        let busy = matches!(admission, Admission::Busy(_));
+        let (end, client_id) = match open(arrived, peer, deadline, busy, &shared) {
+            Ok(session) => session.await,
+            Err(end) => (end, None),
+        };
+        drop(admission);
+        shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
+        tracing::info!(
+            %peer,
+            client_id,
+            end = end.label(),
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "client disconnected"
+        );
     }
-    let busy = matches!(admission, Admission::Busy(_));
-    let arrival = Arrival { peer, deadline, busy };
-    let (end, client_id) = match tls {
-        // Boxed: a plain and a TLS session are two futures that this one's
-        // state would otherwise hold side by side.
-        None => Box::pin(session(stream, arrival, shared.clone(), None)).await,
-        // Boxed whole, handshake included: this task would otherwise keep the
-        // TLS stream's storage (1.2 KB) for the connection's life, even after
-        // moving it into the session, and every connection, plain or not,
-        // would pay for it (the task's size is its largest state's).
-        Some(acceptor) => Box::pin(over_tls(stream, acceptor, arrival, shared.clone())).await,
-    };
-    drop(admission);
-    shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
-    tracing::info!(
-        %peer,
-        client_id,
-        end = end.label(),
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        "client disconnected"
-    );
 }
+
+/// A session future (boxed) is all that a connection's task keeps from its
+/// arrival: a function, so that the connection's future holds no `Arrived`.
+fn open(
+    arrived: Result<Arrived, End>,
+    peer: SocketAddr,
+    deadline: Instant,
+    busy: bool,
+    shared: &Arc<Shared>,
+) -> Result<BoxedSession, End> {
+    let arrival = Arrival { peer, deadline, busy };
+    Ok(match arrived? {
+        Arrived::Plain(stream, read, level) => start(stream, read, level, arrival, shared.clone(), None),
+        Arrived::Tls(stream, read, level, identity) => start(stream, read, level, arrival, shared.clone(), identity),
+    })
+}
+
+type BoxedSession = std::pin::Pin<Box<dyn std::future::Future<Output = (End, Option<String>)> + Send>>;
 
 /// Serve a connection over any byte stream (no listener, no PROXY header, no
 /// connection slot): how [`crate::inbound`] drives a session without sockets.
-pub async fn serve_stream<S: Stream>(stream: S, peer: SocketAddr, shared: Arc<Shared>) -> End {
+pub async fn serve_stream<S: Stream + 'static>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) -> End {
+    let deadline = Instant::now() + shared.settings.connect_timeout;
+    let mut read = BytesMut::with_capacity(1024);
+    let level = match tokio::time::timeout_at(deadline, protocol_level(&mut stream, &mut read)).await {
+        Err(_) => return End::ConnectTimeout,
+        Ok(Err(end)) => return end,
+        Ok(Ok(level)) => level,
+    };
     let arrival = Arrival {
         peer,
-        deadline: Instant::now() + shared.settings.connect_timeout,
+        deadline,
         busy: false,
     };
-    Box::pin(session(stream, arrival, shared, None)).await.0
+    start(stream, read, level, arrival, shared, None).await.0
 }
 
 /// What a socket is let in with, from accept to close.
@@ -101,40 +105,58 @@ pub(super) struct Arrival {
     pub(super) busy: bool,
 }
 
-async fn session<S: Stream>(
-    mut stream: S,
-    arrival: Arrival,
-    shared: Arc<Shared>,
-    identity: Option<String>,
-) -> (End, Option<String>) {
-    let mut read = BytesMut::with_capacity(1024);
-    let level = tokio::time::timeout_at(arrival.deadline, protocol_level(&mut stream, &mut read)).await;
-    match level {
-        Err(_) => (End::ConnectTimeout, None),
-        Ok(Err(end)) => (end, None),
-        // Boxed: the two arms' futures are not laid over each other in this
-        // one's state, and each is most of a connection's memory in user space.
-        Ok(Ok(5)) => Box::pin(Session::new(stream, read, V5, 5, arrival, shared).run(identity)).await,
-        Ok(Ok(level)) => Box::pin(Session::new(stream, read, V4, level, arrival, shared).run(identity)).await,
-    }
+/// A connection ready for its session: the bytes read so far (the CONNECT's
+/// start) and its protocol level.
+enum Arrived {
+    Plain(TcpStream, BytesMut, u8),
+    /// Boxed: a 1.2 KB value that this future's caller would otherwise keep
+    /// room for in every connection's task, plain or not. With the verified
+    /// client certificate's subject CN.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        BytesMut,
+        u8,
+        Option<String>,
+    ),
 }
 
-/// The TLS handshake, then the session over it.
-async fn over_tls(
-    stream: TcpStream,
-    acceptor: TlsAcceptor,
-    arrival: Arrival,
-    shared: Arc<Shared>,
-) -> (End, Option<String>) {
-    // Boxed, as the CONNECT's handling: the handshake's state is gone once it
-    // is done.
-    let stream = match Box::pin(handshake(stream, acceptor, arrival.deadline)).await {
-        Ok(stream) => stream,
-        Err(Some(error)) => {
-            tracing::info!(peer = %arrival.peer, %error, "TLS handshake failed");
-            return (End::TlsError, None);
+/// Everything before the session, under the connect deadline: the PROXY
+/// header (whose client address stands for `peer` from then on), the TLS
+/// handshake, and the CONNECT's protocol level.
+async fn arrive(
+    mut stream: TcpStream,
+    peer: &mut SocketAddr,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+    deadline: Instant,
+) -> Result<Arrived, End> {
+    if proxy_protocol {
+        match tokio::time::timeout_at(deadline, snigate_shared::proxy_protocol::read_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => *peer = client,
+            // A health check or LOCAL command: the proxy speaks for itself.
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => {
+                tracing::info!(%peer, %error, "bad PROXY protocol header; closing");
+                return Err(End::BadProxyHeader);
+            }
+            Err(_) => {
+                tracing::info!(%peer, "no PROXY protocol header in time; closing");
+                return Err(End::ConnectTimeout);
+            }
         }
-        Err(None) => return (End::ConnectTimeout, None),
+    }
+    let mut read = BytesMut::with_capacity(1024);
+    let Some(acceptor) = tls else {
+        let level = read_level(&mut stream, &mut read, deadline).await?;
+        return Ok(Arrived::Plain(stream, read, level));
+    };
+    let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Box::new(stream),
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, "TLS handshake failed");
+            return Err(End::TlsError);
+        }
+        Err(_) => return Err(End::ConnectTimeout),
     };
     let identity = stream
         .get_ref()
@@ -142,22 +164,32 @@ async fn over_tls(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(common_name);
-    session(stream, arrival, shared, identity).await
+    let level = read_level(&mut stream, &mut read, deadline).await?;
+    Ok(Arrived::Tls(stream, read, level, identity))
 }
 
-/// The server side of a TLS handshake, by `deadline`; `Err(None)` when it ran
-/// out. The stream comes boxed: a 1.2 KB value held by this future's caller
-/// would keep its storage there after being moved on, for the connection's
-/// life, beside the session that owns it.
-async fn handshake(
-    stream: TcpStream,
-    acceptor: TlsAcceptor,
-    deadline: Instant,
-) -> Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, Option<std::io::Error>> {
-    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
-        Ok(Err(error)) => Err(Some(error)),
-        Err(_) => Err(None),
+async fn read_level<S: Stream>(stream: &mut S, read: &mut BytesMut, deadline: Instant) -> Result<u8, End> {
+    match tokio::time::timeout_at(deadline, protocol_level(stream, read)).await {
+        Err(_) => Err(End::ConnectTimeout),
+        Ok(result) => result,
+    }
+}
+
+/// The session, boxed whole: its state is most of a connection's memory in
+/// user space, and the two protocols' sessions are not laid over each other
+/// in one future's state.
+fn start<S: Stream + 'static>(
+    stream: S,
+    read: BytesMut,
+    level: u8,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+    identity: Option<String>,
+) -> BoxedSession {
+    if level == 5 {
+        Box::pin(Session::new(stream, read, V5, 5, arrival, shared, identity).run())
+    } else {
+        Box::pin(Session::new(stream, read, V4, level, arrival, shared, identity).run())
     }
 }
 

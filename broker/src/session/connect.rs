@@ -7,7 +7,9 @@ use super::*;
 impl<P: Protocol, S: Stream> Session<P, S> {
     /// From CONNECT to CONNACK: the slot, the login, the client id, the will's
     /// budget and the session in the registry; or how the connection ended.
-    pub(super) async fn admit(&mut self, identity: Option<String>) -> Result<Connected, (End, Option<String>)> {
+    pub(super) async fn admit(&mut self) -> Result<Connected, (End, Option<String>)> {
+        // The certificate's CN, put there by `Session::new`.
+        let identity = self.user.take();
         let deadline = self.deadline;
         let connect = match Box::pin(tokio::time::timeout_at(deadline, self.next_packet())).await {
             Err(_) => return Err((End::ConnectTimeout, None)),
@@ -30,10 +32,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         // Copied out: the codec's topic and message are slices of the whole
         // CONNECT (user name, password and all), which they would keep alive.
-        let will = will.map(|will| LastWill {
-            topic: Bytes::copy_from_slice(&will.topic),
-            message: Bytes::copy_from_slice(&will.message),
-            ..will
+        let will = will.map(|will| {
+            Box::new(LastWill {
+                topic: Bytes::copy_from_slice(&will.topic),
+                message: Bytes::copy_from_slice(&will.message),
+                ..will
+            })
         });
         // Answered before the (expensive) login: a full broker should not
         // spend a password check on a refusal.
@@ -121,7 +125,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
         // MQTT §3.1.4-3: a second connection with this client id takes the
         // session over; the first is closed (0x8E on MQTT 5) when the
-        // registry cancels its token, which tells it that this, not a
+        // registry evicts it, which tells it that this, not a
         // failure, is what happened.
         let tracked_login = user.clone().map(|user| {
             let entry = material.auth.passwords.as_ref().and_then(|p| p.entry_id(&user));
@@ -130,10 +134,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         drop(material);
         self.user.clone_from(&user);
         self.client_id.clone_from(&client_id);
-        let eviction = Arc::new(crate::Eviction {
-            login: tracked_login,
-            ..crate::Eviction::default()
-        });
+        let eviction = Arc::new(crate::Eviction::new(tracked_login));
 
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
         self.expiry = expiry;

@@ -127,13 +127,12 @@ struct Session<P, S> {
     /// `write` was written to since the last flush (TLS keeps records back
     /// until flushed).
     unflushed: bool,
-    /// Replies the session owes the client for packets it answered itself.
-    answer_now: Vec<Packet>,
     /// Who the client is, for ACL checks (set once CONNECT is accepted).
     user: Option<String>,
     client_id: String,
     /// QoS 2 publishes the ACL refused: their PUBREL is answered here.
-    refused_qos2: std::collections::HashSet<u16>,
+    /// Rare, and few: a list rather than a set.
+    refused_qos2: Vec<u16>,
     /// The session outlives the connection (MQTT 3.1.1: clean session off;
     /// MQTT 5: a session expiry interval).
     persistent: bool,
@@ -188,12 +187,22 @@ impl<P, S> Drop for Session<P, S> {
 /// A client let in: what the relay and the end of the session need.
 struct Connected {
     eviction: Arc<crate::Eviction>,
-    will: Option<LastWill>,
+    /// Boxed: most clients have none, and every connection would keep room
+    /// for one for its life.
+    will: Option<Box<LastWill>>,
     keep_alive: u16,
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
-    fn new(stream: S, read: BytesMut, protocol: P, level: u8, arrival: Arrival, shared: Arc<Shared>) -> Self {
+    fn new(
+        stream: S,
+        read: BytesMut,
+        protocol: P,
+        level: u8,
+        arrival: Arrival,
+        shared: Arc<Shared>,
+        identity: Option<String>,
+    ) -> Self {
         let (reader, writer) = tokio::io::split(stream);
         Self {
             reader,
@@ -206,10 +215,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             finished: None,
             last_words: None,
             attached: None,
-            answer_now: Vec::new(),
-            user: None,
+            user: identity,
             client_id: String::new(),
-            refused_qos2: std::collections::HashSet::new(),
+            refused_qos2: Vec::new(),
             persistent: false,
             expiry: None,
             read,
@@ -223,12 +231,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    /// `identity`: the verified client certificate's subject CN, on TLS.
+    /// The verified client certificate's subject CN, on TLS, is in `user`
+    /// until [`Self::admit`] takes it: a field the session has anyway,
+    /// where an argument would keep room of its own in this future.
     // Not an `async fn`: those move their arguments into locals of their
     // future and keep both copies' storage, 728 bytes more per connection for
     // its life. An async block uses what it captures in place.
     #[allow(clippy::manual_async_fn)]
-    fn run(mut self, identity: Option<String>) -> impl std::future::Future<Output = (End, Option<String>)> {
+    fn run(mut self) -> impl std::future::Future<Output = (End, Option<String>)> {
         async move {
             // Boxed: the CONNECT's handling is over once the client is in, and only
             // the relay's state should stay with a connection for its life.
@@ -236,7 +246,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 eviction,
                 will,
                 keep_alive,
-            } = match Box::pin(self.admit(identity)).await {
+            } = match Box::pin(self.admit()).await {
                 Ok(connected) => connected,
                 Err(ended) => return self.ended(ended),
             };
@@ -252,7 +262,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 _ => true,
             };
             if due && let Some(will) = will {
-                self.publish_will(will);
+                self.publish_will(*will);
             }
             (end, Some(self.client_id.clone()))
         }
@@ -313,6 +323,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         acl.allows(self.user.as_deref(), &self.client_id, topic, access)
     }
 
+    /// A PUBREL for `pkid`: whether it ends a QoS 2 flow the ACL refused.
+    fn take_refused_qos2(&mut self, pkid: u16) -> bool {
+        let at = self.refused_qos2.iter().position(|&p| p == pkid);
+        at.map(|at| self.refused_qos2.swap_remove(at)).is_some()
+    }
+
     /// Drop a PUBLISH the ACL refuses, acknowledging it as Mosquitto does
     /// (QoS 1 and 2 are still acknowledged; MQTT 5 carries reason 0x87).
     /// Written at once, so acknowledgements keep the order of the PUBLISHes
@@ -336,16 +352,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 self.push_control(Packet::PubRec(pubrec, None));
                 // An MQTT 5 client ends the flow at a failed PUBREC; a 3.1.1
                 // client sends PUBREL, answered here.
-                if self.level != 5 {
-                    self.refused_qos2.insert(pkid);
+                if self.level != 5 && !self.refused_qos2.contains(&pkid) {
+                    self.refused_qos2.push(pkid);
                 }
             }
         }
     }
 
-    /// Ended from outside: a takeover (0x8E on MQTT 5) or credentials a reload
-    /// revoked (0x87, not authorized).
+    /// Ended from outside: the broker's stop (0x8B on MQTT 5), a takeover
+    /// (0x8E) or credentials a reload revoked (0x87, not authorized).
     async fn evicted(&mut self, eviction: &crate::Eviction) -> End {
+        if self.shared.stop.is_cancelled() {
+            return self
+                .last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown)
+                .await;
+        }
         let revoked = eviction.revoked.load(std::sync::atomic::Ordering::Acquire);
         if self.level == 5 {
             let reason = if revoked {
@@ -445,18 +466,22 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Write `packet` after whatever is owed before it, and wait until it is
     /// written (at most [`FINAL_WRITE_TIMEOUT`]): for the CONNACK and for last
     /// words, where nothing else is going on.
-    async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
-        // Boxed: a send is rare (a CONNACK, last words), and its timer and
-        // write would otherwise be part of every connection's state for its
-        // whole life (docs/performance.md, "The broker's idle clients").
-        Box::pin(self.write_out(packet)).await
-    }
-
-    async fn write_out(&mut self, packet: Packet) -> std::io::Result<()> {
-        self.protocol
+    ///
+    /// Not an `async fn`: the packet is encoded before the future is made,
+    /// so no caller's future holds a `Packet` (hundreds of bytes) across the
+    /// write; and the write is boxed, since its timer and write would
+    /// otherwise be part of every connection's state for its whole life
+    /// (docs/performance.md, "The broker's idle clients").
+    fn send(&mut self, packet: Packet) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+        let encoded = self
+            .protocol
             .write(packet, &mut self.write)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        self.write_final().await
+            .map(drop)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+        async move {
+            encoded?;
+            Box::pin(self.write_final()).await
+        }
     }
 
     /// Write out the whole write buffer, within [`FINAL_WRITE_TIMEOUT`].
@@ -494,13 +519,20 @@ fn read_some<'a, R: AsyncRead + Unpin>(
 }
 
 /// Write what the socket takes of `pending`, or flush when nothing is pending
-/// (Ok(0)): TLS holds records back until flushed.
-async fn write_some<W: AsyncWrite + Unpin>(writer: &mut W, pending: &[u8]) -> std::io::Result<usize> {
-    if pending.is_empty() {
-        writer.flush().await.map(|()| 0)
-    } else {
-        writer.write(pending).await
-    }
+/// (Ok(0)): TLS holds records back until flushed. A `poll_fn`, so that the
+/// relay's wait holds two references rather than a write's future.
+fn write_some<'a, W: AsyncWrite + Unpin>(
+    writer: &'a mut W,
+    pending: &'a [u8],
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let writer = std::pin::Pin::new(&mut *writer);
+        if pending.is_empty() {
+            writer.poll_flush(cx).map_ok(|()| 0)
+        } else {
+            writer.poll_write(cx, pending)
+        }
+    })
 }
 
 fn qos_label(qos: u8) -> &'static str {

@@ -26,6 +26,21 @@ fn reserved(filter: &str) -> bool {
     filter.starts_with('$') && !filter.starts_with("$share/")
 }
 
+/// What [`Session::handle_packets`] stopped at.
+enum Handled {
+    /// No complete packet is left in the read buffer.
+    Drained,
+    /// A PUBLISH was routed.
+    Published,
+    /// The client sent DISCONNECT.
+    Disconnected,
+    /// The client sent what ends the session, and an MQTT 5 client is told
+    /// why ([`Session::refuse`]).
+    Refused(End),
+    /// The client sent what ends the session without last words.
+    Failed(End),
+}
+
 impl<P: Protocol, S: Stream> Session<P, S> {
     fn version(&self) -> Version {
         if self.level == 5 { Version::V5 } else { Version::V4 }
@@ -88,11 +103,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.release_read_buffer();
         let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
         tokio::pin!(silence);
-        let stop = self.shared.stop.clone();
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
-        let evicted = eviction.token.cancelled();
+        // The broker's stop reaches a connection as an eviction
+        // ([`Registry::evict_all`]): one wait fewer in every connection's
+        // state. One attached after that eviction sees the stop here.
+        let evicted = eviction.evicted();
         tokio::pin!(evicted);
+        if self.shared.stop.is_cancelled() {
+            return self.evicted(eviction).await;
+        }
         loop {
             let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
             let writing = !self.write.is_empty() || self.unflushed;
@@ -137,9 +155,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     return self.last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout).await;
                 }
                 () = &mut evicted => return self.evicted(eviction).await,
-                () = &mut stopped => {
-                    return self.last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown).await;
-                }
             }
         }
     }
@@ -159,13 +174,44 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Handle every complete packet in the read buffer. `Err`: the session
     /// ends.
+    ///
+    /// The packets are handled synchronously ([`Self::handle_packets`]): a
+    /// future that held a decoded `Packet` across an await would keep room
+    /// for one (hundreds of bytes) in every connection's state for its life.
     async fn on_readable(&mut self) -> Result<(), End> {
-        let mut ended = None;
+        let ended = loop {
+            match self.handle_packets() {
+                Handled::Drained => break None,
+                // A publisher's task would otherwise route a whole burst
+                // before its subscribers' tasks run: with a fast publisher on
+                // loopback, readers fell behind their queue bounds and lost
+                // half of it (budget.rs's floods). Every so many publishes,
+                // the runtime's budget sends it to the back of the queue.
+                Handled::Published => tokio::task::consume_budget().await,
+                Handled::Disconnected => break Some(End::Disconnected),
+                Handled::Refused(end) => return Err(self.refuse(end).await),
+                Handled::Failed(end) => return Err(end),
+            }
+        };
+        self.release_read_buffer();
+        // Room in the window (acknowledgements), retained messages for new
+        // subscriptions: written after this read's replies.
+        self.refill();
+        match ended {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    /// Handle complete packets from the read buffer until it has none, a
+    /// PUBLISH was routed (the caller yields to the runtime's budget), or the
+    /// session is to end.
+    fn handle_packets(&mut self) -> Handled {
         loop {
             let packet = match self.decode() {
                 Ok(Some(packet)) => packet,
-                Ok(None) => break,
-                Err(end) => return Err(self.refuse(end).await),
+                Ok(None) => return Handled::Drained,
+                Err(end) => return Handled::Refused(end),
             };
             match packet {
                 Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
@@ -173,28 +219,21 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
                         && self.expiry_on_disconnect(asked).is_err()
                     {
-                        return Err(End::ProtocolError);
+                        return Handled::Failed(End::ProtocolError);
                     }
-                    ended = Some(End::Disconnected);
-                    break;
+                    return Handled::Disconnected;
                 }
                 Packet::Connect(..)
                 | Packet::ConnAck(..)
                 | Packet::SubAck(..)
                 | Packet::UnsubAck(..)
-                | Packet::PingResp(_) => return Err(End::ProtocolError),
+                | Packet::PingResp(_) => return Handled::Failed(End::ProtocolError),
                 Packet::Publish(publish, props) => {
                     self.publish(publish, props);
-                    // A publisher's task would otherwise route a whole burst
-                    // before its subscribers' tasks run: with a fast
-                    // publisher on loopback, readers fell behind their queue
-                    // bounds and lost half of it (budget.rs's floods). Every
-                    // so many publishes, the runtime's budget sends it to the
-                    // back of the queue.
-                    tokio::task::consume_budget().await;
+                    return Handled::Published;
                 }
                 Packet::PubRel(pubrel, _) => {
-                    let known = self.refused_qos2.remove(&pubrel.pkid)
+                    let known = self.take_refused_qos2(pubrel.pkid)
                         || self
                             .attached
                             .as_ref()
@@ -239,17 +278,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     }
                 }
             }
-        }
-        for reply in std::mem::take(&mut self.answer_now) {
-            self.push_control(reply);
-        }
-        self.release_read_buffer();
-        // Room in the window (acknowledgements), retained messages for new
-        // subscriptions: written after this read's replies.
-        self.refill();
-        match ended {
-            Some(end) => Err(end),
-            None => Ok(()),
         }
     }
 
