@@ -39,6 +39,18 @@ impl Budget {
         taken
     }
 
+    /// Take `bytes` whether or not they fit: for memory already in use (a
+    /// connection's buffers), which new messages then have to wait for.
+    pub fn force_take(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.gauge.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Whether all of it is taken (or more, by [`Self::force_take`]).
+    pub fn is_spent(&self) -> bool {
+        self.used() >= self.limit
+    }
+
     /// Bytes taken now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
@@ -120,5 +132,14 @@ mod tests {
         budget.give_back(60);
         assert!(budget.try_take(60));
         assert_eq!(budget.gauge.get(), 100);
+        assert!(budget.is_spent());
+        // Memory in use is counted even past the limit, and then nothing new
+        // fits until it is given back.
+        budget.give_back(50);
+        budget.force_take(70);
+        assert!(budget.is_spent() && !budget.try_take(1));
+        assert_eq!(budget.used(), 120);
+        budget.give_back(70);
+        assert!(budget.try_take(20));
     }
 }

@@ -572,7 +572,12 @@ pub struct Limits {
     pub memory_limit: u64,
     /// Where `memory_limit` came from: "configured", "cgroup" or "default".
     pub memory_limit_source: &'static str,
+    /// Most connections open at once, plain or TLS: configured, or what the
+    /// connections' share holds of plaintext ones.
     pub max_connections: usize,
+    /// The connections' share, bytes: each open connection holds
+    /// [`PLAIN_CONNECTION_MEMORY`] or [`TLS_CONNECTION_MEMORY`] of it.
+    pub connection_memory: u64,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub queue_qos0_messages: bool,
@@ -581,9 +586,9 @@ pub struct Limits {
     pub max_inflight_messages: usize,
     pub queue_full: QueueFull,
     pub max_retained_bytes: usize,
-    /// Kept for the subscription index and the sessions' tables (what
-    /// rumqttd's router's logs had); not yet enforced (docs/broker.md,
-    /// "Memory budget").
+    /// The subscription index and the sessions' tables: past it, new
+    /// filters and new sessions are refused (docs/broker.md, "Memory
+    /// budget").
     pub index_share: u64,
     /// The largest packet the budget allows (a sixteenth of the queues' share).
     pub max_packet_size: usize,
@@ -593,13 +598,18 @@ pub struct Limits {
 const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// The process before any client: runtime, code, TLS configuration, allocator
 /// slack (an idle release build measures about 6 MiB; the rest is margin).
-const BASE_MEMORY: u64 = 16 << 20;
-/// One connected client, budgeted: the session, socket buffers in user space
-/// and TLS state. An idle client measures about 4.5 KiB (11.9 with TLS;
-/// docs/performance.md): the rest is for a busy one. The figure was set for
-/// rumqttd's router, the broker's former core, and is to be re-derived from
-/// what a connection costs at its bounds.
-pub const CONNECTION_MEMORY: u64 = 64 << 10;
+const BASE_MEMORY: u64 = 10 << 20;
+/// The least `memory_limit`.
+const MIN_MEMORY_LIMIT: u64 = 32 << 20;
+/// One plaintext connection's own memory, budgeted: its task, session,
+/// buffers' bookkeeping and the registry's records of it. An idle client
+/// measures 2.4 to 2.6 KiB (docs/performance.md); what its buffers hold
+/// while packets pass is counted in the queues' share as it is held
+/// (`Session::account_buffers`), so it is not reserved here.
+pub const PLAIN_CONNECTION_MEMORY: u64 = 3 << 10;
+/// One TLS connection's: the plaintext one's and rustls' state (about 7 KiB
+/// more, idle; 9.7 KiB in all measured).
+pub const TLS_CONNECTION_MEMORY: u64 = 12 << 10;
 
 /// The largest in-flight window: every packet id (Mosquitto's maximum too).
 pub const MAX_INFLIGHT: usize = 65_535;
@@ -621,12 +631,12 @@ impl Limits {
                 format!("{what}: memory_limit ({} MiB) is too small for it", memory_limit >> 20),
             ))
         };
-        if memory_limit < 2 * BASE_MEMORY {
+        if memory_limit < MIN_MEMORY_LIMIT {
             return Err((
                 "memory_limit",
                 format!(
                     "{memory_limit} bytes is too small: at least {} MiB",
-                    (2 * BASE_MEMORY) >> 20
+                    MIN_MEMORY_LIMIT >> 20
                 ),
             ));
         }
@@ -638,17 +648,19 @@ impl Limits {
             .saturating_sub(queued_bytes_total)
             .saturating_sub(max_retained_bytes)
             .saturating_sub(index_share);
-        let affordable = usize::try_from(for_connections / CONNECTION_MEMORY).unwrap_or(usize::MAX);
+        let affordable = usize::try_from(for_connections / PLAIN_CONNECTION_MEMORY).unwrap_or(usize::MAX);
         let max_connections = match file.max_connections {
             Some(0) => return Err(("max_connections", "must be at least 1".to_owned())),
             Some(n) if n > affordable => {
                 return Err((
                     "max_connections",
                     format!(
-                        "{n} clients need about {} MiB at {} KiB each; memory_limit ({} MiB) allows {affordable}: raise memory_limit",
-                        (n as u64 * CONNECTION_MEMORY) >> 20,
-                        CONNECTION_MEMORY >> 10,
-                        memory_limit >> 20
+                        "{n} clients need about {} MiB at {} KiB each (TLS: {} KiB); memory_limit ({} MiB) allows {affordable} plaintext or {} TLS: raise memory_limit",
+                        (n as u64 * PLAIN_CONNECTION_MEMORY) >> 20,
+                        PLAIN_CONNECTION_MEMORY >> 10,
+                        TLS_CONNECTION_MEMORY >> 10,
+                        memory_limit >> 20,
+                        for_connections / TLS_CONNECTION_MEMORY,
                     ),
                 ));
             }
@@ -682,6 +694,7 @@ impl Limits {
             memory_limit,
             memory_limit_source,
             max_connections,
+            connection_memory: for_connections,
             max_queued_messages: file.max_queued_messages.unwrap_or(1000),
             max_queued_bytes: usize_of(max_queued_bytes),
             queue_qos0_messages: file.queue_qos0_messages.unwrap_or(false),
@@ -781,8 +794,11 @@ mod tests {
         let file: BrokerFile = parse_file("memory_limit = \"128MiB\"").unwrap();
         let limits = Limits::derive(&file, DEFAULT_MAX_PACKET_SIZE, Some(1 << 40)).unwrap();
         assert_eq!(limits.memory_limit_source, "configured");
-        // 128 - 16 base - 16 queues - 8 retained - 32 index = 56 MiB / 64 KiB.
-        assert_eq!(limits.max_connections, 896);
+        // 128 - 10 base - 16 queues - 8 retained - 32 index = 62 MiB: 3 KiB
+        // a plaintext connection, 12 KiB a TLS one.
+        assert_eq!(limits.connection_memory, 62 << 20);
+        assert_eq!(limits.max_connections, 21_162);
+        assert_eq!(limits.connection_memory / TLS_CONNECTION_MEMORY, 5_290);
         assert_eq!(limits.index_share, 32 << 20);
         assert_eq!(limits.max_packet_size, 1 << 20);
         let from_cgroup = Limits::derive(&BrokerFile::default(), 1000, Some(256 << 20)).unwrap();
@@ -791,10 +807,10 @@ mod tests {
             (256 << 20, "cgroup")
         );
 
-        let greedy: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_connections = 5000").unwrap();
+        let greedy: BrokerFile = parse_file("memory_limit = \"128Mi\"\nmax_connections = 50000").unwrap();
         let (field, message) = Limits::derive(&greedy, 1000, None).unwrap_err();
         assert_eq!(field, "max_connections");
-        assert!(message.contains("allows 896"), "{message}");
+        assert!(message.contains("allows 21162 plaintext or 5290 TLS"), "{message}");
         let tiny: BrokerFile = parse_file("memory_limit = 1000").unwrap();
         assert_eq!(Limits::derive(&tiny, 1000, None).unwrap_err().0, "memory_limit");
     }

@@ -153,6 +153,10 @@ pub struct Shared {
     pub registry: registry::Registry,
     /// One permit per open socket, from accept to close: `max_connections`.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    /// The connections' share of the budget, in KiB: a socket holds its
+    /// kind's cost of it from accept to close ([`config::PLAIN_CONNECTION_MEMORY`],
+    /// [`config::TLS_CONNECTION_MEMORY`]).
+    pub connection_memory: Arc<tokio::sync::Semaphore>,
     /// Permits to answer a socket "busy" when no slot is left.
     pub busy_answers: Arc<tokio::sync::Semaphore>,
     /// The settings the broker started with (the files they name are
@@ -180,6 +184,7 @@ impl Shared {
             memory_limit_mib = limits.memory_limit >> 20,
             source = limits.memory_limit_source,
             max_connections = limits.max_connections,
+            max_tls_connections = limits.connection_memory / config::TLS_CONNECTION_MEMORY,
             queued_mib = limits.queued_bytes_total >> 20,
             retained_mib = limits.max_retained_bytes >> 20,
             "memory budget"
@@ -209,6 +214,11 @@ impl Shared {
             )
             .with_index_share(usize::try_from(limits.index_share).unwrap_or(usize::MAX)),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            connection_memory: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(limits.connection_memory >> 10)
+                    .unwrap_or(usize::MAX)
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
             settings: config,
             metrics,
@@ -435,7 +445,7 @@ pub async fn run(
                 match accepted {
                     Ok((stream, peer)) => {
                         shared.metrics.connections.inc();
-                        let Some(admission) = admit(&shared) else {
+                        let Some(admission) = admit(&shared, tls) else {
                             // Nothing is spent on it: no handshake, no CONNACK.
                             shared.metrics.refused.with_label_values(&["connections"]).inc();
                             shared
@@ -547,16 +557,31 @@ impl Components {
     }
 }
 
-/// A connection slot for a new socket, or else one of the few permits to tell
-/// it the server is busy; `None` when neither is left.
-fn admit(shared: &Shared) -> Option<session::Admission> {
-    match shared.connection_slots.clone().try_acquire_owned() {
-        Ok(slot) => Some(session::Admission::Slot(slot)),
-        Err(_) => shared
+/// A connection slot for a new socket (a count and its kind's memory), or
+/// else one of the few permits to tell it the server is busy; `None` when
+/// neither is left.
+fn admit(shared: &Shared, tls: bool) -> Option<session::Admission> {
+    let cost = if tls {
+        config::TLS_CONNECTION_MEMORY
+    } else {
+        config::PLAIN_CONNECTION_MEMORY
+    };
+    let units = u32::try_from(cost >> 10).unwrap_or(u32::MAX);
+    let slot = shared
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+        .ok()
+        .and_then(|count| {
+            let memory = shared.connection_memory.clone().try_acquire_many_owned(units).ok()?;
+            Some(session::Admission::Slot(count, memory))
+        });
+    slot.or_else(|| {
+        shared
             .busy_answers
             .clone()
             .try_acquire_owned()
             .ok()
-            .map(session::Admission::Busy),
-    }
+            .map(session::Admission::Busy)
+    })
 }

@@ -221,7 +221,14 @@ fn effective_settings(config: &BrokerConfig, material: &snigate_broker::Material
             limits.memory_limit >> 20,
             limits.memory_limit_source
         ),
-        format!("max connections: {}", limits.max_connections),
+        format!(
+            "max connections: {} (connections' share {} MiB: {} KiB a plaintext one, {} KiB a TLS one, so at most {} TLS)",
+            limits.max_connections,
+            limits.connection_memory >> 20,
+            snigate_broker::config::PLAIN_CONNECTION_MEMORY >> 10,
+            snigate_broker::config::TLS_CONNECTION_MEMORY >> 10,
+            limits.connection_memory / snigate_broker::config::TLS_CONNECTION_MEMORY
+        ),
         format!(
             "queues: {} messages, {} bytes per client; {} MiB in all; {} in flight; when full: {:?}; QoS 0 for away clients: {}",
             limits.max_queued_messages,

@@ -119,13 +119,14 @@ impl Metrics {
                 Opts::new(
                     "snigate_broker_limit_refusals_total",
                     "What a memory limit refused, by limit: connections (CONNACK server unavailable/busy, or closed at accept), \
-                     filters (a subscription), retained (a message kept, but not as retained).",
+                     filters (a subscription), sessions (a new session: CONNACK quota exceeded/server unavailable), \
+                     retained (a message kept, but not as retained).",
                 ),
                 &["limit"],
             )?,
             queued_bytes: IntGauge::new(
                 "snigate_broker_queued_bytes",
-                "Bytes in clients' outbound queues, all together.",
+                "Bytes taken from the queues' share of the memory budget: messages in outboxes (each once), wills, and what connections' read and write buffers hold.",
             )?,
             retained_bytes: IntGauge::new("snigate_broker_retained_bytes", "Bytes of retained messages held.")?,
             sessions_expired: IntCounter::new(

@@ -296,9 +296,24 @@ pub struct Registry {
     sys: retained::Store<Arc<Message>>,
     budget: Arc<Budget>,
     limits: outbox::Limits,
-    /// What the index may hold before a new subscription is refused: its
-    /// share of `memory_limit` ([`Self::with_index_share`]).
+    /// What the index and the sessions may hold before a new subscription
+    /// or session is refused: their share of `memory_limit`
+    /// ([`Self::with_index_share`]).
     max_index_bytes: usize,
+    /// What the sessions held cost ([`session_cost`]), kept with the map
+    /// under its lock and read without it.
+    session_bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// A session's records, budgeted: its state (368 bytes), the map's entry
+/// and slot, and the allocations behind them, rounded up; client id and
+/// user name on top.
+pub const SESSION_BYTES: usize = 640;
+
+/// What a session held for `client_id` by `user` costs the index's share:
+/// the client id is held twice (the map's key and the session's own).
+fn session_cost(client_id: &str, user: Option<&str>) -> usize {
+    SESSION_BYTES + 2 * client_id.len() + user.map_or(0, str::len)
 }
 
 /// A new subscription was refused: the index holds its share of the budget.
@@ -316,12 +331,31 @@ impl Registry {
             budget,
             limits,
             max_index_bytes: usize::MAX,
+            session_bytes: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Bound the subscription index at `bytes`: past them, a subscription to
-    /// a filter the session does not have yet is refused (a filter it has
-    /// is replaced, as ever).
+    /// Whether `more` bytes of sessions or filters would take the index's
+    /// share past its bound.
+    fn over_share(&self, more: usize) -> bool {
+        let held = self.index.bytes() + self.session_bytes.load(std::sync::atomic::Ordering::Acquire);
+        held.saturating_add(more) > self.max_index_bytes
+    }
+
+    /// A session for `client_id` of `user` is no longer held.
+    fn forget(&self, client_id: &str, session: &SessionState) {
+        let cost = session_cost(client_id, session.user());
+        let _ = self.session_bytes.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |held| Some(held.saturating_sub(cost)),
+        );
+    }
+
+    /// Bound the subscription index and the sessions together at `bytes`:
+    /// past them, a subscription to a filter the session does not have yet
+    /// is refused (a filter it has is replaced, as ever), and so is a
+    /// session for a client id the registry does not hold.
     pub fn with_index_share(mut self, bytes: usize) -> Self {
         self.max_index_bytes = bytes;
         self
@@ -355,11 +389,24 @@ impl Registry {
     /// whose connection is taken over is persistent only if that connection
     /// asked for it: one with a clean session lives only as long as its
     /// connection (§3.1.2.4), so Session Present is 0, as Mosquitto answers.
-    /// `ended` is how to end this connection.
-    pub fn connect(&self, client_id: &str, user: Option<&str>, continuity: Continuity, ended: Arc<Eviction>) -> Claim {
-        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// `ended` is how to end this connection. A client id the registry does
+    /// not hold gets a session only if the index's share has room for it.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        user: Option<&str>,
+        continuity: Continuity,
+        ended: Arc<Eviction>,
+    ) -> Result<Claim, IndexFull> {
         let mut sessions = self.sessions();
+        if !sessions.contains_key(client_id) && self.over_share(session_cost(client_id, user)) {
+            return Err(IndexFull);
+        }
+        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let previous = sessions.remove(client_id);
+        if let Some(previous) = &previous {
+            self.forget(client_id, &previous.session);
+        }
         // A session resumed by another user would deliver to them what the
         // first was allowed to read: it is not resumed (Mosquitto resumes it).
         let resume = previous
@@ -389,6 +436,10 @@ impl Registry {
                 other.map(|entry| entry.session),
             ),
         };
+        self.session_bytes.fetch_add(
+            session_cost(client_id, session.user()),
+            std::sync::atomic::Ordering::AcqRel,
+        );
         sessions.insert(
             client_id.into(),
             Entry {
@@ -402,11 +453,11 @@ impl Registry {
         if let Some(old) = discarded {
             self.discard(&old);
         }
-        Claim {
+        Ok(Claim {
             session,
             generation,
             present,
-        }
+        })
     }
 
     /// The connection `generation` of `client_id` ended. Nothing changes if
@@ -423,6 +474,7 @@ impl Registry {
         match leave {
             Leave::End => {
                 if let Some(entry) = sessions.remove(client_id) {
+                    self.forget(client_id, &entry.session);
                     drop(sessions);
                     self.discard(&entry.session);
                 }
@@ -441,9 +493,10 @@ impl Registry {
     /// End the away sessions whose expiry has come. Returns how many.
     pub fn expire(&self, now: Instant) -> usize {
         let mut expired = Vec::new();
-        self.sessions().retain(|_, entry| {
+        self.sessions().retain(|client_id, entry| {
             let due = entry.connection.is_none() && entry.expires.is_some_and(|at| at <= now);
             if due {
+                self.forget(client_id, &entry.session);
                 expired.push(entry.session.clone());
             }
             !due
@@ -518,7 +571,7 @@ impl Registry {
             if subscriptions.discarded {
                 return Ok(fanout);
             }
-            if self.index.bytes() >= self.max_index_bytes && !subscriptions.filters.contains_key(filter) {
+            if self.over_share(0) && !subscriptions.filters.contains_key(filter) {
                 return Err(IndexFull);
             }
             self.index.subscribe(filter, Subscriber(session.clone()), options);

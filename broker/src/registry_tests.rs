@@ -55,7 +55,7 @@ fn qos1() -> Options {
 fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
     // [MQTT-3.8.4-6]
     let registry = registry();
-    let claim = registry.connect("sub", None, CLEAN, Arc::default());
+    let claim = registry.connect("sub", None, CLEAN, Arc::default()).unwrap();
     registry.subscribe(&claim.session, "t/+", qos1(), |_| true).unwrap();
     for qos in [QoS::ExactlyOnce, QoS::AtMostOnce] {
         let fanout = registry.publish(&message(&registry, "t/1", "m", qos), everyone);
@@ -68,20 +68,22 @@ fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
 #[test]
 fn a_clean_session_ends_with_its_connection() {
     let registry = registry();
-    let claim = registry.connect("c", None, CLEAN, Arc::default());
+    let claim = registry.connect("c", None, CLEAN, Arc::default()).unwrap();
     assert!(!claim.present, "[MQTT-3.2.2-2]");
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
     registry.disconnect("c", claim.generation, Leave::End, Instant::now());
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0, "its subscriptions left the index");
-    let again = registry.connect("c", None, PERSISTENT, Arc::default());
+    let again = registry.connect("c", None, PERSISTENT, Arc::default()).unwrap();
     assert!(!again.present, "nothing to resume");
 }
 
 #[test]
 fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let registry = registry();
-    let claim = registry.connect("p", Some("alice"), PERSISTENT, Arc::default());
+    let claim = registry
+        .connect("p", Some("alice"), PERSISTENT, Arc::default())
+        .unwrap();
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
     registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
     assert_eq!(written(&claim.session).len(), 1, "written, not acknowledged");
@@ -93,7 +95,9 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let lost = registry.publish(&message(&registry, "a/3", "qos 0", QoS::AtMostOnce), everyone);
     assert_eq!(lost.dropped, [(Refused::Away, QoS::AtMostOnce)]);
 
-    let back = registry.connect("p", Some("alice"), PERSISTENT, Arc::default());
+    let back = registry
+        .connect("p", Some("alice"), PERSISTENT, Arc::default())
+        .unwrap();
     assert!(back.present, "[MQTT-3.2.2-3]");
     assert!(Arc::ptr_eq(&back.session, &claim.session), "the same session");
     // [MQTT-4.4.0-1], [MQTT-3.3.1-1]: what was in flight again, with DUP,
@@ -112,12 +116,16 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
 fn clean_start_or_another_user_discards_the_session_there_was() {
     let registry = registry();
     for (user, clean) in [(Some("alice"), true), (Some("mallory"), false)] {
-        let first = registry.connect("id", Some("alice"), PERSISTENT, Arc::default());
+        let first = registry
+            .connect("id", Some("alice"), PERSISTENT, Arc::default())
+            .unwrap();
         registry
             .subscribe(&first.session, "secret/#", qos1(), |_| true)
             .unwrap();
         registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
-        let second = registry.connect("id", user, if clean { CLEAN } else { PERSISTENT }, Arc::default());
+        let second = registry
+            .connect("id", user, if clean { CLEAN } else { PERSISTENT }, Arc::default())
+            .unwrap();
         assert!(!second.present, "{user:?} {clean}");
         assert!(second.session.subscriptions().is_empty());
         assert_eq!(
@@ -135,9 +143,9 @@ fn a_second_connection_takes_the_session_over() {
     // changes nothing.
     let registry = registry();
     let first_token: Arc<Eviction> = Arc::default();
-    let first = registry.connect("id", None, PERSISTENT, first_token.clone());
+    let first = registry.connect("id", None, PERSISTENT, first_token.clone()).unwrap();
     registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
-    let second = registry.connect("id", None, PERSISTENT, Arc::default());
+    let second = registry.connect("id", None, PERSISTENT, Arc::default()).unwrap();
     assert!(first_token.is_evicted());
     assert!(second.present);
     registry.disconnect("id", first.generation, Leave::End, Instant::now());
@@ -151,7 +159,7 @@ fn a_second_connection_takes_the_session_over() {
 fn an_away_session_expires_on_time() {
     let registry = registry();
     let start = Instant::now();
-    let claim = registry.connect("e", None, PERSISTENT, Arc::default());
+    let claim = registry.connect("e", None, PERSISTENT, Arc::default()).unwrap();
     registry.subscribe(&claim.session, "t", qos1(), |_| true).unwrap();
     registry.disconnect("e", claim.generation, Leave::KeepFor(Duration::from_secs(10)), start);
     assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
@@ -178,7 +186,7 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
         retained::Outcome::Cleared,
         "[MQTT-3.3.1-10]"
     );
-    let claim = registry.connect("s", None, CLEAN, Arc::default());
+    let claim = registry.connect("s", None, CLEAN, Arc::default()).unwrap();
     // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: sent on subscribe with retain set, at
     // the lower QoS; the ACL is asked for each.
     let fanout = registry
@@ -201,8 +209,8 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
 #[test]
 fn the_acl_at_delivery_withholds_a_copy() {
     let registry = registry();
-    let reader = registry.connect("reader", Some("r"), CLEAN, Arc::default());
-    let other = registry.connect("other", Some("o"), CLEAN, Arc::default());
+    let reader = registry.connect("reader", Some("r"), CLEAN, Arc::default()).unwrap();
+    let other = registry.connect("other", Some("o"), CLEAN, Arc::default()).unwrap();
     registry.subscribe(&reader.session, "#", qos1(), |_| true).unwrap();
     registry.subscribe(&other.session, "#", qos1(), |_| true).unwrap();
     let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
@@ -219,20 +227,20 @@ fn a_clean_session_taken_over_ends_and_a_persistent_one_is_resumed() {
     // without clean session; the one it ended learns its session is over
     // (its will is due, as Mosquitto sends it).
     let registry = registry();
-    let first = registry.connect("id", None, CLEAN, Arc::default());
+    let first = registry.connect("id", None, CLEAN, Arc::default()).unwrap();
     registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
-    let second = registry.connect("id", None, PERSISTENT, Arc::default());
+    let second = registry.connect("id", None, PERSISTENT, Arc::default()).unwrap();
     assert!(!second.present);
     assert!(first.session.is_ended());
     assert!(second.session.subscriptions().is_empty());
     assert_eq!(registry.figures().subscriptions, 0);
     // A persistent session taken over without clean start goes on.
-    let third = registry.connect("id", None, PERSISTENT, Arc::default());
+    let third = registry.connect("id", None, PERSISTENT, Arc::default()).unwrap();
     assert!(third.present);
     assert!(!second.session.is_ended());
     assert!(Arc::ptr_eq(&second.session, &third.session));
     // With clean start it ends.
-    let fourth = registry.connect("id", None, CLEAN, Arc::default());
+    let fourth = registry.connect("id", None, CLEAN, Arc::default()).unwrap();
     assert!(!fourth.present);
     assert!(third.session.is_ended());
 }
@@ -242,23 +250,25 @@ fn qos_2_packet_ids_received_outlive_the_connection() {
     // §4.3.3, [MQTT-4.4.0-1]: a QoS 2 PUBLISH sent again after a reconnect,
     // before its PUBREL, is not delivered again; a clean start forgets them.
     let registry = registry();
-    let first = registry.connect("p", None, PERSISTENT, Arc::default());
+    let first = registry.connect("p", None, PERSISTENT, Arc::default()).unwrap();
     assert!(first.session.receive_qos2(7));
     assert!(!first.session.receive_qos2(7));
     registry.disconnect("p", first.generation, Leave::Keep, Instant::now());
-    let back = registry.connect("p", None, PERSISTENT, Arc::default());
+    let back = registry.connect("p", None, PERSISTENT, Arc::default()).unwrap();
     assert!(!back.session.receive_qos2(7), "still waiting for its PUBREL");
     assert!(back.session.release_qos2(7));
     assert!(!back.session.release_qos2(7));
     assert!(back.session.receive_qos2(7), "a new message with the id");
-    let clean = registry.connect("p", None, CLEAN, Arc::default());
+    let clean = registry.connect("p", None, CLEAN, Arc::default()).unwrap();
     assert!(clean.session.receive_qos2(7));
 }
 
 #[test]
 fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
-    let registry = registry().with_index_share(2000);
-    let claim = registry.connect("many", None, CLEAN, Arc::default());
+    // The session's own cost is in the share too.
+    let share = 2000 + crate::registry::SESSION_BYTES + 8;
+    let registry = registry().with_index_share(share);
+    let claim = registry.connect("many", None, CLEAN, Arc::default()).unwrap();
     let mut taken = 0;
     while registry
         .subscribe(&claim.session, &format!("f/{taken}"), qos1(), |_| true)
@@ -289,11 +299,29 @@ fn a_revoked_login_ends_its_connection_and_no_other() {
         })
     };
     let (alice, bob) = (login("alice", 1), login("bob", 2));
-    registry.connect("a", Some("alice"), PERSISTENT, alice.clone());
-    registry.connect("b", Some("bob"), PERSISTENT, bob.clone());
+    registry.connect("a", Some("alice"), PERSISTENT, alice.clone()).unwrap();
+    registry.connect("b", Some("bob"), PERSISTENT, bob.clone()).unwrap();
     // alice's password entry changed: 1 is no longer hers.
     let revoked = registry.revoke(|user, entry| user == "alice" && entry == Some(1));
     assert_eq!(revoked, 1);
     assert!(alice.is_evicted() && alice.revoked.load(std::sync::atomic::Ordering::Acquire));
     assert!(!bob.is_evicted());
+}
+
+#[test]
+fn sessions_take_their_cost_from_the_index_share() {
+    // Room for two sessions with short client ids, not three.
+    let registry = registry().with_index_share(2 * crate::registry::SESSION_BYTES + 10);
+    let first = registry.connect("a", None, PERSISTENT, Arc::default()).unwrap();
+    let second = registry.connect("b", None, CLEAN, Arc::default()).unwrap();
+    assert!(registry.connect("c", None, CLEAN, Arc::default()).is_err(), "no room");
+    // A client id it holds is taken over, full or not.
+    let again = registry.connect("a", None, PERSISTENT, Arc::default()).unwrap();
+    assert!(again.present);
+    // A session that ends gives its room back; one kept away holds it.
+    registry.disconnect("b", second.generation, Leave::End, Instant::now());
+    registry.disconnect("a", again.generation, Leave::Keep, Instant::now());
+    assert!(registry.connect("c", None, CLEAN, Arc::default()).is_ok(), "room again");
+    assert!(registry.connect("d", None, CLEAN, Arc::default()).is_err());
+    drop(first);
 }

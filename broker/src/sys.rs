@@ -133,7 +133,7 @@ mod tests {
             resume: false,
             keep: false,
         };
-        let claim = registry.connect("dash", None, clean, Arc::default());
+        let claim = registry.connect("dash", None, clean, Arc::default()).unwrap();
         let qos0 = Options { qos: QoS::AtMostOnce };
         registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true).unwrap();
         let fanout = publish(&registry, &budget, &values("1 seconds"), &values("2 seconds"), everyone);
@@ -155,7 +155,7 @@ mod tests {
             "the retained values on subscribe"
         );
         // `#` alone does not reach `$` topics ([MQTT-4.7.2-1]).
-        let other = registry.connect("all", None, clean, Arc::default());
+        let other = registry.connect("all", None, clean, Arc::default()).unwrap();
         registry.subscribe(&other.session, "#", qos0, |_| true).unwrap();
         assert!(other.session.outbox().next_to_write().is_none());
     }

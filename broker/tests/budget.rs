@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use snigate_shared::testing::mqtt::{packet, publish_packet, read_packet, subscribe};
+use snigate_shared::testing::mqtt::{connect_packet, packet, publish_packet, read_packet, subscribe};
 use snigate_shared::testing::{Process, STEP, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -438,9 +438,14 @@ fn the_connection_cap_follows_the_memory_limit() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("memory limit: 128 MiB (configured)"), "{text}");
-    assert!(text.contains("max connections: 896"), "{text}");
+    // Issue 19's figures: at the article's 128 MiB, 20,000 plaintext or
+    // 5,000 TLS clients at least.
+    assert!(
+        text.contains("max connections: 21162 (connections' share 62 MiB: 3 KiB a plaintext one, 12 KiB a TLS one, so at most 5290 TLS)"),
+        "{text}"
+    );
 
-    std::fs::write(&config, "memory_limit = \"128MiB\"\nmax_connections = 5000\n").unwrap();
+    std::fs::write(&config, "memory_limit = \"128MiB\"\nmax_connections = 50000\n").unwrap();
     let out = Command::new(BIN)
         .arg("check")
         .arg("--config")
@@ -450,7 +455,9 @@ fn the_connection_cap_follows_the_memory_limit() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{text}");
     assert!(
-        text.contains("broker.toml") && text.contains("max_connections") && text.contains("allows 896"),
+        text.contains("broker.toml")
+            && text.contains("max_connections")
+            && text.contains("allows 21162 plaintext or 5290 TLS"),
         "{text}"
     );
 }
@@ -494,9 +501,10 @@ async fn the_router_s_settings_are_accepted_with_a_deprecation_warning() {
 
 /// The subscription index holds at most its share of `memory_limit` (a
 /// quarter): past it a new filter is refused, 0x97 (quota exceeded) to an
-/// MQTT 5 client and 0x80 to an MQTT 3.1.1 one, counted; the filters there
-/// keep working, and an UNSUBSCRIBE makes room. (rumqttd's router refused at
-/// `max_filters` logs; that setting is deprecated.)
+/// MQTT 5 client and 0x80 to an MQTT 3.1.1 one, counted, and so is a new
+/// session (whose records share it); the filters there keep working, and an
+/// UNSUBSCRIBE makes room. (rumqttd's router refused at `max_filters` logs;
+/// that setting is deprecated.)
 #[tokio::test]
 async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     let dir = TempDir::new();
@@ -516,6 +524,9 @@ async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     let (first_byte, connack) = read_packet(&mut client).await.unwrap();
     assert_eq!((first_byte, connack[1]), (0x20, 0), "accepted");
     assert_eq!(subscribe_v5(&mut client, 1, &["kept/1".to_owned()]).await, [0]);
+    // Their sessions are in the share too: in before it fills.
+    let mut other = connected(mqtt, "other", 0).await;
+    let mut publisher = connected(mqtt, "pub", 0).await;
     // SUBSCRIBEs of 1,000 new filters each until one is refused (bounded).
     let mut refused_at = None;
     for round in 0..200u16 {
@@ -531,10 +542,17 @@ async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     let (round, at) = refused_at.expect("the index filled within 200,000 filters");
     eprintln!("the index was full after {} filters", usize::from(round) * 1000 + at);
     // A 3.1.1 client is refused too, with 0x80.
-    let mut other = connected(mqtt, "other", 0).await;
     assert_eq!(subscribe(&mut other, "new/filter", 0).await, 0x80);
+    // A new session does not fit either: CONNACK 3, server unavailable.
+    let mut late = TcpStream::connect(mqtt).await.unwrap();
+    late.write_all(&connect_packet("late", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, late.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3], "no room for its session");
     // The filters there still deliver.
-    let mut publisher = connected(mqtt, "pub", 0).await;
     publisher
         .write_all(&publish_packet("kept/1", b"still", 0, 0))
         .await
@@ -557,6 +575,7 @@ async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     assert_eq!(subscribe(&mut other, "new/filter", 0).await, 0, "room again");
     let metrics = http_get(admin, "/metrics").await;
     assert!(metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"filters\"") >= 2.0);
+    assert!(metric_sum(&metrics, "snigate_broker_limit_refusals_total", "limit=\"sessions\"") >= 1.0);
 }
 
 /// An MQTT 5 SUBSCRIBE of `filters` at QoS 0 with packet id `pkid`; its

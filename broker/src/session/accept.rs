@@ -86,10 +86,11 @@ pub async fn serve_stream<S: Stream + 'static>(mut stream: S, peer: SocketAddr, 
 
 /// What a socket is let in with, from accept to close.
 pub enum Admission {
-    /// One of the `max_connections` slots: held from accept, so a socket that
-    /// never sends CONNECT (or never finishes its TLS handshake) costs one as a
-    /// connected client does, and a flood of them stays within the budget.
-    Slot(tokio::sync::OwnedSemaphorePermit),
+    /// One of the `max_connections` slots and its kind's share of the
+    /// connections' memory: held from accept, so a socket that never sends
+    /// CONNECT (or never finishes its TLS handshake) costs one as a connected
+    /// client does, and a flood of them stays within the budget.
+    Slot(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
     /// Every slot was taken: the socket is read up to its CONNECT only to be
     /// answered "busy". A few at a time (`crate::BUSY_ANSWERS`).
     Busy(tokio::sync::OwnedSemaphorePermit),

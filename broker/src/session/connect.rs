@@ -47,7 +47,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 peer = %self.peer,
                 client_id = connect.client_id,
                 max_connections = self.shared.settings.limits.max_connections,
-                "connection refused: the memory budget's max_connections connections are open"
+                "connection refused: the memory budget's max_connections connections (or its share of TLS ones) are open"
             );
             let busy = if self.level == 5 {
                 ConnectReturnCode::ServerBusy

@@ -141,6 +141,9 @@ struct Session<P, S> {
     expiry: Option<Duration>,
     read: BytesMut,
     write: BytesMut,
+    /// What `read` and `write` hold (their capacity), counted in the
+    /// queues' share of the budget ([`Self::account_buffers`]).
+    buffers: usize,
     protocol: P,
     level: u8,
     peer: SocketAddr,
@@ -177,6 +180,7 @@ impl<P, S> Drop for Session<P, S> {
             );
         }
         self.shared.queue_budget.give_back(std::mem::take(&mut self.will_bytes));
+        self.shared.queue_budget.give_back(std::mem::take(&mut self.buffers));
         if std::mem::take(&mut self.counted) {
             metrics.connected.dec();
         }
@@ -221,6 +225,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             persistent: false,
             expiry: None,
             read,
+            buffers: 0,
             // Sized by what is written first (the CONNACK), and freed once
             // that is written (`wrote`).
             write: BytesMut::new(),
@@ -297,6 +302,24 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // next message allocates one again, as big as it needs.
             self.write = BytesMut::new();
         }
+        self.account_buffers();
+    }
+
+    /// Count what the read and write buffers hold in the queues' share of the
+    /// budget: a connection's reserve covers it idle, and what passes
+    /// through it (a packet being read, messages being written) is memory
+    /// that new messages wait for when the share is spent. Forced: the bytes
+    /// are in use already; each buffer is bounded (one packet being read,
+    /// [`WRITE_CHUNK`] and one message, [`WRITE_BACKLOG_LIMIT`] of replies).
+    fn account_buffers(&mut self) {
+        let held = self.read.capacity() + self.write.capacity();
+        let budget = &self.shared.queue_budget;
+        match held.cmp(&self.buffers) {
+            std::cmp::Ordering::Greater => budget.force_take(held - self.buffers),
+            std::cmp::Ordering::Less => budget.give_back(self.buffers - held),
+            std::cmp::Ordering::Equal => return,
+        }
+        self.buffers = held;
     }
 
     /// Between packets the read buffer is freed: decoded packets copy what they
@@ -457,7 +480,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             }
             match self.reader.read_buf(&mut self.read).await {
                 Ok(0) => return Err(End::Closed),
-                Ok(_) => {}
+                Ok(_) => self.account_buffers(),
                 Err(_) => return Err(End::NetworkError),
             }
         }

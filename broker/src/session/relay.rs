@@ -60,7 +60,24 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         keep_alive: u16,
     ) -> Result<(), End> {
         let client_id = self.client_id.clone();
-        let claim = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.clone());
+        let Ok(claim) = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.clone()) else {
+            // The index's share holds as many sessions as it can: answered
+            // as the will's budget is (quota exceeded; 3.1.1: server
+            // unavailable).
+            self.shared.metrics.refused.with_label_values(&["sessions"]).inc();
+            tracing::warn!(peer = %self.peer, client_id, "the sessions fill their share of the memory budget; refused");
+            let full = if self.level == 5 {
+                ConnectReturnCode::QuotaExceeded
+            } else {
+                ConnectReturnCode::ServiceUnavailable
+            };
+            let refusal = ConnAck {
+                session_present: false,
+                code: full,
+            };
+            let _ = self.send(Packet::ConnAck(refusal, None)).await;
+            return Err(End::ServerBusy);
+        };
         self.persistent = continuity.keep;
         self.attached = Some(Attached {
             session: claim.session,
@@ -197,6 +214,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // Room in the window (acknowledgements), retained messages for new
         // subscriptions: written after this read's replies.
         self.refill();
+        self.account_buffers();
         match ended {
             Some(end) => Err(end),
             None => Ok(()),
@@ -474,7 +492,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         let version = self.version();
         let mut outbox = session.outbox();
-        while self.write.len() < WRITE_CHUNK {
+        // With the queues' share spent, one message at a time: the rest wait
+        // in the outbox, counted once, rather than as copies here.
+        let shared = self.shared.clone();
+        while self.write.len() < WRITE_CHUNK && (self.write.is_empty() || !shared.queue_budget.is_spent()) {
             let Some(out) = outbox.next_to_write() else { break };
             match out {
                 Outgoing::Publish { delivery, pkid, dup } => {
@@ -502,6 +523,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 )),
             }
         }
+        drop(outbox);
+        self.account_buffers();
     }
 
     /// The will, at an unclean end: the ACL of now, then delivered as any

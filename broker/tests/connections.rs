@@ -1,0 +1,111 @@
+//! The connections' share of the memory budget, on the real binary: each
+//! socket holds its kind's cost from accept. Apart from budget.rs, whose
+//! floods are timed against a reader and would share the machine with the
+//! hundreds of sockets here.
+#![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
+
+use std::process::Command;
+
+use snigate_shared::testing::mqtt::connect_packet;
+use snigate_shared::testing::{Process, STEP, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod support;
+use support::*;
+
+/// A TLS connection costs more than a plaintext one (rustls' state), and
+/// takes that much of the connections' share from accept: at 32 MiB the
+/// share (8 MiB) holds 682 TLS sockets, and then the next TLS client is told
+/// "busy" while the 8 KiB left still let plaintext clients in.
+#[tokio::test]
+async fn a_tls_connection_takes_its_own_cost_from_the_connections_share() {
+    let dir = TempDir::new();
+    let ca = snigate_shared::testing::Ca::new();
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    std::fs::write(dir.path("server.crt"), cert).unwrap();
+    std::fs::write(dir.path("server.key"), key).unwrap();
+    let config = dir.path("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ncert_file = {:?}\nkey_file = {:?}\n\
+             allow_anonymous = true\nmemory_limit = \"32MiB\"\n",
+            dir.path("server.crt"),
+            dir.path("server.key")
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let process = Process::spawn("broker", command);
+    let (mqtt, mqtts) = (process.address("mqtt"), process.address("mqtts"));
+    process.line_async("max_tls_connections=682").await;
+
+    // Sockets hold their share from accept, handshake or not.
+    let mut held = Vec::new();
+    for _ in 0..682 {
+        held.push(TcpStream::connect(mqtts).await.unwrap());
+    }
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(mqtts).await.unwrap();
+    let mut late = tokio::time::timeout(STEP, connector.connect(name, tcp))
+        .await
+        .expect("a busy answer is a TLS session too")
+        .unwrap();
+    late.write_all(&connect_packet("late-tls", 0)).await.unwrap();
+    let mut connack = [0; 4];
+    tokio::time::timeout(STEP, late.read_exact(&mut connack))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
+
+    // What is left is less than a TLS connection and more than a plaintext one.
+    let _plain = connected(mqtt, "plain", 0).await;
+    drop(held);
+}
+
+/// What a connection's buffers hold while a packet passes is counted in the
+/// queues' share (`snigate_broker_queued_bytes`), and given back when the
+/// connection ends: half of a 256 KiB PUBLISH, sent and then left there.
+#[tokio::test]
+async fn a_packet_being_read_is_counted_in_the_budget_until_it_goes() {
+    let dir = TempDir::new();
+    let config = dir.path("broker.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"64MiB\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let process = Process::spawn("broker", command);
+    let (mqtt, admin) = (process.address("mqtt"), process.address("http"));
+    let queued = |metrics: &str| metric_sum(metrics, "snigate_broker_queued_bytes", "");
+
+    let mut client = connected(mqtt, "half", 0).await;
+    let publish = snigate_shared::testing::mqtt::publish_packet("big", &vec![b'x'; 256 << 10], 0, 0);
+    client.write_all(&publish[..publish.len() / 2]).await.unwrap();
+    let mut held = 0.0;
+    for _ in 0..50 {
+        held = queued(&http_get(admin, "/metrics").await);
+        if held >= f64::from(128 << 10) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(held >= f64::from(128 << 10), "the half packet is counted: {held}");
+
+    drop(client);
+    let mut left = held;
+    for _ in 0..50 {
+        left = queued(&http_get(admin, "/metrics").await);
+        if left == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0.0, "given back when the connection ends");
+}
