@@ -52,12 +52,16 @@ pub fn password_file(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// `memory_limit`: snigate-broker's (Mosquitto has none); `None`, room for
+/// the idle scenario's clients whatever the machine's cgroup says.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     broker: Broker,
     material: &Material,
     passwd: &Path,
     cpu: Option<usize>,
     dir: &Path,
+    memory_limit: Option<&str>,
     baseline: Option<&Path>,
 ) -> anyhow::Result<Running> {
     let plain = SocketAddr::from(([127, 0, 0, 1], sys::free_port()?));
@@ -102,11 +106,11 @@ pub fn start(
                 format!(
                     "listen = [\"{plain}\"]\ntls_listen = [\"{tls}\"]\ncert_file = {:?}\nkey_file = {:?}\n\
                      password_file = {:?}\nallow_anonymous = false\nsys_interval = \"0s\"\n\
-                     # Room for the idle scenario's clients whatever the machine's cgroup says.\n\
-                     memory_limit = \"1GiB\"\n[log]\nlevel = \"warn\"\n",
+                     memory_limit = {:?}\n[log]\nlevel = \"warn\"\n",
                     cert.display().to_string(),
                     key.display().to_string(),
-                    passwd.display().to_string()
+                    passwd.display().to_string(),
+                    memory_limit.unwrap_or("1GiB")
                 ),
             )?;
             Target::spawn(

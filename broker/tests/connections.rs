@@ -70,6 +70,7 @@ async fn a_tls_connection_takes_its_own_cost_from_the_connections_share() {
 /// What a connection's buffers hold while a packet passes is counted in the
 /// queues' share (`snigate_broker_queued_bytes`), and given back when the
 /// connection ends: half of a 256 KiB PUBLISH, sent and then left there.
+/// Idle connections hold nothing of it.
 #[tokio::test]
 async fn a_packet_being_read_is_counted_in_the_budget_until_it_goes() {
     let dir = TempDir::new();
@@ -85,6 +86,12 @@ async fn a_packet_being_read_is_counted_in_the_budget_until_it_goes() {
     let (mqtt, admin) = (process.address("mqtt"), process.address("http"));
     let queued = |metrics: &str| metric_sum(metrics, "snigate_broker_queued_bytes", "");
 
+    // Idle clients hold nothing there: their reserve covers them.
+    let mut idle = Vec::new();
+    for n in 0..20 {
+        idle.push(connected(mqtt, &format!("idle-{n}"), 0).await);
+    }
+    assert_eq!(queued(&http_get(admin, "/metrics").await), 0.0, "idle clients");
     let mut client = connected(mqtt, "half", 0).await;
     let publish = snigate_shared::testing::mqtt::publish_packet("big", &vec![b'x'; 256 << 10], 0, 0);
     client.write_all(&publish[..publish.len() / 2]).await.unwrap();

@@ -70,7 +70,7 @@ type BoxedSession = std::pin::Pin<Box<dyn std::future::Future<Output = (End, Opt
 /// connection slot): how [`crate::inbound`] drives a session without sockets.
 pub async fn serve_stream<S: Stream + 'static>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) -> End {
     let deadline = Instant::now() + shared.settings.connect_timeout;
-    let mut read = BytesMut::with_capacity(1024);
+    let mut read = BytesMut::with_capacity(BUFFER_FLOOR);
     let level = match tokio::time::timeout_at(deadline, protocol_level(&mut stream, &mut read)).await {
         Err(_) => return End::ConnectTimeout,
         Ok(Err(end)) => return end,
@@ -146,7 +146,7 @@ async fn arrive(
             }
         }
     }
-    let mut read = BytesMut::with_capacity(1024);
+    let mut read = BytesMut::with_capacity(BUFFER_FLOOR);
     let Some(acceptor) = tls else {
         let level = read_level(&mut stream, &mut read, deadline).await?;
         return Ok(Arrived::Plain(stream, read, level));

@@ -110,7 +110,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
         // The will waits as a queued message does, in the same budget.
         let will_bytes = will.as_ref().map_or(0, |w| w.topic.len() + w.message.len());
-        if !self.shared.queue_budget.try_take(will_bytes) {
+        if will_bytes > 0 && !self.shared.queue_budget.try_take(will_bytes) {
             self.shared.metrics.refused.with_label_values(&["will"]).inc();
             tracing::warn!(peer = %self.peer, client_id, will_bytes, "the will does not fit in the memory budget; refused");
             let full = if self.level == 5 {

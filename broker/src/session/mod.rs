@@ -50,6 +50,11 @@ const WRITE_CHUNK: usize = 64 << 10;
 /// reads: a client that sends without reading cannot make it grow. Messages
 /// for it still come in, to its bounded outbox or dropped.
 const WRITE_BACKLOG_LIMIT: usize = 256 << 10;
+/// Bytes of a connection's buffers that its reserve covers
+/// ([`crate::config::PLAIN_CONNECTION_MEMORY`]): what it reads first (a
+/// CONNECT, most often smaller) and small replies. Beyond, its buffers are
+/// counted in the queues' share ([`Session::account_buffers`]).
+pub(crate) const BUFFER_FLOOR: usize = 256;
 /// Most bytes taken from the client in one read: a buffer on the stack of the
 /// read's poll ([`read_some`]).
 const READ_CHUNK: usize = 16 << 10;
@@ -312,7 +317,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// are in use already; each buffer is bounded (one packet being read,
     /// [`WRITE_CHUNK`] and one message, [`WRITE_BACKLOG_LIMIT`] of replies).
     fn account_buffers(&mut self) {
-        let held = self.read.capacity() + self.write.capacity();
+        // The first bytes are the connection's reserve's (a CONNECT's worth).
+        let held = (self.read.capacity() + self.write.capacity()).saturating_sub(BUFFER_FLOOR);
         let budget = &self.shared.queue_budget;
         match held.cmp(&self.buffers) {
             std::cmp::Ordering::Greater => budget.force_take(held - self.buffers),
@@ -329,6 +335,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if self.read.is_empty() {
             self.read = BytesMut::new();
         }
+        self.account_buffers();
     }
 
     /// Whether this client may `access` `topic`; always, without an ACL.
