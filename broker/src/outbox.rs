@@ -96,7 +96,8 @@ const ENTRY_BYTES: usize = std::mem::size_of::<(u16, Stage)>() + std::mem::size_
 /// See the module's documentation.
 #[derive(Debug)]
 pub struct Outbox {
-    limits: Limits,
+    /// Shared by every outbox: the broker's settings.
+    limits: Arc<Limits>,
     queue: VecDeque<Delivery>,
     /// Wire sizes of what is in `queue`, for `max_queued_bytes`.
     queued_bytes: usize,
@@ -104,7 +105,11 @@ pub struct Outbox {
     /// search from the front finds them at once.
     inflight: VecDeque<(u16, Stage)>,
     /// Packet ids in flight, so that a new one is found without a scan.
-    ids: HashSet<u16>,
+    /// Made with the first message in flight: most outboxes of idle or QoS
+    /// 0 clients never need one.
+    // Boxed: 8 bytes in every session where the empty set is 48.
+    #[allow(clippy::box_collection)]
+    ids: Option<Box<HashSet<u16>>>,
     last_pkid: u16,
     /// How many of `inflight` are still to be sent again after a reconnect.
     resend: usize,
@@ -113,13 +118,13 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(limits: Limits, budget: &Arc<Budget>) -> Self {
+    pub fn new(limits: Arc<Limits>, budget: &Arc<Budget>) -> Self {
         Self {
             limits,
             queue: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
-            ids: HashSet::new(),
+            ids: None,
             last_pkid: 0,
             resend: 0,
             charge: Charge::empty(budget),
@@ -194,7 +199,7 @@ impl Outbox {
     fn new_pkid(&mut self) -> u16 {
         loop {
             self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
-            if self.ids.insert(self.last_pkid) {
+            if self.ids.get_or_insert_default().insert(self.last_pkid) {
                 return self.last_pkid;
             }
         }
@@ -210,7 +215,9 @@ impl Outbox {
             self.resend -= 1;
         }
         if let Some((pkid, _)) = self.inflight.remove(at) {
-            self.ids.remove(&pkid);
+            if let Some(ids) = &mut self.ids {
+                ids.remove(&pkid);
+            }
             self.charge.shrink(ENTRY_BYTES);
         }
     }
@@ -267,7 +274,7 @@ impl Outbox {
         self.queue.clear();
         self.queued_bytes = 0;
         self.inflight.clear();
-        self.ids.clear();
+        self.ids = None;
         self.resend = 0;
         let held = self.charge.bytes();
         self.charge.shrink(held);

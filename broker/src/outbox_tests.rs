@@ -5,13 +5,13 @@ fn budget() -> Arc<Budget> {
     Arc::new(Budget::new(1 << 20, prometheus::IntGauge::new("b", "test").unwrap()))
 }
 
-fn limits(max_inflight: usize) -> Limits {
-    Limits {
+fn limits(max_inflight: usize) -> Arc<Limits> {
+    Arc::new(Limits {
         max_inflight,
         max_queued_messages: 100,
         max_queued_bytes: 0,
         queue_qos0_offline: false,
-    }
+    })
 }
 
 fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
@@ -135,10 +135,10 @@ fn an_acknowledgement_during_the_resend_skips_only_that_message() {
 fn the_queue_is_bounded_by_count_bytes_and_the_budget() {
     let budget = budget();
     let mut outbox = Outbox::new(
-        Limits {
+        Arc::new(Limits {
             max_queued_messages: 2,
-            ..limits(1)
-        },
+            ..*limits(1)
+        }),
         &budget,
     );
     for payload in ["a", "b"] {
@@ -154,10 +154,10 @@ fn the_queue_is_bounded_by_count_bytes_and_the_budget() {
 
     let one = delivery(&budget, "x", QoS::AtMostOnce);
     let mut by_bytes = Outbox::new(
-        Limits {
+        Arc::new(Limits {
             max_queued_bytes: 2 * one.message.wire_size(),
-            ..limits(1)
-        },
+            ..*limits(1)
+        }),
         &budget,
     );
     by_bytes.push(one.clone(), true).unwrap();
@@ -166,10 +166,10 @@ fn the_queue_is_bounded_by_count_bytes_and_the_budget() {
 
     // QoS 0 waits for an away client with `queue_qos0_messages`.
     let mut keeps_qos0 = Outbox::new(
-        Limits {
+        Arc::new(Limits {
             queue_qos0_offline: true,
-            ..limits(1)
-        },
+            ..*limits(1)
+        }),
         &budget,
     );
     keeps_qos0.push(one.clone(), false).unwrap();

@@ -295,7 +295,7 @@ pub struct Registry {
     /// `max_retained_bytes` bounds (clients may not write `$SYS`).
     sys: retained::Store<Arc<Message>>,
     budget: Arc<Budget>,
-    limits: outbox::Limits,
+    limits: Arc<outbox::Limits>,
     /// What the index and the sessions may hold before a new subscription
     /// or session is refused: their share of `memory_limit`
     /// ([`Self::with_index_share`]).
@@ -329,7 +329,7 @@ impl Registry {
             retained: retained::Store::new(max_retained_bytes),
             sys: retained::Store::new(usize::MAX),
             budget,
-            limits,
+            limits: Arc::new(limits),
             max_index_bytes: usize::MAX,
             session_bytes: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -370,7 +370,7 @@ impl Registry {
             client_id: client_id.into(),
             user: user.map(Into::into),
             out: Mutex::new(Out {
-                outbox: Outbox::new(self.limits, &self.budget),
+                outbox: Outbox::new(self.limits.clone(), &self.budget),
                 online: true,
             }),
             wake: Notify::new(),
