@@ -295,6 +295,72 @@ pub async fn qos1(
     Ok(rate)
 }
 
+/// `subscribers` clients on distinct topics (`bench/t/{i}`) and `wildcards`
+/// more on wildcard filters (`bench/+/{j}`, each matching one of those
+/// topics), then one publisher sends `messages` QoS 0 messages round the
+/// topics and a PINGREQ: the broker answers it once it has routed every
+/// message before it. Returns messages routed per second and the broker's
+/// RSS with the subscriptions made (KiB). The subscribers do not read: each
+/// gets a few messages, which its socket's buffers hold.
+pub async fn many_topics(
+    run: &Running,
+    subscribers: usize,
+    wildcards: usize,
+    messages: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let addr = run.plain;
+    let mut held = Vec::new();
+    let filters: Vec<String> = (0..subscribers)
+        .map(|i| format!("bench/t/{i}"))
+        .chain((0..wildcards).map(|j| format!("bench/+/{j}")))
+        .collect();
+    for batch in filters.chunks(32) {
+        let mut tasks = Vec::new();
+        for filter in batch {
+            let filter = filter.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("many-{}", filter.replace('/', "-").replace('+', "w"));
+                let (mut stream, mut reader) = client(addr, None, &id).await?;
+                mqtt::subscribe(&mut stream, &mut reader, &filter, 0).await?;
+                anyhow::Ok((stream, reader))
+            }));
+        }
+        for task in tasks {
+            held.push(task.await??);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = run.process.rss_kib() as f64;
+    let (mut publisher, mut reader) = client(addr, None, "many-pub").await?;
+    let mut batch = Vec::new();
+    let started = Instant::now();
+    for n in 0..messages {
+        mqtt::publish(&mut batch, &format!("bench/t/{}", n % subscribers), &[0x6d; 64], 0, 0);
+        if batch.len() >= 64 << 10 {
+            publisher.write_all(&batch).await?;
+            batch.clear();
+        }
+    }
+    batch.extend_from_slice(&[0xc0, 0]);
+    publisher.write_all(&batch).await?;
+    loop {
+        let (first, _) = tokio::time::timeout(Duration::from_secs(60), reader.next(&mut publisher)).await??;
+        if first == 0xd0 {
+            break;
+        }
+    }
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    // Delivered, not only taken: the first subscriber and the first
+    // wildcard filter have theirs.
+    for at in [0, subscribers] {
+        if let Some((stream, reader)) = held.get_mut(at) {
+            let (first, _) = tokio::time::timeout(Duration::from_secs(10), reader.next(stream)).await??;
+            anyhow::ensure!(first >> 4 == 3, "subscriber {at} got no PUBLISH");
+        }
+    }
+    Ok((rate, rss))
+}
+
 /// One publisher at `rate` messages/s to `subscribers` QoS 0 subscribers for
 /// `duration`: delivery latency (p50, p99) in microseconds.
 pub async fn fan_out(

@@ -76,6 +76,9 @@ struct Plan {
     /// Idle clients held under `memory_limit = "128MiB"`: plaintext, TLS
     /// (issue 19's targets: 18,000 and 5,000, within the open-files limit).
     held_at_limit: (usize, usize),
+    /// Subscribers on distinct topics, wildcard filters, messages (issue 19:
+    /// 10,000 and 1,000).
+    many_topics: (usize, usize, usize),
     scale_routes: usize,
     fan_in_publishers: usize,
     fan_out_subscribers: usize,
@@ -127,6 +130,11 @@ impl Plan {
             router_idle_steps: if quick { vec![100, 400] } else { vec![1000, 9000] },
             broker_idle_steps: if quick { vec![50, 150] } else { vec![1000, 2000] },
             held_at_limit: if quick { (300, 100) } else { (18_000, 5_000) },
+            many_topics: if quick {
+                (100, 10, 2_000)
+            } else {
+                (10_000, 1_000, 200_000)
+            },
             scale_routes: if quick { 1000 } else { 10_000 },
             fan_in_publishers: 4,
             fan_out_subscribers: if quick { 10 } else { 100 },
@@ -680,6 +688,41 @@ fn broker_scenarios(
                     broker::peak_mib(&running.process),
                 );
             }
+        }
+        let (subscribers, wildcards, messages) = plan.many_topics;
+        let scenario = format!("{subscribers} subscribers on distinct topics and {wildcards} wildcard filters");
+        // A baseline from before the budget's re-derivation admits 896.
+        let without_baseline = plan.brokers().into_iter().filter(|t| *t != Broker::Baseline);
+        for target in without_baseline.filter(|_| plan.wants(&scenario)) {
+            let dir = next_dir()?;
+            // The article's pod limit holds them (11,000 connections).
+            let running = start_with(target, Some(1), &dir, Some("128MiB"))?;
+            let (rate, rss) = measure(
+                true,
+                all_cpus,
+                broker::many_topics(&running, subscribers, wildcards, messages),
+            )?;
+            row(
+                results,
+                &format!("{scenario}: QoS 0 messages routed"),
+                "msg/s",
+                target,
+                rate,
+            );
+            row(
+                results,
+                &format!("{scenario}: RSS with the subscriptions"),
+                "MiB",
+                target,
+                rss / 1024.0,
+            );
+            row(
+                results,
+                &format!("{scenario}: peak RSS"),
+                "MiB",
+                target,
+                broker::peak_mib(&running.process),
+            );
         }
         for target in plan.brokers().into_iter().filter(|_| plan.wants("QoS 0 fan-in")) {
             let dir = next_dir()?;
