@@ -96,9 +96,11 @@ async fn publish_sys(shared: Arc<Shared>) {
     }
 }
 
-/// Discard persistent sessions whose clients stayed away past their expiry
+/// Once a second until the broker stops: close connections whose clients
+/// said nothing for 1.5 times their keepalive, and discard persistent
+/// sessions whose clients stayed away past their expiry
 /// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
-/// interval), until the broker stops.
+/// interval).
 async fn expire_sessions(shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +112,7 @@ async fn expire_sessions(shared: Arc<Shared>) {
         #[cfg(feature = "fault-injection")]
         fault::on_sweep(&shared);
         let now = std::time::Instant::now();
+        shared.registry.close_silent(now);
         let expired = shared.registry.expire(now);
         shared
             .metrics

@@ -36,13 +36,16 @@ pub struct Continuity {
     pub keep: bool,
 }
 
-/// Why the broker ends a connection from outside it: a takeover, or a
-/// reload that revoked its login.
+/// Why the broker ends a connection from outside it: a takeover, a reload
+/// that revoked its login, the broker's stop, or the client's silence past
+/// its keepalive ([`Registry::close_silent`]).
 ///
 /// A `Notify` rather than a cancellation token: the connection is its one
 /// waiter, and a notification waits for it as a permit if it is busy, with
-/// no allocation of its own (a token is a node of its own in a tree).
-#[derive(Debug, Default)]
+/// no allocation of its own (a token is a node of its own in a tree). The
+/// keepalive is kept here, checked by the broker's once-a-second sweep, rather
+/// than as a timer in every connection's state.
+#[derive(Debug)]
 pub struct Eviction {
     ended: Notify,
     /// Set once the connection is to end, before it is told.
@@ -50,16 +53,38 @@ pub struct Eviction {
     /// Set before the connection is told when the user's credentials changed
     /// (a reload); otherwise an eviction is a takeover.
     pub revoked: std::sync::atomic::AtomicBool,
+    /// Set before the connection is told when its client said nothing for
+    /// its grace.
+    silent: std::sync::atomic::AtomicBool,
+    /// When the client last sent anything: milliseconds after `since`.
+    heard: std::sync::atomic::AtomicU64,
+    since: Instant,
+    /// How long the client may be silent (1.5 x its keepalive,
+    /// [MQTT-3.1.2-24]), in milliseconds; 0: for ever (keepalive 0).
+    grace_ms: u64,
     /// The user and the identity of their password entry at login, for
     /// [`Registry::revoke`].
     pub login: Option<(String, Option<u64>)>,
 }
 
+impl Default for Eviction {
+    fn default() -> Self {
+        Self::new(None, None)
+    }
+}
+
 impl Eviction {
-    pub fn new(login: Option<(String, Option<u64>)>) -> Self {
+    /// `grace`: how long the client may be silent; `None`, for ever.
+    pub fn new(login: Option<(String, Option<u64>)>, grace: Option<Duration>) -> Self {
         Self {
+            ended: Notify::new(),
+            evicted: std::sync::atomic::AtomicBool::new(false),
+            revoked: std::sync::atomic::AtomicBool::new(false),
+            silent: std::sync::atomic::AtomicBool::new(false),
+            heard: std::sync::atomic::AtomicU64::new(0),
+            since: Instant::now(),
+            grace_ms: grace.map_or(0, |g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX).max(1)),
             login,
-            ..Self::default()
         }
     }
 
@@ -77,6 +102,33 @@ impl Eviction {
     /// Resolves once [`Self::evict`] is called, or at once if it was.
     pub fn evicted(&self) -> tokio::sync::futures::Notified<'_> {
         self.ended.notified()
+    }
+
+    /// The client sent something.
+    pub fn heard(&self) {
+        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard.store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the connection was ended for its client's silence.
+    pub fn was_silent(&self) -> bool {
+        self.silent.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// End the connection if its client has said nothing for its grace by
+    /// `now`; whether it did.
+    fn close_if_silent(&self, now: Instant) -> bool {
+        if self.grace_ms == 0 || self.is_evicted() {
+            return false;
+        }
+        let now_ms = u64::try_from(now.saturating_duration_since(self.since).as_millis()).unwrap_or(u64::MAX);
+        let heard = self.heard.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms.saturating_sub(heard) <= self.grace_ms {
+            return false;
+        }
+        self.silent.store(true, std::sync::atomic::Ordering::Release);
+        self.evict();
+        true
     }
 }
 
@@ -534,6 +586,17 @@ impl Registry {
             }
         }
         revoked
+    }
+
+    /// End the connections whose clients have said nothing for 1.5 times
+    /// their keepalive by `now` (MQTT §3.1.2.10: the server closes them, and
+    /// the will is sent). Returns how many.
+    pub fn close_silent(&self, now: Instant) -> usize {
+        let sessions = self.sessions();
+        let connections = sessions.values().filter_map(|entry| entry.connection.as_ref());
+        connections
+            .filter(|(_, eviction)| eviction.close_if_silent(now))
+            .count()
     }
 
     /// End every connection (the broker stops: each one sees why).

@@ -292,12 +292,7 @@ fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
 #[test]
 fn a_revoked_login_ends_its_connection_and_no_other() {
     let registry = registry();
-    let login = |user: &str, entry| {
-        Arc::new(Eviction {
-            login: Some((user.to_owned(), Some(entry))),
-            ..Eviction::default()
-        })
-    };
+    let login = |user: &str, entry| Arc::new(Eviction::new(Some((user.to_owned(), Some(entry))), None));
     let (alice, bob) = (login("alice", 1), login("bob", 2));
     registry.connect("a", Some("alice"), PERSISTENT, alice.clone()).unwrap();
     registry.connect("b", Some("bob"), PERSISTENT, bob.clone()).unwrap();
@@ -324,4 +319,32 @@ fn sessions_take_their_cost_from_the_index_share() {
     assert!(registry.connect("c", None, CLEAN, Arc::default()).is_ok(), "room again");
     assert!(registry.connect("d", None, CLEAN, Arc::default()).is_err());
     drop(first);
+}
+
+#[test]
+fn a_silent_client_is_closed_after_its_grace_and_a_talking_one_is_not() {
+    let registry = registry();
+    let grace = |ms| Some(Duration::from_millis(ms));
+    let quiet = Arc::new(Eviction::new(None, grace(1500)));
+    let patient = Arc::new(Eviction::new(None, grace(10_000)));
+    let forever = Arc::new(Eviction::new(None, None));
+    registry.connect("quiet", None, CLEAN, quiet.clone()).unwrap();
+    registry.connect("patient", None, CLEAN, patient.clone()).unwrap();
+    registry.connect("forever", None, CLEAN, forever.clone()).unwrap();
+    let start = Instant::now();
+    assert_eq!(registry.close_silent(start + Duration::from_millis(1400)), 0);
+    let later = start + Duration::from_millis(1600);
+    assert_eq!(registry.close_silent(later), 1);
+    assert!(quiet.is_evicted() && quiet.was_silent());
+    assert!(!patient.is_evicted() && !forever.is_evicted());
+    // Once is enough.
+    assert_eq!(registry.close_silent(later), 0);
+
+    // What the client sends moves the mark.
+    let talking = Arc::new(Eviction::new(None, grace(100)));
+    registry.connect("talking", None, CLEAN, talking.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    talking.heard();
+    assert_eq!(registry.close_silent(Instant::now()), 0);
+    assert!(!talking.is_evicted());
 }

@@ -134,7 +134,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         drop(material);
         self.user.clone_from(&user);
         self.client_id.clone_from(&client_id);
-        let eviction = Arc::new(crate::Eviction::new(tracked_login));
+        // Closed after 1.5 x the keepalive without a packet ([MQTT-3.1.2-24]);
+        // 0 is no keepalive, as Mosquitto takes it.
+        let grace = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let eviction = Arc::new(crate::Eviction::new(tracked_login, grace));
 
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
         self.expiry = expiry;
@@ -151,11 +154,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             )
             .await
         {
-            Ok(()) => Ok(Connected {
-                eviction,
-                will,
-                keep_alive: connect.keep_alive,
-            }),
+            Ok(()) => Ok(Connected { eviction, will }),
             Err(end) => Err((end, Some(client_id))),
         }
     }

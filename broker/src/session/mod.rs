@@ -199,7 +199,6 @@ struct Connected {
     /// Boxed: most clients have none, and every connection would keep room
     /// for one for its life.
     will: Option<Box<LastWill>>,
-    keep_alive: u16,
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
@@ -252,15 +251,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         async move {
             // Boxed: the CONNECT's handling is over once the client is in, and only
             // the relay's state should stay with a connection for its life.
-            let Connected {
-                eviction,
-                will,
-                keep_alive,
-            } = match Box::pin(self.admit()).await {
+            let Connected { eviction, will } = match Box::pin(self.admit()).await {
                 Ok(connected) => connected,
                 Err(ended) => return self.ended(ended),
             };
-            let end = self.relay(keep_alive, &eviction).await;
+            let end = self.relay(&eviction).await;
             self.finished = Some(end);
             // No will after DISCONNECT, a revocation or a stop (as Mosquitto).
             // On a takeover, Mosquitto's rule: the will goes when the session
@@ -389,12 +384,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    /// Ended from outside: the broker's stop (0x8B on MQTT 5), a takeover
-    /// (0x8E) or credentials a reload revoked (0x87, not authorized).
+    /// Ended from outside: the broker's stop (0x8B on MQTT 5), the client's
+    /// silence past its keepalive (0x8D), a takeover (0x8E) or credentials a
+    /// reload revoked (0x87, not authorized).
     async fn evicted(&mut self, eviction: &crate::Eviction) -> End {
         if self.shared.stop.is_cancelled() {
             return self
                 .last_words(DisconnectReasonCode::ServerShuttingDown, End::Shutdown)
+                .await;
+        }
+        if eviction.was_silent() {
+            return self
+                .last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout)
                 .await;
         }
         let revoked = eviction.revoked.load(std::sync::atomic::Ordering::Acquire);

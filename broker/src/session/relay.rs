@@ -105,21 +105,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Pass packets both ways until the connection ends: what the client
     /// sends is handled at once ([`Self::on_readable`]); what its outbox
     /// gets wakes the loop and is written as the socket takes it.
-    pub(super) async fn relay(&mut self, keep_alive: u16, eviction: &crate::Eviction) -> End {
+    pub(super) async fn relay(&mut self, eviction: &crate::Eviction) -> End {
         // Set by `attach`, which the relay follows: never missing here.
         let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return End::NetworkError;
         };
-        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let mut last_heard = Instant::now();
+        eviction.heard();
         if !self.read.is_empty()
             && let Err(end) = self.on_readable().await
         {
             return end;
         }
         self.release_read_buffer();
-        let silence = tokio::time::sleep_until(last_heard + grace.unwrap_or_default());
-        tokio::pin!(silence);
         // The broker's stop reaches a connection as an eviction
         // ([`Registry::evict_all`]): one wait fewer in every connection's
         // state. One attached after that eviction sees the stop here.
@@ -149,7 +146,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             }
                             return End::Closed;
                         }
-                        Ok(_) => last_heard = Instant::now(),
+                        Ok(_) => eviction.heard(),
                         Err(_) => return End::NetworkError,
                     }
                     if let Err(end) = self.on_readable().await {
@@ -162,14 +159,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         return self.slow_consumer(&session).await;
                     }
                     self.refill();
-                }
-                () = &mut silence, if grace.is_some() => {
-                    let deadline = last_heard + grace.unwrap_or_default();
-                    if deadline > Instant::now() {
-                        silence.as_mut().reset(deadline);
-                        continue;
-                    }
-                    return self.last_words(DisconnectReasonCode::KeepAliveTimeout, End::KeepaliveTimeout).await;
                 }
                 () = &mut evicted => return self.evicted(eviction).await,
             }
