@@ -436,15 +436,15 @@ pub async fn run(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         accept_loops.spawn(async move {
-            let mut sessions = tokio::task::JoinSet::new();
+            // A tracker rather than a JoinSet: a JoinSet keeps an entry (56
+            // bytes) per task, a tracker a count; the sessions end on their
+            // own after the stop (last words and connect deadlines bound them).
+            let sessions = tokio_util::task::TaskTracker::new();
             loop {
                 let accepted = tokio::select! {
                     () = shutdown.stop.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };
-                // A session's panic is logged and counted by its drop guard
-                // (`Session`'s `Drop`), with its client id.
-                while sessions.try_join_next().is_some() {}
                 match accepted {
                     Ok((stream, peer)) => {
                         shared.metrics.connections.inc();
@@ -479,7 +479,7 @@ pub async fn run(
                 }
             }
             drop(listener);
-            let report = shutdown::drain(&mut sessions, drain_timeout, &shutdown.force).await;
+            let report = drain(&sessions, drain_timeout, &shutdown.force).await;
             tracing::info!(finished = report.finished, aborted = report.aborted, "drained");
         });
     }
@@ -557,6 +557,30 @@ impl Components {
     /// Wait for every task (they stop with the broker).
     async fn finish(&mut self) {
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Wait for the sessions `tracker` runs to end, at most `grace` or until
+/// `force`; the report's `aborted` are those still running then, which the
+/// stop has already evicted: they end within their own deadlines (last words,
+/// the connect timeout), or with the runtime. A session's panic is logged and
+/// counted by its drop guard (`Session`'s `Drop`), with its client id.
+async fn drain(
+    tracker: &tokio_util::task::TaskTracker,
+    grace: std::time::Duration,
+    force: &CancellationToken,
+) -> shutdown::DrainReport {
+    tracker.close();
+    let open = tracker.len();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(grace) => {}
+        () = force.cancelled() => {}
+    }
+    let left = tracker.len();
+    shutdown::DrainReport {
+        finished: open - left,
+        aborted: left,
     }
 }
 

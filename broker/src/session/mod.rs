@@ -22,7 +22,7 @@ use rumqttd::protocol::{
     PubRecReason, PubRel, PubRelReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
     Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -127,8 +127,9 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 struct Session<P, S> {
-    reader: ReadHalf<S>,
-    writer: WriteHalf<S>,
+    /// Not split into halves: the relay waits on reading and writing in one
+    /// poll ([`io`]), and a split is an allocation of its own.
+    stream: S,
     /// `write` was written to since the last flush (TLS keeps records back
     /// until flushed).
     unflushed: bool,
@@ -211,10 +212,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         shared: Arc<Shared>,
         identity: Option<String>,
     ) -> Self {
-        let (reader, writer) = tokio::io::split(stream);
         Self {
-            reader,
-            writer,
+            stream,
             unflushed: false,
             deadline: arrival.deadline,
             busy: arrival.busy,
@@ -486,7 +485,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             if let Some(packet) = self.decode()? {
                 return Ok(packet);
             }
-            match self.reader.read_buf(&mut self.read).await {
+            match self.stream.read_buf(&mut self.read).await {
                 Ok(0) => return Err(End::Closed),
                 Ok(_) => self.account_buffers(),
                 Err(_) => return Err(End::NetworkError),
@@ -518,8 +517,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// Write out the whole write buffer, within [`FINAL_WRITE_TIMEOUT`].
     async fn write_final(&mut self) -> std::io::Result<()> {
         let write = async {
-            self.writer.write_all(&self.write).await?;
-            self.writer.flush().await
+            self.stream.write_all(&self.write).await?;
+            self.stream.flush().await
         };
         let written = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write)
             .await
@@ -530,39 +529,54 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 }
 
-/// Read what the client sent, at most [`READ_CHUNK`] bytes, appended to `buf`.
-///
-/// Read through a buffer on the stack of the poll, then copied, rather than
-/// into `buf`'s spare capacity (`read_buf`): that would reserve a buffer as
-/// soon as the read is polled and keep it for as long as the client is quiet,
-/// for every idle client. The copy is of what arrived, once.
-fn read_some<'a, R: AsyncRead + Unpin>(
-    reader: &'a mut R,
-    buf: &'a mut BytesMut,
-) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
-    std::future::poll_fn(move |cx| {
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut arrived = tokio::io::ReadBuf::uninit(&mut chunk);
-        std::task::ready!(std::pin::Pin::new(&mut *reader).poll_read(cx, &mut arrived))?;
-        buf.extend_from_slice(arrived.filled());
-        std::task::Poll::Ready(Ok(arrived.filled().len()))
-    })
+/// What the socket did, of what the relay waits on it for.
+pub(super) enum Io {
+    /// Bytes of the write buffer written, or 0 for a flush.
+    Wrote(std::io::Result<usize>),
+    /// Bytes read and appended to the read buffer; 0: the client closed.
+    Read(std::io::Result<usize>),
 }
 
-/// Write what the socket takes of `pending`, or flush when nothing is pending
-/// (Ok(0)): TLS holds records back until flushed. A `poll_fn`, so that the
-/// relay's wait holds two references rather than a write's future.
-fn write_some<'a, W: AsyncWrite + Unpin>(
-    writer: &'a mut W,
+/// Wait for the socket: to write `pending` (or flush when nothing is pending,
+/// since TLS holds records back until flushed) when `write`, and to read
+/// into `buf` when `read`, in one poll of the one stream. A `poll_fn`, so that
+/// the relay's wait holds references rather than a read's and a write's
+/// futures.
+///
+/// Reads go through a buffer on the stack of the poll, at most
+/// [`READ_CHUNK`] bytes, then copied into `buf`, rather than into `buf`'s
+/// spare capacity (`read_buf`): that would reserve a buffer as soon as the
+/// read is polled and keep it for as long as the client is quiet, for every
+/// idle client. The copy is of what arrived, once.
+pub(super) fn io<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &'a mut S,
     pending: &'a [u8],
-) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    write: bool,
+    buf: &'a mut BytesMut,
+    read: bool,
+) -> impl std::future::Future<Output = Io> + 'a {
     std::future::poll_fn(move |cx| {
-        let writer = std::pin::Pin::new(&mut *writer);
-        if pending.is_empty() {
-            writer.poll_flush(cx).map_ok(|()| 0)
-        } else {
-            writer.poll_write(cx, pending)
+        if write {
+            let mut stream = std::pin::Pin::new(&mut *stream);
+            let written = if pending.is_empty() {
+                stream.as_mut().poll_flush(cx).map_ok(|()| 0)
+            } else {
+                stream.as_mut().poll_write(cx, pending)
+            };
+            if let std::task::Poll::Ready(written) = written {
+                return std::task::Poll::Ready(Io::Wrote(written));
+            }
         }
+        if read {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut arrived = tokio::io::ReadBuf::uninit(&mut chunk);
+            if let std::task::Poll::Ready(polled) = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut arrived) {
+                let n = arrived.filled().len();
+                buf.extend_from_slice(arrived.filled());
+                return std::task::Poll::Ready(Io::Read(polled.map(|()| n)));
+            }
+        }
+        std::task::Poll::Pending
     })
 }
 

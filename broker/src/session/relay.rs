@@ -129,30 +129,30 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
             let writing = !self.write.is_empty() || self.unflushed;
             tokio::select! {
-                written = write_some(&mut self.writer, &self.write), if writing => {
-                    match written {
+                io = io(&mut self.stream, &self.write, writing, &mut self.read, !backlogged) => match io {
+                    Io::Wrote(written) => match written {
                         Ok(0) if !self.write.is_empty() => return End::NetworkError,
                         Ok(n) => self.wrote(n),
                         Err(_) => return End::NetworkError,
-                    }
-                }
-                read = read_some(&mut self.reader, &mut self.read), if !backlogged => {
-                    match read {
-                        // Half-closed: what the client is owed goes out first
-                        // (see `relay`).
-                        Ok(0) => {
-                            if !self.write.is_empty() {
-                                let _ = Box::pin(self.write_final()).await;
+                    },
+                    Io::Read(read) => {
+                        match read {
+                            // Half-closed: what the client is owed goes out
+                            // first (see `relay`).
+                            Ok(0) => {
+                                if !self.write.is_empty() {
+                                    let _ = Box::pin(self.write_final()).await;
+                                }
+                                return End::Closed;
                             }
-                            return End::Closed;
+                            Ok(_) => eviction.heard(),
+                            Err(_) => return End::NetworkError,
                         }
-                        Ok(_) => eviction.heard(),
-                        Err(_) => return End::NetworkError,
+                        if let Err(end) = self.on_readable().await {
+                            return end;
+                        }
                     }
-                    if let Err(end) = self.on_readable().await {
-                        return end;
-                    }
-                }
+                },
                 () = session.wake.notified() => {
                     let disconnect = self.shared.settings.limits.queue_full == crate::config::QueueFull::Disconnect;
                     if disconnect && session.take_overflow() {
