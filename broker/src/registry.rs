@@ -64,7 +64,7 @@ pub struct Eviction {
     grace_ms: u64,
     /// The user and the identity of their password entry at login, for
     /// [`Registry::revoke`].
-    pub login: Option<(String, Option<u64>)>,
+    pub login: Option<(Arc<str>, Option<u64>)>,
 }
 
 impl Default for Eviction {
@@ -75,7 +75,7 @@ impl Default for Eviction {
 
 impl Eviction {
     /// `grace`: how long the client may be silent; `None`, for ever.
-    pub fn new(login: Option<(String, Option<u64>)>, grace: Option<Duration>) -> Self {
+    pub fn new(login: Option<(Arc<str>, Option<u64>)>, grace: Option<Duration>) -> Self {
         Self {
             ended: Notify::new(),
             evicted: std::sync::atomic::AtomicBool::new(false),
@@ -143,9 +143,11 @@ pub struct Options {
 /// One client's session.
 #[derive(Debug)]
 pub struct SessionState {
-    client_id: Box<str>,
-    /// The user it logged in as, for the ACL at delivery.
-    user: Option<Box<str>>,
+    /// Shared with the registry's key and the connection that has it.
+    client_id: Arc<str>,
+    /// The user it logged in as, for the ACL at delivery; shared with the
+    /// connection.
+    user: Option<Arc<str>>,
     out: Mutex<Out>,
     /// Fired when the outbox has something new for the connection, or has
     /// refused a message.
@@ -194,6 +196,16 @@ impl SessionState {
 
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The client id, to share rather than copy.
+    pub fn shared_client_id(&self) -> Arc<str> {
+        self.client_id.clone()
+    }
+
+    /// The user, to share rather than copy.
+    pub fn shared_user(&self) -> Option<Arc<str>> {
+        self.user.clone()
     }
 
     /// The outbox, to take what to write and to hand it acknowledgements.
@@ -338,7 +350,7 @@ pub struct Figures {
 /// See the module's documentation.
 #[derive(Debug)]
 pub struct Registry {
-    sessions: Mutex<HashMap<Box<str>, Entry>>,
+    sessions: Mutex<HashMap<Arc<str>, Entry>>,
     next_generation: std::sync::atomic::AtomicU64,
     index: Index<Subscriber, Options>,
     retained: retained::Store<Arc<Message>>,
@@ -413,14 +425,14 @@ impl Registry {
         self
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<Box<str>, Entry>> {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         lock(&self.sessions)
     }
 
-    fn new_session(&self, client_id: &str, user: Option<&str>) -> Arc<SessionState> {
+    fn new_session(&self, client_id: &str, user: Option<Arc<str>>) -> Arc<SessionState> {
         Arc::new(SessionState {
             client_id: client_id.into(),
-            user: user.map(Into::into),
+            user,
             out: Mutex::new(Out {
                 outbox: Outbox::new(self.limits.clone(), &self.budget),
                 online: true,
@@ -446,12 +458,12 @@ impl Registry {
     pub fn connect(
         &self,
         client_id: &str,
-        user: Option<&str>,
+        user: Option<Arc<str>>,
         continuity: Continuity,
         ended: Arc<Eviction>,
     ) -> Result<Claim, IndexFull> {
         let mut sessions = self.sessions();
-        if !sessions.contains_key(client_id) && self.over_share(session_cost(client_id, user)) {
+        if !sessions.contains_key(client_id) && self.over_share(session_cost(client_id, user.as_deref())) {
             return Err(IndexFull);
         }
         let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -463,7 +475,7 @@ impl Registry {
         // first was allowed to read: it is not resumed (Mosquitto resumes it).
         let resume = previous
             .as_ref()
-            .is_some_and(|p| continuity.resume && p.persistent && p.session.user() == user);
+            .is_some_and(|p| continuity.resume && p.persistent && p.session.user() == user.as_deref());
         if let Some(previous) = &previous {
             if !resume {
                 // Before the eviction: the connection it ends reads this to
@@ -493,7 +505,7 @@ impl Registry {
             std::sync::atomic::Ordering::AcqRel,
         );
         sessions.insert(
-            client_id.into(),
+            session.shared_client_id(),
             Entry {
                 session: session.clone(),
                 connection: Some((generation, ended)),

@@ -82,7 +82,7 @@ fn a_clean_session_ends_with_its_connection() {
 fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let registry = registry();
     let claim = registry
-        .connect("p", Some("alice"), PERSISTENT, Arc::default())
+        .connect("p", Some("alice".into()), PERSISTENT, Arc::default())
         .unwrap();
     registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
     registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
@@ -96,7 +96,7 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     assert_eq!(lost.dropped, [(Refused::Away, QoS::AtMostOnce)]);
 
     let back = registry
-        .connect("p", Some("alice"), PERSISTENT, Arc::default())
+        .connect("p", Some("alice".into()), PERSISTENT, Arc::default())
         .unwrap();
     assert!(back.present, "[MQTT-3.2.2-3]");
     assert!(Arc::ptr_eq(&back.session, &claim.session), "the same session");
@@ -117,14 +117,19 @@ fn clean_start_or_another_user_discards_the_session_there_was() {
     let registry = registry();
     for (user, clean) in [(Some("alice"), true), (Some("mallory"), false)] {
         let first = registry
-            .connect("id", Some("alice"), PERSISTENT, Arc::default())
+            .connect("id", Some("alice".into()), PERSISTENT, Arc::default())
             .unwrap();
         registry
             .subscribe(&first.session, "secret/#", qos1(), |_| true)
             .unwrap();
         registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
         let second = registry
-            .connect("id", user, if clean { CLEAN } else { PERSISTENT }, Arc::default())
+            .connect(
+                "id",
+                user.map(Into::into),
+                if clean { CLEAN } else { PERSISTENT },
+                Arc::default(),
+            )
             .unwrap();
         assert!(!second.present, "{user:?} {clean}");
         assert!(second.session.subscriptions().is_empty());
@@ -209,8 +214,12 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
 #[test]
 fn the_acl_at_delivery_withholds_a_copy() {
     let registry = registry();
-    let reader = registry.connect("reader", Some("r"), CLEAN, Arc::default()).unwrap();
-    let other = registry.connect("other", Some("o"), CLEAN, Arc::default()).unwrap();
+    let reader = registry
+        .connect("reader", Some("r".into()), CLEAN, Arc::default())
+        .unwrap();
+    let other = registry
+        .connect("other", Some("o".into()), CLEAN, Arc::default())
+        .unwrap();
     registry.subscribe(&reader.session, "#", qos1(), |_| true).unwrap();
     registry.subscribe(&other.session, "#", qos1(), |_| true).unwrap();
     let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
@@ -292,10 +301,14 @@ fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
 #[test]
 fn a_revoked_login_ends_its_connection_and_no_other() {
     let registry = registry();
-    let login = |user: &str, entry| Arc::new(Eviction::new(Some((user.to_owned(), Some(entry))), None));
+    let login = |user: &str, entry| Arc::new(Eviction::new(Some((user.into(), Some(entry))), None));
     let (alice, bob) = (login("alice", 1), login("bob", 2));
-    registry.connect("a", Some("alice"), PERSISTENT, alice.clone()).unwrap();
-    registry.connect("b", Some("bob"), PERSISTENT, bob.clone()).unwrap();
+    registry
+        .connect("a", Some("alice".into()), PERSISTENT, alice.clone())
+        .unwrap();
+    registry
+        .connect("b", Some("bob".into()), PERSISTENT, bob.clone())
+        .unwrap();
     // alice's password entry changed: 1 is no longer hers.
     let revoked = registry.revoke(|user, entry| user == "alice" && entry == Some(1));
     assert_eq!(revoked, 1);

@@ -67,9 +67,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .use_identity_as_username
             .then_some(identity)
             .flatten();
-        let user = by_certificate
-            .clone()
-            .or_else(|| login.map(|(user, _)| user.to_owned()));
+        let user: Option<Arc<str>> = by_certificate.clone().or_else(|| login.map(|(user, _)| user.into()));
         let checked = match &by_certificate {
             Some(_) => Ok(()),
             None => {
@@ -83,7 +81,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .auth_failures
                 .with_label_values(&[refusal.label()])
                 .inc();
-            tracing::warn!(peer = %self.peer, client_id = connect.client_id, user, reason = refusal.label(), "login refused");
+            tracing::warn!(peer = %self.peer, client_id = connect.client_id, user = user.as_deref(), reason = refusal.label(), "login refused");
             let _ = self
                 .send(Packet::ConnAck(refused(ConnectReturnCode::NotAuthorized), None))
                 .await;
@@ -133,7 +131,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         });
         drop(material);
         self.user.clone_from(&user);
-        self.client_id.clone_from(&client_id);
         // Closed after 1.5 x the keepalive without a packet ([MQTT-3.1.2-24]);
         // 0 is no keepalive, as Mosquitto takes it.
         let grace = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
@@ -145,6 +142,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let asked = props.as_ref().and_then(|p| p.session_expiry_interval);
         match self
             .attach(
+                &client_id,
                 &shared.registry,
                 continuity,
                 &eviction,

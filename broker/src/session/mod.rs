@@ -134,8 +134,11 @@ struct Session<P, S> {
     /// until flushed).
     unflushed: bool,
     /// Who the client is, for ACL checks (set once CONNECT is accepted).
-    user: Option<String>,
-    client_id: String,
+    /// Shared with its session in the registry once attached.
+    user: Option<Arc<str>>,
+    /// Its session's in the registry, once attached (none before: no copy
+    /// of its own).
+    client_id: Option<Arc<str>>,
     /// QoS 2 publishes the ACL refused: their PUBREL is answered here.
     /// Rare, and few: a list rather than a set.
     refused_qos2: Vec<u16>,
@@ -171,6 +174,13 @@ struct Session<P, S> {
     attached: Option<relay::Attached>,
 }
 
+impl<P, S> Session<P, S> {
+    /// The client id, once the session is attached; empty before.
+    fn client_id(&self) -> &str {
+        self.client_id.as_deref().unwrap_or_default()
+    }
+}
+
 /// The cleanup every session gets however it ends, a panic included: its
 /// client id, gauges, budget and its session in the registry (kept, to
 /// expire, or ended). Only the will is the normal end's.
@@ -181,7 +191,7 @@ impl<P, S> Drop for Session<P, S> {
             metrics.session_panics.inc();
             tracing::error!(
                 peer = %self.peer,
-                client_id = self.client_id,
+                client_id = self.client_id(),
                 "the session panicked: only its connection is closed, and its state is released"
             );
         }
@@ -222,8 +232,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             finished: None,
             last_words: None,
             attached: None,
-            user: identity,
-            client_id: String::new(),
+            user: identity.map(Arc::from),
+            client_id: None,
             refused_qos2: Vec::new(),
             persistent: false,
             expiry: None,
@@ -268,7 +278,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             if due && let Some(will) = will {
                 self.publish_will(*will);
             }
-            (end, Some(self.client_id.clone()))
+            (end, Some(self.client_id().to_owned()))
         }
     }
 
@@ -282,7 +292,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// dropped, and small; [`WRITE_BACKLOG_LIMIT`] bounds them together.
     fn push_control(&mut self, packet: Packet) {
         if let Err(error) = self.protocol.write(packet, &mut self.write) {
-            tracing::warn!(client_id = self.client_id, %error, "cannot encode a reply; skipped");
+            tracing::warn!(client_id = self.client_id(), %error, "cannot encode a reply; skipped");
         }
     }
 
@@ -344,7 +354,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let Ok(topic) = std::str::from_utf8(topic) else {
             return false;
         };
-        acl.allows(self.user.as_deref(), &self.client_id, topic, access)
+        acl.allows(self.user.as_deref(), self.client_id(), topic, access)
     }
 
     /// A PUBREL for `pkid`: whether it ends a QoS 2 flow the ACL refused.
@@ -454,7 +464,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .invalid_input
             .with_label_values(&[invalid.field.label(), invalid.problem.label()])
             .inc();
-        tracing::info!(peer = %self.peer, client_id = self.client_id, %invalid, "invalid input; closing");
+        tracing::info!(peer = %self.peer, client_id = self.client_id(), %invalid, "invalid input; closing");
     }
 
     /// See [`refusal`].

@@ -52,6 +52,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attach(
         &mut self,
+        client_id: &str,
         registry: &Registry,
         continuity: Continuity,
         eviction: &Arc<crate::Eviction>,
@@ -59,8 +60,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         asked_expiry: Option<u32>,
         keep_alive: u16,
     ) -> Result<(), End> {
-        let client_id = self.client_id.clone();
-        let Ok(claim) = registry.connect(&client_id, self.user.as_deref(), continuity, eviction.clone()) else {
+        let Ok(claim) = registry.connect(client_id, self.user.clone(), continuity, eviction.clone()) else {
             // The index's share holds as many sessions as it can: answered
             // as the will's budget is (quota exceeded; 3.1.1: server
             // unavailable).
@@ -79,6 +79,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return Err(End::ServerBusy);
         };
         self.persistent = continuity.keep;
+        // One copy of each, the session's: this connection's goes.
+        self.client_id = Some(claim.session.shared_client_id());
+        self.user = claim.session.shared_user();
         self.attached = Some(Attached {
             session: claim.session,
             generation: claim.generation,
@@ -89,14 +92,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             code: ConnectReturnCode::Success,
         };
         let properties = (self.level == 5)
-            .then(|| self.connack_properties(assigned.then(|| client_id.clone()), asked_expiry, self.expiry));
+            .then(|| self.connack_properties(assigned.then(|| client_id.to_string()), asked_expiry, self.expiry));
         if self.send(Packet::ConnAck(connack, properties)).await.is_err() {
             return Err(End::NetworkError);
         }
         self.shared.metrics.connected.inc();
         self.counted = true;
         self.figures(registry);
-        tracing::info!(peer = %self.peer, client_id, user = self.user, mqtt = self.level, keepalive = keep_alive, present = claim.present, "client connected");
+        tracing::info!(peer = %self.peer, client_id, user = self.user.as_deref(), mqtt = self.level, keepalive = keep_alive, present = claim.present, "client connected");
         // What was in flight when the client left goes first.
         self.refill();
         Ok(())
@@ -170,7 +173,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// (MQTT 5 §3.14.2.1, 0x97).
     async fn slow_consumer(&mut self, session: &SessionState) -> End {
         tracing::warn!(
-            client_id = self.client_id,
+            client_id = self.client_id(),
             "slow consumer: its queue is full; disconnecting"
         );
         session.outbox().clear();
@@ -349,7 +352,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             if registry.retain(topic, publish.clone(), props.clone()) == crate::retained::Outcome::OverBudget {
                 metrics.refused.with_label_values(&["retained"]).inc();
                 tracing::warn!(
-                    client_id = self.client_id,
+                    client_id = self.client_id(),
                     "retained messages are at max_retained_bytes; delivered, not retained"
                 );
             }
@@ -404,7 +407,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
             let path = filter.path;
-            if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), &self.client_id, &path)) {
+            if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), self.client_id(), &path)) {
                 shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
                 return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
                 continue;
@@ -499,7 +502,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                             metrics.bytes_sent.at(delivery.qos as u8).inc_by(n as u64);
                         }
                         Err(error) => {
-                            tracing::warn!(client_id = self.client_id, %error, "cannot encode a message; skipped")
+                            tracing::warn!(client_id = self.client_id(), %error, "cannot encode a message; skipped")
                         }
                     }
                 }
@@ -522,7 +525,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     pub(super) fn publish_will(&mut self, will: LastWill) {
         if !self.allowed(&will.topic, Access::Write) {
             self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
-            tracing::info!(client_id = self.client_id, "the ACL refuses the will's topic; not sent");
+            tracing::info!(
+                client_id = self.client_id(),
+                "the ACL refuses the will's topic; not sent"
+            );
             return;
         }
         let publish = Publish::delivery(will.topic, will.message, will.qos, 0, false, will.retain);
@@ -552,7 +558,7 @@ impl<P, S> Session<P, S> {
             (true, Some(after)) if after.is_zero() => Leave::End,
             (true, Some(after)) => Leave::KeepFor(after),
         };
-        registry.disconnect(&self.client_id, held.generation, leave, std::time::Instant::now());
+        registry.disconnect(self.client_id(), held.generation, leave, std::time::Instant::now());
         self.figures(registry);
     }
 }
