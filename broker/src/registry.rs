@@ -170,11 +170,27 @@ pub struct SessionState {
 
 #[derive(Debug, Default)]
 struct Subscriptions {
-    filters: HashMap<Box<str>, Options>,
+    /// Made with the first subscription: a client that only publishes holds
+    /// 8 bytes here where an empty map is 48.
+    // Boxed: see above.
+    #[allow(clippy::box_collection)]
+    filters: Option<Box<HashMap<Box<str>, Options>>>,
     /// The session was discarded: a SUBSCRIBE its connection was still
     /// handling adds nothing to the index. Set under this lock, which every
     /// change to the session's subscriptions holds, index included.
     discarded: bool,
+}
+
+impl Subscriptions {
+    fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Options)> {
+        self.filters.iter().flat_map(|filters| filters.iter())
+    }
+
+    fn has(&self, filter: &str) -> bool {
+        self.filters
+            .as_ref()
+            .is_some_and(|filters| filters.contains_key(filter))
+    }
 }
 
 #[derive(Debug)]
@@ -239,14 +255,13 @@ impl SessionState {
     /// them: for a bound on some kind of filter.
     pub fn count_subscriptions(&self, filter: &str, which: impl Fn(&str) -> bool) -> (usize, bool) {
         let subscriptions = lock(&self.subscriptions);
-        let count = subscriptions.filters.keys().filter(|f| which(f)).count();
-        (count, subscriptions.filters.contains_key(filter))
+        let count = subscriptions.iter().filter(|(f, _)| which(f)).count();
+        (count, subscriptions.has(filter))
     }
 
     /// Filters subscribed to, and their options.
     pub fn subscriptions(&self) -> Vec<(String, Options)> {
         lock(&self.subscriptions)
-            .filters
             .iter()
             .map(|(filter, options)| (filter.to_string(), *options))
             .collect()
@@ -578,7 +593,7 @@ impl Registry {
         let subscriber = Subscriber(session.clone());
         let mut subscriptions = lock(&session.subscriptions);
         subscriptions.discarded = true;
-        for filter in std::mem::take(&mut subscriptions.filters).keys() {
+        for filter in std::mem::take(&mut subscriptions.filters).iter().flat_map(|f| f.keys()) {
             self.index.unsubscribe(filter, &subscriber);
         }
     }
@@ -646,11 +661,14 @@ impl Registry {
             if subscriptions.discarded {
                 return Ok(fanout);
             }
-            if self.over_share(0) && !subscriptions.filters.contains_key(filter) {
+            if self.over_share(0) && !subscriptions.has(filter) {
                 return Err(IndexFull);
             }
             self.index.subscribe(filter, Subscriber(session.clone()), options);
-            subscriptions.filters.insert(filter.into(), options);
+            subscriptions
+                .filters
+                .get_or_insert_default()
+                .insert(filter.into(), options);
         }
         let parsed = Filter::parse(filter);
         if parsed.group.is_some() {
@@ -676,7 +694,10 @@ impl Registry {
     /// Returns whether `session` had subscribed to `filter`.
     pub fn unsubscribe(&self, session: &Arc<SessionState>, filter: &str) -> bool {
         let mut subscriptions = lock(&session.subscriptions);
-        let had = subscriptions.filters.remove(filter).is_some();
+        let had = subscriptions
+            .filters
+            .as_mut()
+            .is_some_and(|filters| filters.remove(filter).is_some());
         if had {
             self.index.unsubscribe(filter, &Subscriber(session.clone()));
         }
