@@ -509,16 +509,11 @@ async fn the_router_s_settings_are_accepted_with_a_deprecation_warning() {
 async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     let dir = TempDir::new();
     // The smallest budget: 32 MiB, 8 MiB for the index.
-    let config = dir.path("broker.toml");
-    std::fs::write(
-        &config,
-        "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"32MiB\"\n",
-    )
-    .unwrap();
-    let mut command = Command::new(BIN);
-    command.arg("--config").arg(&config);
-    let process = Process::spawn("broker", command);
-    let (mqtt, admin) = (process.address("mqtt"), process.address("http"));
+    let broker = Broker::with_config(
+        &dir,
+        "admin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"32MiB\"\n",
+    );
+    let (mqtt, admin) = (broker.addr, broker.process.address("http"));
     let mut client = TcpStream::connect(mqtt).await.unwrap();
     client.write_all(&connect_v5("v5")).await.unwrap();
     let (first_byte, connack) = read_packet(&mut client).await.unwrap();

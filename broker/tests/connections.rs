@@ -4,10 +4,8 @@
 //! hundreds of sockets here.
 #![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
 
-use std::process::Command;
-
 use snigate_shared::testing::mqtt::connect_packet;
-use snigate_shared::testing::{Process, STEP, TempDir};
+use snigate_shared::testing::{STEP, TempDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,22 +23,14 @@ async fn a_tls_connection_takes_its_own_cost_from_the_connections_share() {
     let (cert, key) = ca.issue_pem(&["localhost"]);
     std::fs::write(dir.path("server.crt"), cert).unwrap();
     std::fs::write(dir.path("server.key"), key).unwrap();
-    let config = dir.path("broker.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = [\"127.0.0.1:0\"]\ntls_listen = [\"127.0.0.1:0\"]\ncert_file = {:?}\nkey_file = {:?}\n\
-             allow_anonymous = true\nmemory_limit = \"32MiB\"\n",
-            dir.path("server.crt"),
-            dir.path("server.key")
-        ),
-    )
-    .unwrap();
-    let mut command = Command::new(BIN);
-    command.arg("--config").arg(&config);
-    let process = Process::spawn("broker", command);
-    let (mqtt, mqtts) = (process.address("mqtt"), process.address("mqtts"));
-    process.line_async("max_tls_connections=682").await;
+    let config = format!(
+        "tls_listen = [\"127.0.0.1:0\"]\ncert_file = {:?}\nkey_file = {:?}\nallow_anonymous = true\nmemory_limit = \"32MiB\"\n",
+        dir.path("server.crt"),
+        dir.path("server.key")
+    );
+    let broker = Broker::with_config(&dir, &config);
+    let (mqtt, mqtts) = (broker.addr, broker.process.address("mqtts"));
+    broker.process.line_async("max_tls_connections=682").await;
 
     // Sockets hold their share from accept, handshake or not.
     let mut held = Vec::new();
@@ -74,16 +64,11 @@ async fn a_tls_connection_takes_its_own_cost_from_the_connections_share() {
 #[tokio::test]
 async fn a_packet_being_read_is_counted_in_the_budget_until_it_goes() {
     let dir = TempDir::new();
-    let config = dir.path("broker.toml");
-    std::fs::write(
-        &config,
-        "listen = [\"127.0.0.1:0\"]\nadmin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"64MiB\"\n",
-    )
-    .unwrap();
-    let mut command = Command::new(BIN);
-    command.arg("--config").arg(&config);
-    let process = Process::spawn("broker", command);
-    let (mqtt, admin) = (process.address("mqtt"), process.address("http"));
+    let broker = Broker::with_config(
+        &dir,
+        "admin = \"127.0.0.1:0\"\nallow_anonymous = true\nmemory_limit = \"64MiB\"\n",
+    );
+    let (mqtt, admin) = (broker.addr, broker.process.address("http"));
     let queued = |metrics: &str| metric_sum(metrics, "snigate_broker_queued_bytes", "");
 
     // Idle clients hold nothing there: their reserve covers them.
