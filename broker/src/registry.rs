@@ -10,15 +10,15 @@
 //! and the old one's end then changes nothing.
 //!
 //! Pure of sockets and clocks (`now` is passed in): the connection's task
-//! reads its session's outbox when [`SessionState::wake`] fires.
+//! reads its session's outbox when [`SessionState::poll_wake`] says so.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use rumqttd::protocol::{Publish, PublishProperties, QoS};
-use tokio::sync::Notify;
 
 use crate::budget::Budget;
 use crate::index::{Filter, Index};
@@ -40,14 +40,15 @@ pub struct Continuity {
 /// that revoked its login, the broker's stop, or the client's silence past
 /// its keepalive ([`Registry::close_silent`]).
 ///
-/// A `Notify` rather than a cancellation token: the connection is its one
-/// waiter, and a notification waits for it as a permit if it is busy, with
-/// no allocation of its own (a token is a node of its own in a tree). The
-/// keepalive is kept here, checked by the broker's once-a-second sweep, rather
-/// than as a timer in every connection's state.
+/// One waker rather than a `Notify` or a cancellation token: the connection
+/// is its one waiter, and polls it ([`Self::poll_evicted`]) in the same
+/// poll as its socket and its outbox, so that its wait keeps no `Notified`
+/// (64 bytes) in every connection's state; a token is a node of its own in
+/// a tree. The keepalive is kept here, checked by the broker's once-a-second
+/// sweep, rather than as a timer in every connection's state.
 #[derive(Debug)]
 pub struct Eviction {
-    ended: Notify,
+    waker: atomic_waker::AtomicWaker,
     /// Set once the connection is to end, before it is told.
     evicted: std::sync::atomic::AtomicBool,
     /// Set before the connection is told when the user's credentials changed
@@ -77,7 +78,7 @@ impl Eviction {
     /// `grace`: how long the client may be silent; `None`, for ever.
     pub fn new(login: Option<(Arc<str>, Option<u64>)>, grace: Option<Duration>) -> Self {
         Self {
-            ended: Notify::new(),
+            waker: atomic_waker::AtomicWaker::new(),
             evicted: std::sync::atomic::AtomicBool::new(false),
             revoked: std::sync::atomic::AtomicBool::new(false),
             silent: std::sync::atomic::AtomicBool::new(false),
@@ -91,7 +92,7 @@ impl Eviction {
     /// End the connection.
     pub fn evict(&self) {
         self.evicted.store(true, std::sync::atomic::Ordering::Release);
-        self.ended.notify_one();
+        self.waker.wake();
     }
 
     /// Whether [`Self::evict`] was called.
@@ -99,9 +100,19 @@ impl Eviction {
         self.evicted.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Resolves once [`Self::evict`] is called, or at once if it was.
-    pub fn evicted(&self) -> tokio::sync::futures::Notified<'_> {
-        self.ended.notified()
+    /// Ready once [`Self::evict`] is called; until then, the task polling it
+    /// is woken by that call.
+    pub fn poll_evicted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_evicted() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // An eviction between the check and the registration woke nobody.
+        if self.is_evicted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// The client sent something.
@@ -149,9 +160,6 @@ pub struct SessionState {
     /// connection.
     user: Option<Arc<str>>,
     out: Mutex<Out>,
-    /// Fired when the outbox has something new for the connection, or has
-    /// refused a message.
-    pub wake: Notify,
     /// A QoS 1 or 2 message did not fit in the outbox since the connection
     /// last looked: with `queue_full = "disconnect"`, it ends.
     overflowed: std::sync::atomic::AtomicBool,
@@ -196,7 +204,41 @@ impl Subscriptions {
 #[derive(Debug)]
 struct Out {
     outbox: Outbox,
-    online: bool,
+    /// The connection that has the session, to be woken when the outbox has
+    /// something new for it or has refused a message; `None` while away.
+    waiter: Option<Waiter>,
+}
+
+/// The connection a session's outbox wakes. Under the outbox's lock, which
+/// a message takes anyway, rather than a `Notify` of its own: the
+/// connection's wait then holds no `Notified` in its state. Its generation
+/// keeps a connection taken over, still ending, from taking the wake its
+/// successor waits on.
+#[derive(Debug)]
+struct Waiter {
+    generation: u64,
+    waker: Option<Waker>,
+    /// Something came since the connection last looked.
+    woken: bool,
+}
+
+impl Waiter {
+    fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            waker: None,
+            woken: false,
+        }
+    }
+}
+
+impl Out {
+    /// Note that something came, and what to wake (outside the lock).
+    fn woken(&mut self) -> Option<Waker> {
+        let waiter = self.waiter.as_mut()?;
+        waiter.woken = true;
+        waiter.waker.take()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,6 +269,24 @@ impl SessionState {
     /// The outbox, to take what to write and to hand it acknowledgements.
     pub fn outbox(&self) -> impl std::ops::DerefMut<Target = Outbox> + '_ {
         OutboxGuard(lock(&self.out))
+    }
+
+    /// Ready when the outbox got something, or refused a message, since
+    /// connection `generation` last looked; until then, the task polling it
+    /// is woken when it does. A connection the session has passed to another
+    /// is never ready here (its eviction ends it).
+    pub fn poll_wake(&self, generation: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let mut out = lock(&self.out);
+        let Some(waiter) = out.waiter.as_mut().filter(|w| w.generation == generation) else {
+            return Poll::Pending;
+        };
+        if std::mem::take(&mut waiter.woken) {
+            return Poll::Ready(());
+        }
+        if !waiter.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            waiter.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Whether a QoS 1 or 2 message was refused since the last call.
@@ -444,15 +504,14 @@ impl Registry {
         lock(&self.sessions)
     }
 
-    fn new_session(&self, client_id: &str, user: Option<Arc<str>>) -> Arc<SessionState> {
+    fn new_session(&self, client_id: &str, user: Option<Arc<str>>, generation: u64) -> Arc<SessionState> {
         Arc::new(SessionState {
             client_id: client_id.into(),
             user,
             out: Mutex::new(Out {
                 outbox: Outbox::new(self.limits.clone(), &self.budget),
-                online: true,
+                waiter: Some(Waiter::new(generation)),
             }),
-            wake: Notify::new(),
             overflowed: std::sync::atomic::AtomicBool::new(false),
             subscriptions: Mutex::new(Subscriptions::default()),
             received: Mutex::new(BTreeSet::new()),
@@ -504,13 +563,13 @@ impl Registry {
         let (session, present, discarded) = match previous {
             Some(entry) if resume => {
                 let mut out = lock(&entry.session.out);
-                out.online = true;
+                out.waiter = Some(Waiter::new(generation));
                 out.outbox.resume();
                 drop(out);
                 (entry.session, true, None)
             }
             other => (
-                self.new_session(client_id, user),
+                self.new_session(client_id, user, generation),
                 false,
                 other.map(|entry| entry.session),
             ),
@@ -550,6 +609,8 @@ impl Registry {
             return;
         }
         entry.connection = None;
+        // Away from now on; and its waker holds the connection's task.
+        lock(&entry.session.out).waiter = None;
         match leave {
             Leave::End => {
                 if let Some(entry) = sessions.remove(client_id) {
@@ -564,7 +625,6 @@ impl Registry {
                     Leave::KeepFor(after) => Some(now + after),
                     _ => None,
                 };
-                lock(&entry.session.out).online = false;
             }
         }
     }
@@ -760,21 +820,25 @@ impl Registry {
 
     fn queue(&self, session: &Arc<SessionState>, message: Arc<Message>, qos: QoS, retain: bool, fanout: &mut Fanout) {
         let mut out = lock(&session.out);
-        let online = out.online;
+        let online = out.waiter.is_some();
         match out.outbox.push(Delivery { message, qos, retain }, online) {
             Ok(()) => {
                 fanout.queued[qos as usize] += 1;
+                let waker = out.woken();
                 drop(out);
-                if online {
-                    session.wake.notify_one();
+                if let Some(waker) = waker {
+                    waker.wake();
                 }
             }
             Err(refused) => {
                 fanout.dropped.push((refused, qos));
                 if qos != QoS::AtMostOnce && refused != Refused::Away {
                     session.overflowed.store(true, std::sync::atomic::Ordering::Release);
+                    let waker = out.woken();
                     drop(out);
-                    session.wake.notify_one();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
                 }
             }
         }

@@ -539,33 +539,52 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     }
 }
 
-/// What the socket did, of what the relay waits on it for.
-pub(super) enum Io {
+/// What the relay's wait ended with ([`wait`]).
+pub(super) enum Event {
     /// Bytes of the write buffer written, or 0 for a flush.
     Wrote(std::io::Result<usize>),
     /// Bytes read and appended to the read buffer; 0: the client closed.
     Read(std::io::Result<usize>),
+    /// The session's outbox got something (or refused a message).
+    Woken,
+    /// The connection is to end ([`crate::Eviction`]).
+    Evicted,
 }
 
-/// Wait for the socket: to write `pending` (or flush when nothing is pending,
-/// since TLS holds records back until flushed) when `write`, and to read
-/// into `buf` when `read`, in one poll of the one stream. A `poll_fn`, so that
-/// the relay's wait holds references rather than a read's and a write's
-/// futures.
+/// What the relay waits for, in one poll: its eviction; its socket, to
+/// write `pending` (or flush when nothing is pending, since TLS holds
+/// records back until flushed) when `write`, and to read into `buf` when
+/// `read`; and its session's outbox. A `poll_fn` over references, so that
+/// the relay's wait keeps no futures of its own (a read's, a write's, two
+/// `Notified`s and a `select!`'s) in every connection's state.
+/// `outbox_first` alternates with the caller, so that a client that keeps
+/// sending does not starve what it is owed, nor the other way round.
 ///
 /// Reads go through a buffer on the stack of the poll, at most
 /// [`READ_CHUNK`] bytes, then copied into `buf`, rather than into `buf`'s
 /// spare capacity (`read_buf`): that would reserve a buffer as soon as the
 /// read is polled and keep it for as long as the client is quiet, for every
 /// idle client. The copy is of what arrived, once.
-pub(super) fn io<'a, S: AsyncRead + AsyncWrite + Unpin>(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wait<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &'a mut S,
     pending: &'a [u8],
     write: bool,
     buf: &'a mut BytesMut,
     read: bool,
-) -> impl std::future::Future<Output = Io> + 'a {
+    outbox: (&'a crate::registry::SessionState, u64),
+    eviction: &'a crate::Eviction,
+    outbox_first: bool,
+) -> impl std::future::Future<Output = Event> + 'a {
+    use std::task::Poll;
     std::future::poll_fn(move |cx| {
+        if eviction.poll_evicted(cx).is_ready() {
+            return Poll::Ready(Event::Evicted);
+        }
+        let (session, generation) = outbox;
+        if outbox_first && session.poll_wake(generation, cx).is_ready() {
+            return Poll::Ready(Event::Woken);
+        }
         if write {
             let mut stream = std::pin::Pin::new(&mut *stream);
             let written = if pending.is_empty() {
@@ -573,20 +592,23 @@ pub(super) fn io<'a, S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 stream.as_mut().poll_write(cx, pending)
             };
-            if let std::task::Poll::Ready(written) = written {
-                return std::task::Poll::Ready(Io::Wrote(written));
+            if let Poll::Ready(written) = written {
+                return Poll::Ready(Event::Wrote(written));
             }
         }
         if read {
             let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut arrived = tokio::io::ReadBuf::uninit(&mut chunk);
-            if let std::task::Poll::Ready(polled) = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut arrived) {
+            if let Poll::Ready(polled) = std::pin::Pin::new(&mut *stream).poll_read(cx, &mut arrived) {
                 let n = arrived.filled().len();
                 buf.extend_from_slice(arrived.filled());
-                return std::task::Poll::Ready(Io::Read(polled.map(|()| n)));
+                return Poll::Ready(Event::Read(polled.map(|()| n)));
             }
         }
-        std::task::Poll::Pending
+        if !outbox_first && session.poll_wake(generation, cx).is_ready() {
+            return Poll::Ready(Event::Woken);
+        }
+        Poll::Pending
     })
 }
 

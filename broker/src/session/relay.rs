@@ -110,7 +110,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// gets wakes the loop and is written as the socket takes it.
     pub(super) async fn relay(&mut self, eviction: &crate::Eviction) -> End {
         // Set by `attach`, which the relay follows: never missing here.
-        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
+        let Some((session, generation)) = self
+            .attached
+            .as_ref()
+            .map(|held| (held.session.clone(), held.generation))
+        else {
             return End::NetworkError;
         };
         eviction.heard();
@@ -123,47 +127,56 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // The broker's stop reaches a connection as an eviction
         // ([`Registry::evict_all`]): one wait fewer in every connection's
         // state. One attached after that eviction sees the stop here.
-        let evicted = eviction.evicted();
-        tokio::pin!(evicted);
         if self.shared.stop.is_cancelled() {
             return self.evicted(eviction).await;
         }
+        let mut outbox_first = false;
         loop {
             let backlogged = self.write.len() >= WRITE_BACKLOG_LIMIT;
             let writing = !self.write.is_empty() || self.unflushed;
-            tokio::select! {
-                io = io(&mut self.stream, &self.write, writing, &mut self.read, !backlogged) => match io {
-                    Io::Wrote(written) => match written {
-                        Ok(0) if !self.write.is_empty() => return End::NetworkError,
-                        Ok(n) => self.wrote(n),
-                        Err(_) => return End::NetworkError,
-                    },
-                    Io::Read(read) => {
-                        match read {
-                            // Half-closed: what the client is owed goes out
-                            // first (see `relay`).
-                            Ok(0) => {
-                                if !self.write.is_empty() {
-                                    let _ = Box::pin(self.write_final()).await;
-                                }
-                                return End::Closed;
-                            }
-                            Ok(_) => eviction.heard(),
-                            Err(_) => return End::NetworkError,
-                        }
-                        if let Err(end) = self.on_readable().await {
-                            return end;
-                        }
-                    }
+            outbox_first = !outbox_first;
+            let event = wait(
+                &mut self.stream,
+                &self.write,
+                writing,
+                &mut self.read,
+                !backlogged,
+                (&session, generation),
+                eviction,
+                outbox_first,
+            )
+            .await;
+            match event {
+                Event::Wrote(written) => match written {
+                    Ok(0) if !self.write.is_empty() => return End::NetworkError,
+                    Ok(n) => self.wrote(n),
+                    Err(_) => return End::NetworkError,
                 },
-                () = session.wake.notified() => {
+                Event::Read(read) => {
+                    match read {
+                        // Half-closed: what the client is owed goes out
+                        // first (see `relay`).
+                        Ok(0) => {
+                            if !self.write.is_empty() {
+                                let _ = Box::pin(self.write_final()).await;
+                            }
+                            return End::Closed;
+                        }
+                        Ok(_) => eviction.heard(),
+                        Err(_) => return End::NetworkError,
+                    }
+                    if let Err(end) = self.on_readable().await {
+                        return end;
+                    }
+                }
+                Event::Woken => {
                     let disconnect = self.shared.settings.limits.queue_full == crate::config::QueueFull::Disconnect;
                     if disconnect && session.take_overflow() {
                         return self.slow_consumer(&session).await;
                     }
                     self.refill();
                 }
-                () = &mut evicted => return self.evicted(eviction).await,
+                Event::Evicted => return self.evicted(eviction).await,
             }
         }
     }
