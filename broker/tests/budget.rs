@@ -55,9 +55,7 @@ async fn stalled_subscriber(addr: SocketAddr, filter: &str, qos: u8) -> TcpStrea
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     stream.write_all(&connect_packet("stalled", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    stream.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(read_connack(&mut stream).await, [0x20, 2, 0, 0]);
     assert_eq!(subscribe(&mut stream, filter, qos).await, qos);
     stream
 }
@@ -334,12 +332,7 @@ async fn sockets_that_never_send_connect_count_against_the_connection_cap() {
     }
     let mut late = TcpStream::connect(mqtt).await.unwrap();
     late.write_all(&connect_packet("late", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, late.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
+    assert_eq!(read_connack(&mut late).await, [0x20, 2, 0, 3], "server unavailable");
 
     for _ in 0..snigate_broker::BUSY_ANSWERS {
         silent.push(TcpStream::connect(mqtt).await.unwrap());
@@ -398,12 +391,7 @@ async fn clients_beyond_the_connection_cap_are_told_the_server_is_busy() {
     // MQTT 3.1.1: CONNACK 3, server unavailable.
     let mut third = TcpStream::connect(mqtt).await.unwrap();
     third.write_all(&connect_packet("three", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, third.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 3]);
+    assert_eq!(read_connack(&mut third).await, [0x20, 2, 0, 3]);
 
     // MQTT 5: 0x89, server busy.
     let mut fourth = TcpStream::connect(mqtt).await.unwrap();
@@ -541,12 +529,11 @@ async fn a_full_subscription_index_refuses_new_filters_with_quota_exceeded() {
     // A new session does not fit either: CONNACK 3, server unavailable.
     let mut late = TcpStream::connect(mqtt).await.unwrap();
     late.write_all(&connect_packet("late", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, late.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 3], "no room for its session");
+    assert_eq!(
+        read_connack(&mut late).await,
+        [0x20, 2, 0, 3],
+        "no room for its session"
+    );
     // The filters there still deliver.
     publisher
         .write_all(&publish_packet("kept/1", b"still", 0, 0))
@@ -662,12 +649,7 @@ async fn connect_behind(addr: SocketAddr, header: &[u8], client_id: &str) -> Tcp
     let mut bytes = header.to_vec();
     bytes.extend_from_slice(&connect_packet(client_id, 0));
     stream.write_all(&bytes).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(read_connack(&mut stream).await, [0x20, 2, 0, 0]);
     stream
 }
 

@@ -6,7 +6,7 @@
 
 use snigate_shared::testing::mqtt::connect_packet;
 use snigate_shared::testing::{STEP, TempDir};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod support;
@@ -45,12 +45,7 @@ async fn a_tls_connection_takes_its_own_cost_from_the_connections_share() {
         .expect("a busy answer is a TLS session too")
         .unwrap();
     late.write_all(&connect_packet("late-tls", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, late.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
+    assert_eq!(read_connack(&mut late).await, [0x20, 2, 0, 3], "server unavailable");
 
     // What is left is less than a TLS connection and more than a plaintext one.
     let _plain = connected(mqtt, "plain", 0).await;

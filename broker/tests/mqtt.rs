@@ -320,12 +320,7 @@ async fn a_client_preferring_the_post_quantum_key_share_settles_on_x25519() {
     let group = tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name());
     assert_eq!(group, Some(NamedGroup::X25519));
     tls.write_all(&connect_packet("hybrid", 0)).await.unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, tls.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(read_connack(&mut tls).await, [0x20, 2, 0, 0]);
 }
 
 #[test]
@@ -397,8 +392,7 @@ async fn the_will_is_published_when_a_client_vanishes_not_when_it_disconnects() 
         .write_all(&connect_with_will("polite", "wills/polite", "gone"))
         .await
         .unwrap();
-    let mut connack = [0; 4];
-    polite.read_exact(&mut connack).await.unwrap();
+    read_connack(&mut polite).await;
     polite.write_all(&[0xe0, 0]).await.unwrap();
     drop(polite);
     // A client that vanishes: its will goes out.
@@ -406,8 +400,7 @@ async fn the_will_is_published_when_a_client_vanishes_not_when_it_disconnects() 
     rude.write_all(&connect_with_will("rude", "wills/rude", "gone"))
         .await
         .unwrap();
-    rude.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    assert_eq!(read_connack(&mut rude).await, [0x20, 2, 0, 0]);
     drop(rude);
 
     let received = tokio::time::timeout(STEP, subscriber).await.unwrap().unwrap().unwrap();
@@ -1091,12 +1084,7 @@ async fn logged_in(addr: std::net::SocketAddr, client_id: &str, user: &str, pass
         .write_all(&connect_with_login(client_id, user, password))
         .await
         .unwrap();
-    let mut connack = [0; 4];
-    tokio::time::timeout(STEP, stream.read_exact(&mut connack))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0], "{user} logged in");
+    assert_eq!(read_connack(&mut stream).await, [0x20, 2, 0, 0], "{user} logged in");
     stream
 }
 
@@ -1139,9 +1127,7 @@ async fn the_password_file_reloads_without_a_restart() {
         .write_all(&connect_with_login("again", "foo", "foo"))
         .await
         .unwrap();
-    let mut connack = [0; 4];
-    refused.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 5], "foo is refused now");
+    assert_eq!(read_connack(&mut refused).await, [0x20, 2, 0, 5], "foo is refused now");
 
     // A broken file is refused; admin still logs in.
     std::fs::write(dir.path("..v2/passwd"), "admin:$7$101$not-base64$!\n").unwrap();
@@ -1294,12 +1280,7 @@ async fn empty_client_ids_are_answered_as_mosquitto_answers_them() {
         for addr in [format!("127.0.0.1:{mosquitto_port}"), broker.addr.to_string()] {
             let mut stream = TcpStream::connect(&addr).await.unwrap();
             stream.write_all(&connect(flags)).await.unwrap();
-            let mut connack = [0; 4];
-            tokio::time::timeout(STEP, stream.read_exact(&mut connack))
-                .await
-                .unwrap()
-                .unwrap();
-            answers.push(connack);
+            answers.push(read_connack(&mut stream).await);
         }
         assert_eq!(
             answers[0], answers[1],

@@ -10,10 +10,6 @@ use super::*;
 ///
 /// With `proxy_protocol`, the connection starts with a PROXY header (v1 or v2)
 /// whose client address stands for the peer's from then on.
-// Not an `async fn`: those keep both their arguments and the locals they
-// are moved into, for the connection's life; an async block uses what it
-// captures in place.
-#[allow(clippy::manual_async_fn)]
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
@@ -21,30 +17,89 @@ pub fn serve(
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     admission: Admission,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let mut peer = peer;
-        let started = Instant::now();
-        // One deadline for PROXY header, handshake, protocol level and CONNECT.
-        let deadline = started + shared.settings.connect_timeout;
-        // Boxed, as the session is: a task keeps room for its largest state
-        // for the connection's life, and what comes before the session is
-        // over once it starts.
-        let arrived = Box::pin(arrive(stream, &mut peer, tls, proxy_protocol, deadline)).await;
-        let busy = matches!(admission, Admission::Busy(_));
-        let (end, client_id) = match open(arrived, peer, deadline, busy, &shared) {
-            Ok(session) => session.await,
-            Err(end) => (end, None),
-        };
-        drop(admission);
-        shared.metrics.disconnections.with_label_values(&[end.label()]).inc();
+) -> Connection {
+    let started = Instant::now();
+    // One deadline for PROXY header, handshake, protocol level and CONNECT.
+    let deadline = started + shared.settings.connect_timeout;
+    Connection {
+        stage: Stage::Arriving(Box::pin(arrive(stream, peer, tls, proxy_protocol, deadline))),
+        shared,
+        admission,
+        started,
+    }
+}
+
+/// One connection's task, from accept to close. Written by hand rather than
+/// as an async block: a task keeps room for its future's largest state for
+/// the connection's life, and an async block keeps what it captured (the
+/// socket, the acceptor, the peer) beside what it holds later, where this
+/// lays the stages over each other. Both stages are boxed, since what comes
+/// before the session is over once it starts: the task's cell is 256 bytes
+/// rather than 384 for every connection.
+pub struct Connection {
+    stage: Stage,
+    shared: Arc<Shared>,
+    /// Held to the end: the connection's slot and its share of the budget.
+    admission: Admission,
+    started: Instant,
+}
+
+enum Stage {
+    /// Everything before the session ([`arrive`]), with the client's address.
+    Arriving(BoxedArrival),
+    Running(BoxedSession, SocketAddr),
+    Ended,
+}
+
+impl std::future::Future for Connection {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            match &mut this.stage {
+                Stage::Arriving(arriving) => {
+                    let Poll::Ready((arrived, peer)) = arriving.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    let deadline = this.started + this.shared.settings.connect_timeout;
+                    let busy = matches!(this.admission, Admission::Busy(_));
+                    match open(arrived, peer, deadline, busy, &this.shared) {
+                        Ok(session) => this.stage = Stage::Running(session, peer),
+                        Err(end) => return this.ended(end, None, peer),
+                    }
+                }
+                Stage::Running(session, peer) => {
+                    let Poll::Ready((end, client_id)) = session.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    let peer = *peer;
+                    return this.ended(end, client_id, peer);
+                }
+                Stage::Ended => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Connection {
+    fn ended(&mut self, end: End, client_id: Option<String>, peer: SocketAddr) -> std::task::Poll<()> {
+        // The session's socket and buffers go before the log line.
+        self.stage = Stage::Ended;
+        self.shared
+            .metrics
+            .disconnections
+            .with_label_values(&[end.label()])
+            .inc();
         tracing::info!(
             %peer,
             client_id,
             end = end.label(),
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "client disconnected"
         );
+        std::task::Poll::Ready(())
     }
 }
 
@@ -63,6 +118,8 @@ fn open(
         Arrived::Tls(stream, read, level, identity) => start(stream, read, level, arrival, shared.clone(), identity),
     })
 }
+
+type BoxedArrival = std::pin::Pin<Box<dyn std::future::Future<Output = (Result<Arrived, End>, SocketAddr)> + Send>>;
 
 type BoxedSession = std::pin::Pin<Box<dyn std::future::Future<Output = (End, Option<String>)> + Send>>;
 
@@ -125,6 +182,17 @@ enum Arrived {
 /// header (whose client address stands for `peer` from then on), the TLS
 /// handshake, and the CONNECT's protocol level.
 async fn arrive(
+    stream: TcpStream,
+    mut peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+    deadline: Instant,
+) -> (Result<Arrived, End>, SocketAddr) {
+    let arrived = arrive_at(stream, &mut peer, tls, proxy_protocol, deadline).await;
+    (arrived, peer)
+}
+
+async fn arrive_at(
     mut stream: TcpStream,
     peer: &mut SocketAddr,
     tls: Option<TlsAcceptor>,

@@ -36,7 +36,7 @@ mod connect;
 mod relay;
 
 use accept::Arrival;
-pub use accept::{Admission, serve, serve_stream};
+pub use accept::{Admission, Connection, serve, serve_stream};
 
 const CONNECT_PACKET: u8 = 1;
 const CONNACK_PACKET: u8 = 2;

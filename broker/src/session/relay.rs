@@ -499,8 +499,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let mut outbox = session.outbox();
         // With the queues' share spent, one message at a time: the rest wait
         // in the outbox, counted once, rather than as copies here.
-        let shared = self.shared.clone();
-        while self.write.len() < WRITE_CHUNK && (self.write.is_empty() || !shared.queue_budget.is_spent()) {
+        while self.write.len() < WRITE_CHUNK && (self.write.is_empty() || !self.shared.queue_budget.is_spent()) {
             let Some(out) = outbox.next_to_write() else { break };
             match out {
                 Outgoing::Publish { delivery, pkid, dup } => {

@@ -113,15 +113,20 @@ pub async fn assert_pings(stream: &mut TcpStream) {
     assert_eq!(pingresp, [0xd0, 0]);
 }
 
-pub async fn connected(addr: SocketAddr, client_id: &str, keep_alive: u16) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(&connect_packet(client_id, keep_alive)).await.unwrap();
+/// The four bytes of a CONNACK of MQTT 3.1.1, within [`STEP`].
+pub async fn read_connack<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> [u8; 4] {
     let mut connack = [0; 4];
     tokio::time::timeout(STEP, stream.read_exact(&mut connack))
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
+        .expect("a CONNACK in time")
+        .expect("a CONNACK");
+    connack
+}
+
+pub async fn connected(addr: SocketAddr, client_id: &str, keep_alive: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&connect_packet(client_id, keep_alive)).await.unwrap();
+    assert_eq!(read_connack(&mut stream).await, [0x20, 2, 0, 0], "CONNACK accepted");
     stream
 }
 
