@@ -100,10 +100,13 @@ async fn publish_sys(shared: Arc<Shared>) {
 /// said nothing for 1.5 times their keepalive, and discard persistent
 /// sessions whose clients stayed away past their expiry
 /// (`persistent_client_expiration`, or an MQTT 5 client's session expiry
-/// interval).
+/// interval). Every [`RETAINED_SWEEPS`] sweeps, retained messages whose
+/// expiry interval ran out leave the store too (they are never sent after
+/// it; this gives their bytes back).
 async fn expire_sessions(shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps: u32 = 0;
     loop {
         tokio::select! {
             () = shared.stop.cancelled() => return,
@@ -114,6 +117,12 @@ async fn expire_sessions(shared: Arc<Shared>) {
         let now = std::time::Instant::now();
         shared.registry.close_silent(now);
         let expired = shared.registry.expire(now);
+        sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(RETAINED_SWEEPS) && shared.registry.expire_retained(now) > 0 {
+            let figures = shared.registry.figures();
+            shared.metrics.retained.set(gauge(figures.retained));
+            shared.metrics.retained_bytes.set(gauge(figures.retained_bytes));
+        }
         shared
             .metrics
             .subscriptions
@@ -124,6 +133,11 @@ async fn expire_sessions(shared: Arc<Shared>) {
         }
     }
 }
+
+/// Sweeps between two walks of the retained store for expired messages: a
+/// walk holds the store's write lock for its length, and an expired message
+/// is already never sent, so a minute's delay costs only its bytes.
+const RETAINED_SWEEPS: u32 = 60;
 
 /// A count as a gauge's value.
 pub(crate) fn gauge(n: usize) -> i64 {

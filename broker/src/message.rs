@@ -4,8 +4,9 @@
 //! for each subscriber with that subscriber's header.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use rumqttd::protocol::{Publish, PublishProperties, QoS};
+use rumqttd::protocol::{CopyProperties, Publish, PublishProperties, QoS};
 
 use crate::budget::{Budget, Charge};
 
@@ -22,7 +23,16 @@ pub enum Version {
 pub struct Message {
     /// Topic, payload, and the QoS and retain flag it was published with.
     publish: Publish,
+    /// What every MQTT 5 subscriber's copy carries as its publisher sent it
+    /// (payload format, content type, response topic, correlation data, user
+    /// properties: [MQTT-3.3.2-4], [MQTT-3.3.2-20], [MQTT-3.3.2-15],
+    /// [MQTT-3.3.2-16], [MQTT-3.3.2-17], [MQTT-3.3.2-18]); `None` when it sent
+    /// none of them. Its expiry interval, alias and subscription identifiers
+    /// are not kept here: each copy gets its own.
     properties: Option<PublishProperties>,
+    /// When its Message Expiry Interval runs out, counted from when the
+    /// broker received it (MQTT 5 §3.3.2.3.3); `None`: it does not expire.
+    expires_at: Option<Instant>,
     /// Its bytes in the broker's shared budget, given back when the last
     /// queue lets go of it; `None` for the retained store's, which counts
     /// its own.
@@ -49,25 +59,101 @@ pub fn size(publish: &Publish, properties: Option<&PublishProperties>) -> usize 
         + properties
 }
 
+/// What of a publisher's properties its message keeps, and when it expires
+/// if it was received at `received`.
+fn kept(properties: Option<PublishProperties>, received: Instant) -> (Option<PublishProperties>, Option<Instant>) {
+    let Some(mut p) = properties else { return (None, None) };
+    let expires_at = p
+        .message_expiry_interval
+        .take()
+        .map(|seconds| received + Duration::from_secs(u64::from(seconds)));
+    p.topic_alias = None;
+    p.subscription_identifiers = Vec::new();
+    let forwarded = p.payload_format_indicator.is_some()
+        || p.response_topic.is_some()
+        || p.correlation_data.is_some()
+        || !p.user_properties.is_empty()
+        || p.content_type.is_some();
+    (forwarded.then_some(p), expires_at)
+}
+
 impl Message {
-    /// Hold `publish` for its subscribers, within the shared budget: `None`
-    /// when its bytes do not fit.
-    pub fn new(publish: Publish, properties: Option<PublishProperties>, budget: &Arc<Budget>) -> Option<Arc<Self>> {
+    /// Hold `publish`, received at `received`, for its subscribers, within
+    /// the shared budget: `None` when its bytes do not fit.
+    pub fn new(
+        publish: Publish,
+        properties: Option<PublishProperties>,
+        received: Instant,
+        budget: &Arc<Budget>,
+    ) -> Option<Arc<Self>> {
+        let (properties, expires_at) = kept(properties, received);
         let charge = Charge::take(budget, size(&publish, properties.as_ref()))?;
         Some(Arc::new(Self {
             publish,
             properties,
+            expires_at,
             charge: Some(charge),
         }))
     }
 
     /// A message for the retained store, which bounds its own bytes.
-    pub fn retained(publish: Publish, properties: Option<PublishProperties>) -> Arc<Self> {
+    pub fn retained(publish: Publish, properties: Option<PublishProperties>, received: Instant) -> Arc<Self> {
+        let (properties, expires_at) = kept(properties, received);
         Arc::new(Self {
             publish,
             properties,
+            expires_at,
             charge: None,
         })
+    }
+
+    /// Whether its expiry interval has run out at `now`: it is sent to no
+    /// one after that ([MQTT-3.3.2-5]).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The expiry interval a copy sent at `now` carries: what was received
+    /// less the time it waited in the broker ([MQTT-3.3.2-6]), in whole
+    /// seconds rounded up, so a copy that is still valid never says 0.
+    fn expiry_left(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(seconds).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// A subscriber's copy with its header.
+    fn copy(&self, qos: QoS, pkid: u16, dup: bool, retain: bool) -> Publish {
+        Publish::delivery(
+            self.publish.topic.clone(),
+            self.publish.payload.clone(),
+            qos,
+            pkid,
+            dup,
+            retain,
+        )
+    }
+
+    /// The bytes of one subscriber's copy at `qos`, written at `now`: what
+    /// the client's Maximum Packet Size is held against ([MQTT-3.1.2-25]).
+    pub fn packet_size(&self, version: Version, qos: QoS, now: Instant) -> usize {
+        // The packet id's value does not change the size; 1 is a valid one.
+        let copy = self.copy(qos, 1, false, false);
+        match version {
+            Version::V4 => rumqttd::protocol::v4::publish_len(&copy),
+            Version::V5 => {
+                rumqttd::protocol::v5::publish_copy_len(&copy, self.properties.as_ref(), &self.copy_properties(now))
+            }
+        }
+    }
+
+    fn copy_properties(&self, now: Instant) -> CopyProperties<'static> {
+        CopyProperties {
+            message_expiry_interval: self.expiry_left(now),
+            ..CopyProperties::default()
+        }
     }
 
     /// Its bytes, as the budget counts them.
@@ -104,18 +190,21 @@ impl Message {
     /// a message against each client's queue.
     pub fn wire_size(&self) -> usize {
         // Fixed header (at most 5), topic length, packet id, property length
-        // (at most 4).
+        // (at most 4), the expiry interval (5).
         5 + 2
             + self.publish.topic.len()
             + 2
             + 4
             + self.properties.as_ref().map_or(0, properties_len)
+            + self.expires_at.map_or(0, |_| 5)
             + self.publish.payload.len()
     }
 
-    /// Append one subscriber's copy to `out`, with its QoS, packet id (0 for
-    /// QoS 0), DUP flag and retain flag. Properties are left out for
-    /// MQTT 3.1.1, which has none.
+    /// Append one subscriber's copy, written at `now`, to `out`, with its
+    /// QoS, packet id (0 for QoS 0), DUP flag and retain flag, and for MQTT 5
+    /// the properties its publisher sent and the expiry interval left.
+    /// Properties are left out for MQTT 3.1.1, which has none.
+    #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
         version: Version,
@@ -123,19 +212,18 @@ impl Message {
         pkid: u16,
         dup: bool,
         retain: bool,
+        now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, rumqttd::protocol::Error> {
-        let copy = Publish::delivery(
-            self.publish.topic.clone(),
-            self.publish.payload.clone(),
-            qos,
-            pkid,
-            dup,
-            retain,
-        );
+        let copy = self.copy(qos, pkid, dup, retain);
         match version {
             Version::V4 => rumqttd::protocol::v4::write_publish(&copy, out),
-            Version::V5 => rumqttd::protocol::v5::write_publish(&copy, &self.properties, out),
+            Version::V5 => rumqttd::protocol::v5::write_publish_copy(
+                &copy,
+                self.properties.as_ref(),
+                &self.copy_properties(now),
+                out,
+            ),
         }
     }
 }
@@ -174,15 +262,17 @@ mod tests {
             ..PublishProperties::default()
         };
         let publish = Publish::new("a/b", "hello", true);
-        let message = Message::new(publish, Some(properties.clone()), &budget).unwrap();
+        let now = Instant::now();
+        let message = Message::new(publish, Some(properties.clone()), now, &budget).unwrap();
         for (version, qos, pkid, dup, retain) in [
             (Version::V4, QoS::AtMostOnce, 0, false, false),
             (Version::V4, QoS::AtLeastOnce, 9, true, true),
             (Version::V5, QoS::ExactlyOnce, 65_535, false, true),
         ] {
             let mut out = bytes::BytesMut::new();
-            let written = message.write(version, qos, pkid, dup, retain, &mut out).unwrap();
+            let written = message.write(version, qos, pkid, dup, retain, now, &mut out).unwrap();
             assert!(written <= message.wire_size(), "{written} > {}", message.wire_size());
+            assert_eq!(written, message.packet_size(version, qos, now));
             // Read back with the codec, as the client will.
             use rumqttd::protocol::Protocol;
             let packet = match version {
@@ -205,7 +295,7 @@ mod tests {
     #[test]
     fn a_message_holds_its_bytes_in_the_budget_until_the_last_copy_goes() {
         let budget = budget(1000);
-        let message = Message::new(Publish::new("t", "x", false), None, &budget).unwrap();
+        let message = Message::new(Publish::new("t", "x", false), None, Instant::now(), &budget).unwrap();
         let held = budget.used();
         assert!(held > 0);
         let copy = message.clone();
@@ -214,7 +304,49 @@ mod tests {
         drop(copy);
         assert_eq!(budget.used(), 0);
         let large = Publish::new("t".to_owned(), "x".repeat(1000), false);
-        assert!(Message::new(large, None, &budget).is_none(), "over the budget");
+        assert!(
+            Message::new(large, None, Instant::now(), &budget).is_none(),
+            "over the budget"
+        );
         assert_eq!(budget.used(), 0);
+    }
+
+    /// [MQTT-3.3.2-5], [MQTT-3.3.2-6]: a copy carries the expiry interval
+    /// left, rounded up; past it the message is expired. The publisher's
+    /// alias and subscription identifiers are never passed on.
+    #[test]
+    fn a_copy_carries_the_expiry_interval_left_and_not_the_publishers_alias() {
+        let budget = budget(1 << 20);
+        let received = Instant::now();
+        let properties = PublishProperties {
+            message_expiry_interval: Some(10),
+            topic_alias: Some(4),
+            subscription_identifiers: vec![3],
+            ..PublishProperties::default()
+        };
+        let message = Message::new(Publish::new("a/b", "x", false), Some(properties), received, &budget).unwrap();
+        assert!(
+            message.properties().is_none(),
+            "nothing of the publisher's is forwarded"
+        );
+        let later = received + Duration::from_millis(3_500);
+        assert!(!message.expired(later));
+        let mut out = bytes::BytesMut::new();
+        let written = message
+            .write(Version::V5, QoS::AtLeastOnce, 1, false, false, later, &mut out)
+            .unwrap();
+        assert!(written <= message.wire_size());
+        assert_eq!(written, message.packet_size(Version::V5, QoS::AtLeastOnce, later));
+        use rumqttd::protocol::Protocol;
+        let Ok(rumqttd::protocol::Packet::Publish(_, Some(copy))) =
+            rumqttd::protocol::v5::V5.read_mut(&mut out, 1 << 10)
+        else {
+            panic!("no properties")
+        };
+        assert_eq!(copy.message_expiry_interval, Some(7));
+        assert_eq!((copy.topic_alias, copy.subscription_identifiers.len()), (None, 0));
+        assert!(message.expired(received + Duration::from_secs(10)));
+        let lasting = Message::new(Publish::new("a/b", "x", false), None, received, &budget).unwrap();
+        assert!(!lasting.expired(received + Duration::from_secs(1 << 30)));
     }
 }

@@ -111,7 +111,9 @@ impl Metrics {
                 Opts::new(
                     "snigate_broker_messages_dropped_total",
                     "Messages not delivered to a client, by reason (queue_full: its outbound queue; \
-                     memory_budget: all queues together) and QoS.",
+                     memory_budget: all queues together; client_away: QoS 0 for an away client; \
+                     expired: its message expiry interval ran out first; packet_too_large: over the \
+                     client's Maximum Packet Size) and QoS.",
                 ),
                 &["reason", "qos"],
             )?,
@@ -162,7 +164,7 @@ impl Metrics {
         }
         registry.register(Box::new(metrics.dropped.clone()))?;
         registry.register(Box::new(metrics.refused.clone()))?;
-        for reason in ["queue_full", "memory_budget"] {
+        for reason in ["queue_full", "memory_budget", "expired", "packet_too_large"] {
             for qos in ["0", "1", "2"] {
                 metrics.dropped.with_label_values(&[reason, qos]);
             }

@@ -5,11 +5,12 @@
 //! again, in order, when it comes back.
 //!
 //! Pure: no socket, no clock. The session asks [`Outbox::next_to_write`] for what to
-//! write while its socket takes bytes, and hands it the client's
-//! acknowledgements.
+//! write while its socket takes bytes, telling it the time and what its
+//! client allows ([`Peer`]), and hands it the client's acknowledgements.
 //!
 //! Bounds, as Mosquitto's `database.c` keeps them: at most
-//! `max_inflight_messages` QoS 1 and 2 messages in flight; beyond them,
+//! `max_inflight_messages` QoS 1 and 2 messages in flight, or the client's
+//! Receive Maximum if that is lower ([MQTT-3.3.4-9]); beyond them,
 //! messages wait in the queue, at most `max_queued_messages` of them (0: no
 //! limit) and `max_queued_bytes` of their wire size (0: no limit). QoS 0
 //! messages are queued for an away client only with `queue_qos0_messages`.
@@ -18,11 +19,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rumqttd::protocol::QoS;
 
 use crate::budget::{Budget, Charge};
-use crate::message::Message;
+use crate::message::{Message, Version};
 
 /// What bounds an outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,12 @@ pub enum Refused {
     MemoryBudget,
     /// A QoS 0 message for an away client, without `queue_qos0_messages`.
     Away,
+    /// Its Message Expiry Interval ran out before it was sent
+    /// ([MQTT-3.3.2-5]).
+    Expired,
+    /// Larger than the client's Maximum Packet Size: a server drops it
+    /// rather than send it ([MQTT-3.1.2-25]).
+    TooLarge,
 }
 
 impl Refused {
@@ -63,7 +71,48 @@ impl Refused {
             Self::QueueFull => "queue_full",
             Self::MemoryBudget => "memory_budget",
             Self::Away => "client_away",
+            Self::Expired => "expired",
+            Self::TooLarge => "packet_too_large",
         }
+    }
+}
+
+/// The client on the connection, as [`Outbox::next_to_write`] needs it:
+/// asked at each write, so a session resumed by a client with other limits
+/// is held to its new ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// Its Receive Maximum (MQTT 5 §3.1.2.11.3; 65,535 when it sent none,
+    /// and for MQTT 3.1.1).
+    pub receive_maximum: u16,
+    /// Its Maximum Packet Size in bytes (MQTT 5 §3.1.2.11.4; `usize::MAX`
+    /// when it sent none).
+    pub max_packet_size: usize,
+    pub version: Version,
+    pub now: Instant,
+}
+
+impl Peer {
+    /// A client that sent no limits.
+    pub fn unbounded(version: Version, now: Instant) -> Self {
+        Self {
+            receive_maximum: u16::MAX,
+            max_packet_size: usize::MAX,
+            version,
+            now,
+        }
+    }
+
+    /// Why `delivery` cannot be sent to this client now, if it cannot.
+    fn refuses(&self, delivery: &Delivery) -> Option<Refused> {
+        let message = &delivery.message;
+        if message.expired(self.now) {
+            return Some(Refused::Expired);
+        }
+        // `wire_size` is an upper bound: most copies need no exact count.
+        let large = message.wire_size() > self.max_packet_size
+            && message.packet_size(self.version, delivery.qos, self.now) > self.max_packet_size;
+        large.then_some(Refused::TooLarge)
     }
 }
 
@@ -74,6 +123,16 @@ pub enum Outgoing {
     Publish { delivery: Delivery, pkid: u16, dup: bool },
     /// A PUBREL, sent again after a reconnect ([MQTT-4.4.0-1]).
     PubRel(u16),
+    /// A message let go unsent, at the QoS of its copy, for the drop
+    /// counter. `release`: a QoS 2 message that was in flight when its
+    /// client left, whose packet id the client may hold (it may have sent a
+    /// PUBREC the broker never saw); a PUBREL frees it on both sides before
+    /// the id is used again.
+    Dropped {
+        qos: QoS,
+        reason: Refused,
+        release: Option<u16>,
+    },
 }
 
 /// An acknowledgement that names no message in flight, or the wrong kind of
@@ -153,30 +212,32 @@ impl Outbox {
         Ok(())
     }
 
-    /// What to write next, if anything may go now: first what was in flight
-    /// when the client left (a PUBLISH again with DUP set, [MQTT-3.3.1-1],
-    /// with its packet id, [MQTT-4.4.0-1]; or a PUBREL), then the queue in
-    /// order ([MQTT-4.6.0-6]), QoS 1 and 2 only while the window has room.
-    pub fn next_to_write(&mut self) -> Option<Outgoing> {
+    /// What to write next to `peer`, if anything may go now: first what was
+    /// in flight when the client left (a PUBLISH again with DUP set,
+    /// [MQTT-3.3.1-1], with its packet id, [MQTT-4.4.0-1]; or a PUBREL), then
+    /// the queue in order ([MQTT-4.6.0-6]), QoS 1 and 2 only while the window
+    /// has room. A message that expired or is too large for the client is
+    /// let go instead ([`Outgoing::Dropped`]), as Mosquitto lets it go.
+    pub fn next_to_write(&mut self, peer: &Peer) -> Option<Outgoing> {
         if self.resend > 0 {
-            let at = self.inflight.len() - self.resend;
-            self.resend -= 1;
-            let (pkid, stage) = self.inflight.get(at)?;
-            return Some(match stage {
-                Stage::Sent(delivery) => Outgoing::Publish {
-                    delivery: delivery.clone(),
-                    pkid: *pkid,
-                    dup: true,
-                },
-                Stage::Released => Outgoing::PubRel(*pkid),
-            });
+            return self.next_again(peer);
         }
         let front = self.queue.front()?;
-        if front.qos != QoS::AtMostOnce && self.inflight.len() >= self.limits.max_inflight {
+        let refused = peer.refuses(front);
+        let window = self.limits.max_inflight.min(usize::from(peer.receive_maximum));
+        if refused.is_none() && front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
             return None;
         }
         let delivery = self.queue.pop_front()?;
         self.queued_bytes -= delivery.message.wire_size();
+        if let Some(reason) = refused {
+            self.charge.shrink(ENTRY_BYTES);
+            return Some(Outgoing::Dropped {
+                qos: delivery.qos,
+                reason,
+                release: None,
+            });
+        }
         if delivery.qos == QoS::AtMostOnce {
             self.charge.shrink(ENTRY_BYTES);
             return Some(Outgoing::Publish {
@@ -192,6 +253,33 @@ impl Outbox {
             pkid,
             dup: false,
         })
+    }
+
+    /// The next of what was in flight when the client left.
+    fn next_again(&mut self, peer: &Peer) -> Option<Outgoing> {
+        let at = self.inflight.len().checked_sub(self.resend)?;
+        self.resend -= 1;
+        let (pkid, stage) = self.inflight.get(at)?;
+        let pkid = *pkid;
+        let Stage::Sent(delivery) = stage else {
+            return Some(Outgoing::PubRel(pkid));
+        };
+        let Some(reason) = peer.refuses(delivery) else {
+            return Some(Outgoing::Publish {
+                delivery: delivery.clone(),
+                pkid,
+                dup: true,
+            });
+        };
+        let qos = delivery.qos;
+        let release = if qos == QoS::ExactlyOnce {
+            self.inflight[at].1 = Stage::Released;
+            Some(pkid)
+        } else {
+            self.forget(at);
+            None
+        };
+        Some(Outgoing::Dropped { qos, reason, release })
     }
 
     /// A packet id no message in flight has. The window is at most 65,535, so

@@ -15,7 +15,13 @@ fn limits(max_inflight: usize) -> Arc<Limits> {
 }
 
 fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
-    let message = Message::new(Publish::new("t".to_owned(), payload.to_owned(), false), None, budget).unwrap();
+    let message = Message::new(
+        Publish::new("t".to_owned(), payload.to_owned(), false),
+        None,
+        Instant::now(),
+        budget,
+    )
+    .unwrap();
     Delivery {
         message,
         qos,
@@ -23,9 +29,18 @@ fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
     }
 }
 
+fn any() -> Peer {
+    Peer::unbounded(Version::V5, Instant::now())
+}
+
 /// What `next_to_write` gives until it gives nothing: (payload or "PUBREL", pkid, dup).
 fn drain(outbox: &mut Outbox) -> Vec<(String, u16, bool)> {
-    std::iter::from_fn(|| outbox.next_to_write())
+    drain_to(outbox, &any())
+}
+
+/// The same, for `peer`; a message let go shows as "dropped" with its reason.
+fn drain_to(outbox: &mut Outbox, peer: &Peer) -> Vec<(String, u16, bool)> {
+    std::iter::from_fn(|| outbox.next_to_write(peer))
         .map(|out| match out {
             Outgoing::Publish { delivery, pkid, dup } => (
                 String::from_utf8_lossy(delivery.message.payload()).into_owned(),
@@ -33,6 +48,9 @@ fn drain(outbox: &mut Outbox) -> Vec<(String, u16, bool)> {
                 dup,
             ),
             Outgoing::PubRel(pkid) => ("PUBREL".to_owned(), pkid, false),
+            Outgoing::Dropped { reason, release, .. } => {
+                (format!("dropped {}", reason.label()), release.unwrap_or(0), false)
+            }
         })
         .collect()
 }
@@ -124,7 +142,7 @@ fn an_acknowledgement_during_the_resend_skips_only_that_message() {
     }
     drain(&mut outbox);
     outbox.resume();
-    let first_two: Vec<_> = std::iter::from_fn(|| outbox.next_to_write()).take(2).collect();
+    let first_two: Vec<_> = std::iter::from_fn(|| outbox.next_to_write(&any())).take(2).collect();
     assert_eq!(first_two.len(), 2);
     outbox.puback(1).unwrap(); // sent again already
     outbox.puback(3).unwrap(); // not yet
@@ -220,7 +238,111 @@ fn packet_ids_wrap_past_those_in_flight() {
     outbox.push(delivery(&budget, "m", QoS::AtLeastOnce), true).unwrap();
     outbox.last_pkid = 65_533;
     assert!(
-        matches!(outbox.next_to_write(), Some(Outgoing::Publish { pkid: 65_535, .. })),
+        matches!(
+            outbox.next_to_write(&any()),
+            Some(Outgoing::Publish { pkid: 65_535, .. })
+        ),
         "65,534 is in flight"
+    );
+}
+
+fn expiring(budget: &Arc<Budget>, payload: &str, qos: QoS, seconds: u32, received: Instant) -> Delivery {
+    let properties = rumqttd::protocol::PublishProperties {
+        message_expiry_interval: Some(seconds),
+        ..Default::default()
+    };
+    let publish = Publish::new("t".to_owned(), payload.to_owned(), false);
+    Delivery {
+        message: Message::new(publish, Some(properties), received, budget).unwrap(),
+        qos,
+        retain: false,
+    }
+}
+
+/// [MQTT-3.3.2-5]: a message whose expiry interval ran out while it waited
+/// is not sent; those behind it are, in order. What was in flight when the
+/// client left and has expired since is let go too (QoS 1), or released
+/// with a PUBREL so that its packet id is free on both sides (QoS 2).
+#[test]
+fn expired_messages_are_not_sent() {
+    let budget = budget();
+    let mut outbox = Outbox::new(limits(10), &budget);
+    let t0 = Instant::now();
+    let at = |seconds| Peer::unbounded(Version::V5, t0 + std::time::Duration::from_secs(seconds));
+    outbox
+        .push(expiring(&budget, "short", QoS::AtLeastOnce, 5, t0), false)
+        .unwrap();
+    outbox
+        .push(delivery(&budget, "lasting", QoS::AtLeastOnce), false)
+        .unwrap();
+    outbox
+        .push(expiring(&budget, "long", QoS::AtLeastOnce, 60, t0), false)
+        .unwrap();
+    assert_eq!(
+        drain_to(&mut outbox, &at(10)),
+        [
+            ("dropped expired".to_owned(), 0, false),
+            ("lasting".to_owned(), 1, false),
+            ("long".to_owned(), 2, false)
+        ]
+    );
+    outbox.puback(1).unwrap();
+    outbox.puback(2).unwrap();
+    // In flight when the client left, expired when it came back.
+    outbox
+        .push(expiring(&budget, "q1", QoS::AtLeastOnce, 5, t0), true)
+        .unwrap();
+    outbox
+        .push(expiring(&budget, "q2", QoS::ExactlyOnce, 5, t0), true)
+        .unwrap();
+    assert_eq!(drain_to(&mut outbox, &at(1)).len(), 2);
+    outbox.resume();
+    assert_eq!(
+        drain_to(&mut outbox, &at(6)),
+        [
+            ("dropped expired".to_owned(), 0, false),
+            ("dropped expired".to_owned(), 4, false)
+        ]
+    );
+    assert_eq!(outbox.len(), (0, 1), "the QoS 2 one waits for its PUBCOMP");
+    outbox.pubcomp(4).unwrap();
+    assert!(outbox.is_empty());
+    assert_eq!(budget.used(), 0);
+}
+
+/// [MQTT-3.3.4-9]: the window is the client's Receive Maximum where that is
+/// below `max_inflight_messages`. [MQTT-3.1.2-25]: a copy larger than its
+/// Maximum Packet Size is let go, and what follows is sent.
+#[test]
+fn the_clients_receive_maximum_and_packet_size_bound_what_is_sent() {
+    let budget = budget();
+    let mut outbox = Outbox::new(limits(10), &budget);
+    for payload in ["a", "b", "c"] {
+        outbox.push(delivery(&budget, payload, QoS::AtLeastOnce), true).unwrap();
+    }
+    let two = Peer {
+        receive_maximum: 2,
+        ..any()
+    };
+    assert_eq!(drain_to(&mut outbox, &two).len(), 2, "two in flight");
+    outbox.puback(1).unwrap();
+    assert_eq!(drain_to(&mut outbox, &two), [("c".to_owned(), 3, false)]);
+    let large = "x".repeat(100);
+    outbox.push(delivery(&budget, &large, QoS::AtMostOnce), true).unwrap();
+    outbox.push(delivery(&budget, "small", QoS::AtMostOnce), true).unwrap();
+    let size = |payload: &str| {
+        let message = delivery(&budget, payload, QoS::AtMostOnce).message;
+        message.packet_size(Version::V5, QoS::AtMostOnce, Instant::now())
+    };
+    let small = Peer {
+        max_packet_size: size("small"),
+        ..any()
+    };
+    assert_eq!(
+        drain_to(&mut outbox, &small),
+        [
+            ("dropped packet_too_large".to_owned(), 0, false),
+            ("small".to_owned(), 0, false)
+        ]
     );
 }

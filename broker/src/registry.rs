@@ -151,6 +151,19 @@ pub struct Options {
     pub qos: QoS,
 }
 
+/// A QoS 2 PUBLISH, as the session's exactly-once record sees it
+/// ([`SessionState::receive_qos2`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Its packet id was free: deliver it.
+    New,
+    /// Its packet id waits for a PUBREL: sent again, not delivered again
+    /// ([MQTT-4.3.3-10]).
+    Again,
+    /// As many wait for their PUBREL as the quota allows.
+    OverQuota,
+}
+
 /// One client's session.
 #[derive(Debug)]
 pub struct SessionState {
@@ -294,10 +307,19 @@ impl SessionState {
         self.overflowed.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
-    /// A QoS 2 PUBLISH with `pkid` came: whether it is new (to be delivered)
-    /// rather than one sent again before its PUBREL.
-    pub fn receive_qos2(&self, pkid: u16) -> bool {
-        lock(&self.received).insert(pkid)
+    /// A QoS 2 PUBLISH with `pkid` came: whether it is new (to be delivered),
+    /// one sent again before its PUBREL, or one more than `quota` waiting
+    /// for theirs.
+    pub fn receive_qos2(&self, pkid: u16, quota: usize) -> Received {
+        let mut received = lock(&self.received);
+        if received.contains(&pkid) {
+            Received::Again
+        } else if received.len() >= quota {
+            Received::OverQuota
+        } else {
+            received.insert(pkid);
+            Received::New
+        }
     }
 
     /// A PUBREL for `pkid`: whether the id was waiting for it.
@@ -740,7 +762,13 @@ impl Registry {
         if parsed.topic.starts_with('$') {
             self.sys.matching(parsed.topic, |message| found.push(message.clone()));
         }
+        let now = Instant::now();
         for message in found {
+            // Expired while retained: not sent ([MQTT-3.3.2-5]); the sweep
+            // takes it out of the store.
+            if message.expired(now) {
+                continue;
+            }
             if !may_read(message.topic()) {
                 fanout.withheld += 1;
                 continue;
@@ -801,19 +829,31 @@ impl Registry {
     /// clear the topic for one with an empty payload ([MQTT-3.3.1-10]). The
     /// store counts its bytes against `max_retained_bytes`; its topic and
     /// payload are those of the copies in flight (`Bytes`), not copied.
-    pub fn retain(&self, topic: &str, publish: Publish, properties: Option<PublishProperties>) -> retained::Outcome {
+    pub fn retain(
+        &self,
+        topic: &str,
+        publish: Publish,
+        properties: Option<PublishProperties>,
+        received: Instant,
+    ) -> retained::Outcome {
         if publish.payload.is_empty() {
             return self.retained.retain(topic, None);
         }
-        let message = Message::retained(publish, properties);
+        let message = Message::retained(publish, properties, received);
         let bytes = message.size();
         self.retained.retain(topic, Some((message, bytes)))
+    }
+
+    /// Take the retained messages whose expiry interval has run out at `now`
+    /// out of the store (they were not sent since, [MQTT-3.3.2-5]): how many.
+    pub fn expire_retained(&self, now: Instant) -> usize {
+        self.retained.remove_if(|message| message.expired(now))
     }
 
     /// Keep `publish` as the broker's own retained value of `topic` (a
     /// `$SYS` topic), outside `max_retained_bytes` and the retained figures.
     pub fn retain_sys(&self, topic: &str, publish: Publish) {
-        let message = Message::retained(publish, None);
+        let message = Message::retained(publish, None, Instant::now());
         let bytes = message.size();
         self.sys.retain(topic, Some((message, bytes)));
     }

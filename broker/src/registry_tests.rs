@@ -1,5 +1,6 @@
 use super::*;
-use crate::outbox::Outgoing;
+use crate::message::Version;
+use crate::outbox::{Outgoing, Peer};
 
 /// MQTT 3.1.1's clean session on, and off.
 const CLEAN: Continuity = Continuity {
@@ -24,7 +25,7 @@ fn registry() -> Registry {
 
 fn message(registry: &Registry, topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
     let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, false);
-    Message::new(publish, None, &registry.budget).unwrap()
+    Message::new(publish, None, std::time::Instant::now(), &registry.budget).unwrap()
 }
 
 fn everyone(_: &SessionState, _: &[u8]) -> bool {
@@ -34,7 +35,7 @@ fn everyone(_: &SessionState, _: &[u8]) -> bool {
 /// What the session's outbox gives now: (payload, QoS, retain, DUP).
 fn written(session: &SessionState) -> Vec<(String, QoS, bool, bool)> {
     let mut outbox = session.outbox();
-    std::iter::from_fn(|| outbox.next_to_write())
+    std::iter::from_fn(|| outbox.next_to_write(&Peer::unbounded(Version::V5, std::time::Instant::now())))
         .filter_map(|out| match out {
             Outgoing::Publish { delivery, dup, .. } => Some((
                 String::from_utf8_lossy(delivery.message.payload()).into_owned(),
@@ -42,7 +43,7 @@ fn written(session: &SessionState) -> Vec<(String, QoS, bool, bool)> {
                 delivery.retain,
                 dup,
             )),
-            Outgoing::PubRel(_) => None,
+            Outgoing::PubRel(_) | Outgoing::Dropped { .. } => None,
         })
         .collect()
 }
@@ -181,7 +182,7 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
     let registry = registry();
     let retained = |topic: &str, payload: &str, qos| {
         let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, true);
-        registry.retain(topic, publish, None)
+        registry.retain(topic, publish, None, Instant::now())
     };
     assert_eq!(retained("r/1", "one", QoS::ExactlyOnce), retained::Outcome::Stored);
     assert_eq!(retained("r/2", "two", QoS::AtMostOnce), retained::Outcome::Stored);
@@ -260,16 +261,30 @@ fn qos_2_packet_ids_received_outlive_the_connection() {
     // before its PUBREL, is not delivered again; a clean start forgets them.
     let registry = registry();
     let first = registry.connect("p", None, PERSISTENT, Arc::default()).unwrap();
-    assert!(first.session.receive_qos2(7));
-    assert!(!first.session.receive_qos2(7));
+    let any = usize::MAX;
+    assert_eq!(first.session.receive_qos2(7, any), Received::New);
+    assert_eq!(first.session.receive_qos2(7, any), Received::Again);
     registry.disconnect("p", first.generation, Leave::Keep, Instant::now());
     let back = registry.connect("p", None, PERSISTENT, Arc::default()).unwrap();
-    assert!(!back.session.receive_qos2(7), "still waiting for its PUBREL");
+    assert_eq!(
+        back.session.receive_qos2(7, any),
+        Received::Again,
+        "still waiting for its PUBREL"
+    );
     assert!(back.session.release_qos2(7));
     assert!(!back.session.release_qos2(7));
-    assert!(back.session.receive_qos2(7), "a new message with the id");
+    assert_eq!(
+        back.session.receive_qos2(7, any),
+        Received::New,
+        "a new message with the id"
+    );
     let clean = registry.connect("p", None, CLEAN, Arc::default()).unwrap();
-    assert!(clean.session.receive_qos2(7));
+    assert_eq!(clean.session.receive_qos2(7, any), Received::New);
+    // MQTT 5 §3.3.4: past the quota a new id is refused; one sent again is
+    // still recognised.
+    assert_eq!(clean.session.receive_qos2(8, 2), Received::New);
+    assert_eq!(clean.session.receive_qos2(9, 2), Received::OverQuota);
+    assert_eq!(clean.session.receive_qos2(8, 2), Received::Again);
 }
 
 #[test]
@@ -360,4 +375,34 @@ fn a_silent_client_is_closed_after_its_grace_and_a_talking_one_is_not() {
     talking.heard();
     assert_eq!(registry.close_silent(Instant::now()), 0);
     assert!(!talking.is_evicted());
+}
+
+/// [MQTT-3.3.2-5]: a retained message whose expiry interval ran out is not
+/// sent to a new subscription, and the sweep takes it out of the store.
+#[test]
+fn expired_retained_messages_are_not_sent_and_leave_the_store() {
+    let registry = registry();
+    let now = Instant::now();
+    let expiring = |seconds| PublishProperties {
+        message_expiry_interval: Some(seconds),
+        ..PublishProperties::default()
+    };
+    for (topic, seconds) in [("r/old", 5), ("r/new", 60)] {
+        let publish = Publish::delivery(topic.to_owned(), "x".to_owned(), QoS::AtMostOnce, 0, false, true);
+        let received = now - Duration::from_secs(10);
+        registry.retain(topic, publish, Some(expiring(seconds)), received);
+    }
+    let claim = registry.connect("s", None, CLEAN, Arc::default()).unwrap();
+    registry.subscribe(&claim.session, "r/+", qos1(), |_| true).unwrap();
+    let topics: Vec<_> =
+        std::iter::from_fn(|| claim.session.outbox().next_to_write(&Peer::unbounded(Version::V5, now)))
+            .filter_map(|out| match out {
+                Outgoing::Publish { delivery, .. } => Some(delivery.message.topic().to_vec()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(topics, [b"r/new".to_vec()]);
+    assert_eq!(registry.figures().retained, 2);
+    assert_eq!(registry.expire_retained(now), 1);
+    assert_eq!(registry.figures().retained, 1);
 }

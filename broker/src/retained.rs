@@ -163,6 +163,34 @@ impl<M> Store<M> {
         walk(&self.read(), &levels, true, &mut visit);
     }
 
+    /// Remove every message `dead` picks (those whose expiry interval ran
+    /// out), and the levels they leave empty: how many went. One walk of the
+    /// whole tree under the write lock, so the caller runs it seldom.
+    pub fn remove_if(&self, dead: impl Fn(&M) -> bool) -> usize {
+        fn sweep<M>(node: &mut Tree<M>, dead: &impl Fn(&M) -> bool, removed: &mut usize, freed: &mut usize) {
+            if node.message.as_ref().is_some_and(|(message, _)| dead(message))
+                && let Some((_, size)) = node.message.take()
+            {
+                *removed += 1;
+                *freed += size;
+            }
+            node.children.retain(|name, child| {
+                sweep(child, dead, removed, freed);
+                let keep = !child.is_empty();
+                if !keep {
+                    *freed += level_bytes(name);
+                }
+                keep
+            });
+        }
+        let mut tree = self.write();
+        let (mut removed, mut freed) = (0, 0);
+        sweep(&mut tree, &dead, &mut removed, &mut freed);
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.messages.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
     /// Messages held.
     pub fn messages(&self) -> usize {
         self.messages.load(Ordering::Relaxed)

@@ -114,3 +114,22 @@ fn the_store_stays_within_its_bytes() {
         "clearing is always allowed"
     );
 }
+
+#[test]
+fn removed_messages_take_their_empty_levels_and_bytes_with_them() {
+    let store = Store::new(1 << 20);
+    keep(&store, "a/b/c");
+    keep(&store, "a/x");
+    let before = store.bytes();
+    keep(&store, "d/e");
+    assert_eq!(store.remove_if(|m| m.starts_with("d/") || m == "a/b/c"), 2);
+    assert_eq!(found(&store, "#"), BTreeSet::from(["a/x".to_owned()]));
+    assert_eq!(store.messages(), 1);
+    // What is left costs what "a/x" alone costs.
+    let alone = Store::new(1 << 20);
+    keep(&alone, "a/x");
+    assert_eq!(store.bytes(), alone.bytes());
+    assert!(store.bytes() < before);
+    assert_eq!(store.remove_if(|_| true), 1);
+    assert_eq!(store.bytes(), 0);
+}

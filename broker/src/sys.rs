@@ -92,7 +92,7 @@ pub fn publish(
             true,
         );
         registry.retain_sys(topic, publish.clone());
-        let Some(message) = Message::new(publish, None, budget) else {
+        let Some(message) = Message::new(publish, None, std::time::Instant::now(), budget) else {
             all.dropped
                 .push((crate::outbox::Refused::MemoryBudget, QoS::AtMostOnce));
             continue;
@@ -108,7 +108,8 @@ pub fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Limits, Outgoing};
+    use crate::message::Version;
+    use crate::outbox::{Limits, Outgoing, Peer};
     use crate::registry::{Continuity, Options};
 
     #[test]
@@ -138,9 +139,10 @@ mod tests {
         registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true).unwrap();
         let fanout = publish(&registry, &budget, &values("1 seconds"), &values("2 seconds"), everyone);
         assert_eq!(fanout.queued, [1, 0, 0], "only the value that changed");
+        let any = Peer::unbounded(Version::V5, std::time::Instant::now());
         let mut outbox = claim.session.outbox();
         let mut seen = Vec::new();
-        while let Some(Outgoing::Publish { delivery, .. }) = outbox.next_to_write() {
+        while let Some(Outgoing::Publish { delivery, .. }) = outbox.next_to_write(&any) {
             seen.push((delivery.message.topic().to_vec(), delivery.retain));
         }
         let last = seen.pop();
@@ -157,6 +159,6 @@ mod tests {
         // `#` alone does not reach `$` topics ([MQTT-4.7.2-1]).
         let other = registry.connect("all", None, clean, Arc::default()).unwrap();
         registry.subscribe(&other.session, "#", qos0, |_| true).unwrap();
-        assert!(other.session.outbox().next_to_write().is_none());
+        assert!(other.session.outbox().next_to_write(&any).is_none());
     }
 }

@@ -57,6 +57,9 @@ pub enum Problem {
     TopicAlias,
     /// A subscription identifier on a PUBLISH from a client ([MQTT-3.3.4-6]).
     SubscriptionIdentifier,
+    /// A Receive Maximum or Maximum Packet Size of 0 in a CONNECT, which
+    /// MQTT 5 calls a Protocol Error (§3.1.2.11.3, §3.1.2.11.4).
+    Zero,
 }
 
 /// The first bad value of a packet.
@@ -93,6 +96,7 @@ impl Problem {
             Problem::TooManyLevels => "too_many_levels",
             Problem::TopicAlias => "topic_alias",
             Problem::SubscriptionIdentifier => "subscription_identifier",
+            Problem::Zero => "zero",
         }
     }
 }
@@ -229,6 +233,9 @@ pub fn connect(
         topic_name(Field::WillTopic, &will.topic)?;
     }
     if let Some(p) = properties {
+        if p.receive_maximum == Some(0) || p.max_packet_size == Some(0) {
+            return Err(Invalid::new(Field::Property, Problem::Zero));
+        }
         user_properties(&p.user_properties)?;
         optional(p.authentication_method.as_ref())?;
     }
@@ -380,5 +387,28 @@ mod tests {
             code(Field::Property, Problem::TopicAlias),
             DisconnectReasonCode::TopicAliasInvalid
         );
+    }
+
+    #[test]
+    fn a_receive_maximum_or_packet_size_of_zero_is_refused() {
+        let props = |receive_maximum, max_packet_size| ConnectProperties {
+            session_expiry_interval: None,
+            receive_maximum,
+            max_packet_size,
+            topic_alias_max: None,
+            request_response_info: None,
+            request_problem_info: None,
+            user_properties: Vec::new(),
+            authentication_method: None,
+            authentication_data: None,
+        };
+        for properties in [props(Some(0), None), props(None, Some(0))] {
+            assert_eq!(
+                connect("c", Some(&properties), None, None, None),
+                Err(Invalid::new(Field::Property, Problem::Zero))
+            );
+        }
+        let fine = props(Some(1), Some(1));
+        assert_eq!(connect("c", Some(&fine), None, None, None), Ok(()));
     }
 }

@@ -566,26 +566,15 @@ async fn refused_logins_look_the_same_as_with_mosquitto() {
 /// import Debian's python3-paho-mqtt).
 #[tokio::test]
 async fn paho_mqtt_5_clients() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    let python = root.join("target/tools/venv/bin/python");
-    if !python.is_file() {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
-        assert!(
-            !ci,
-            "paho-mqtt is required under CI: scripts/test makes target/tools/venv with it"
-        );
-        eprintln!("\n*** SKIPPED: no target/tools/venv with paho-mqtt; run scripts/test ***\n");
+    let Some(python) = paho_python() else {
         return;
-    }
+    };
     let dir = TempDir::new();
     let Some(passwd) = mosquitto_passwd_file(&dir) else {
         return;
     };
     let broker = Broker::start(&["--password-file", &passwd]);
-    let script = root.join("broker/tests/paho_v5.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/paho_v5.py");
     let out = run(&python, &[script.to_str().unwrap(), &broker.port(), "admin", "admin"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

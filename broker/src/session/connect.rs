@@ -30,6 +30,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.invalid(invalid);
             return Err((End::InvalidInput, None));
         }
+        if let Some(p) = &props {
+            self.receive_maximum = p.receive_maximum.unwrap_or(u16::MAX);
+            self.max_packet_size = p.max_packet_size.unwrap_or(u32::MAX);
+        }
         // Copied out: the codec's topic and message are slices of the whole
         // CONNECT (user name, password and all), which they would keep alive.
         let will = will.map(|will| {
@@ -188,10 +192,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// What an MQTT 5 CONNACK tells the client about this server (§3.2.2.3):
     /// the id it was given when it sent none (a MUST), the largest packet it
-    /// may send, the session expiry when the server's cap shortened the one
-    /// asked for, and that subscription identifiers are not supported (the
-    /// broker does not echo them). Topic aliases are left at the default 0:
-    /// none.
+    /// may send, how many QoS 2 messages may wait for their PUBREL at once
+    /// (Receive Maximum: `max_inflight_messages`, as Mosquitto announces
+    /// it), the session expiry when the server's cap shortened the one asked
+    /// for, and that subscription identifiers are not supported (the broker
+    /// does not echo them). Topic aliases are left at the default 0: none.
     pub(super) fn connack_properties(
         &self,
         assigned_client_identifier: Option<String>,
@@ -202,6 +207,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         ConnAckProperties {
             assigned_client_identifier,
             max_packet_size: Some(u32::try_from(self.shared.settings.max_packet_size).unwrap_or(u32::MAX)),
+            receive_max: Some(u16::try_from(self.shared.settings.limits.max_inflight_messages).unwrap_or(u16::MAX)),
             session_expiry_interval: (granted != asked_expiry.unwrap_or(0)).then_some(granted),
             subscription_identifiers_available: Some(0),
             ..ConnAckProperties::default()

@@ -98,6 +98,9 @@ pub enum End {
     BadProxyHeader,
     /// A value MQTT does not allow ([`crate::validate`]).
     InvalidInput,
+    /// More QoS 2 messages waiting for their PUBREL than the broker's
+    /// Receive Maximum (MQTT 5 §3.3.4).
+    ReceiveMaximumExceeded,
 }
 
 impl End {
@@ -118,6 +121,7 @@ impl End {
             End::ServerBusy => "server_busy",
             End::BadProxyHeader => "bad_proxy_header",
             End::InvalidInput => "invalid_input",
+            End::ReceiveMaximumExceeded => "receive_maximum_exceeded",
         }
     }
 }
@@ -155,6 +159,11 @@ struct Session<P, S> {
     buffers: usize,
     protocol: P,
     level: u8,
+    /// The client's Receive Maximum and Maximum Packet Size (MQTT 5
+    /// §3.1.2.11; the largest values when it sent none, and for 3.1.1):
+    /// what its outbox may send it ([`crate::outbox::Peer`]).
+    receive_maximum: u16,
+    max_packet_size: u32,
     peer: SocketAddr,
     shared: Arc<Shared>,
     /// When CONNECT must have arrived.
@@ -235,6 +244,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             user: identity.map(Arc::from),
             client_id: None,
             refused_qos2: Vec::new(),
+            receive_maximum: u16::MAX,
+            max_packet_size: u32::MAX,
             persistent: false,
             expiry: None,
             read,

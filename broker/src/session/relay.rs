@@ -4,8 +4,8 @@
 //! login, CONNACK's answers) and the write path are `mod.rs`'s.
 
 use crate::message::{Message, Version};
-use crate::outbox::Outgoing;
-use crate::registry::{Leave, Options, Registry, SessionState};
+use crate::outbox::{Outgoing, Peer};
+use crate::registry::{Leave, Options, Received, Registry, SessionState};
 use rumqttd::protocol::PublishProperties;
 
 use super::*;
@@ -252,7 +252,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 | Packet::UnsubAck(..)
                 | Packet::PingResp(_) => return Handled::Failed(End::ProtocolError),
                 Packet::Publish(publish, props) => {
-                    self.publish(publish, props);
+                    if let Err(end) = self.publish(publish, props) {
+                        return Handled::Refused(end);
+                    }
                     return Handled::Published;
                 }
                 Packet::PubRel(pubrel, _) => {
@@ -307,22 +309,41 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// A client's PUBLISH: the ACL, then exactly-once bookkeeping for QoS 2,
     /// then the registry, then its acknowledgement (PUBACK or PUBREC; MQTT
     /// requires them in the order the PUBLISHes came, [MQTT-4.6.0-2] and
-    /// [MQTT-4.6.0-3], which writing each at once keeps).
-    fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) {
+    /// [MQTT-4.6.0-3], which writing each at once keeps). `Err`: an MQTT 5
+    /// client went past the broker's Receive Maximum (§3.3.4: DISCONNECT
+    /// 0x93, counted as the connection's end).
+    fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
         let (qos, pkid) = (publish.qos(), publish.pkid());
         if !self.allowed(&publish.topic, Access::Write) {
             self.refuse_publish(qos, pkid);
-            return;
+            return Ok(());
         }
-        let again = qos == QoS::ExactlyOnce
-            && self
-                .attached
-                .as_ref()
-                .is_some_and(|held| !held.session.receive_qos2(pkid));
-        if !again {
-            self.route(publish, props);
+        // QoS 1 is acknowledged as it arrives, so only QoS 2 messages waiting
+        // for their PUBREL count against the Receive Maximum the CONNACK
+        // announced. MQTT 3.1.1 has none: the packet ids bound them.
+        let quota = if self.level == 5 {
+            self.shared.settings.limits.max_inflight_messages
+        } else {
+            usize::MAX
+        };
+        let received = match (qos, &self.attached) {
+            (QoS::ExactlyOnce, Some(held)) => held.session.receive_qos2(pkid, quota),
+            _ => Received::New,
+        };
+        match received {
+            Received::New => self.route(publish, props),
+            Received::Again => {}
+            Received::OverQuota => {
+                tracing::info!(
+                    client_id = self.client_id(),
+                    receive_maximum = quota,
+                    "more QoS 2 messages waiting for PUBREL than the Receive Maximum; closing"
+                );
+                self.last_words = Some(DisconnectReasonCode::ReceiveMaximumExceeded);
+                return Err(End::ReceiveMaximumExceeded);
+            }
         }
         match qos {
             QoS::AtMostOnce => {}
@@ -341,6 +362,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 None,
             )),
         }
+        Ok(())
     }
 
     /// Keep a retained message, and deliver to every matching subscription.
@@ -350,6 +372,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let shared = self.shared.clone();
         let registry = &shared.registry;
         let qos = publish.qos();
+        let received = std::time::Instant::now();
         let publish = Publish::delivery(
             Bytes::copy_from_slice(&publish.topic),
             Bytes::copy_from_slice(&publish.payload),
@@ -362,7 +385,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if publish.retain
             && let Ok(topic) = std::str::from_utf8(&publish.topic)
         {
-            if registry.retain(topic, publish.clone(), props.clone()) == crate::retained::Outcome::OverBudget {
+            if registry.retain(topic, publish.clone(), props.clone(), received) == crate::retained::Outcome::OverBudget
+            {
                 metrics.refused.with_label_values(&["retained"]).inc();
                 tracing::warn!(
                     client_id = self.client_id(),
@@ -371,7 +395,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             }
             self.figures(registry);
         }
-        let Some(message) = Message::new(publish, props, &shared.queue_budget) else {
+        let Some(message) = Message::new(publish, props, received, &shared.queue_budget) else {
             metrics
                 .dropped
                 .with_label_values(&["memory_budget", qos_label(qos as u8)])
@@ -495,18 +519,28 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return;
         };
-        let version = self.version();
+        let peer = Peer {
+            receive_maximum: self.receive_maximum,
+            max_packet_size: usize::try_from(self.max_packet_size).unwrap_or(usize::MAX),
+            version: self.version(),
+            now: std::time::Instant::now(),
+        };
         let mut outbox = session.outbox();
         // With the queues' share spent, one message at a time: the rest wait
         // in the outbox, counted once, rather than as copies here.
         while self.write.len() < WRITE_CHUNK && (self.write.is_empty() || !self.shared.queue_budget.is_spent()) {
-            let Some(out) = outbox.next_to_write() else { break };
+            let Some(out) = outbox.next_to_write(&peer) else { break };
             match out {
                 Outgoing::Publish { delivery, pkid, dup } => {
-                    let written =
-                        delivery
-                            .message
-                            .write(version, delivery.qos, pkid, dup, delivery.retain, &mut self.write);
+                    let written = delivery.message.write(
+                        peer.version,
+                        delivery.qos,
+                        pkid,
+                        dup,
+                        delivery.retain,
+                        peer.now,
+                        &mut self.write,
+                    );
                     match written {
                         Ok(n) => {
                             let metrics = &self.shared.metrics;
@@ -525,6 +559,22 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     },
                     None,
                 )),
+                Outgoing::Dropped { qos, reason, release } => {
+                    self.shared
+                        .metrics
+                        .dropped
+                        .with_label_values(&[reason.label(), qos_label(qos as u8)])
+                        .inc();
+                    if let Some(pkid) = release {
+                        self.push_control(Packet::PubRel(
+                            PubRel {
+                                pkid,
+                                reason: PubRelReason::Success,
+                            },
+                            None,
+                        ));
+                    }
+                }
             }
         }
         drop(outbox);

@@ -164,3 +164,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap();
     response
 }
+
+/// The python of the virtualenv scripts/test makes under target/tools/venv,
+/// with paho-mqtt 2.x (this machine's python cannot import Debian's
+/// python3-paho-mqtt); `None`, loudly, outside CI without it, and a failure
+/// under CI.
+pub fn paho_python() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let python = root.join("target/tools/venv/bin/python");
+    if python.is_file() {
+        return Some(python);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty());
+    assert!(
+        !ci,
+        "paho-mqtt is required under CI: scripts/test makes target/tools/venv with it"
+    );
+    eprintln!("\n*** SKIPPED: no target/tools/venv with paho-mqtt; run scripts/test ***\n");
+    None
+}

@@ -289,6 +289,18 @@ pub struct PublishProperties {
     pub content_type: Option<String>,
 }
 
+/// snigate: what one subscriber's copy of a message carries of its own
+/// (MQTT 5 §3.3.2.3): the expiry interval left when it is sent
+/// ([MQTT-3.3.2-6]), the topic alias toward that client, and the identifiers
+/// of the subscriptions it matched. `v5::write_copy` writes them beside the
+/// properties the message was published with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyProperties<'a> {
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<u16>,
+    pub subscription_identifiers: &'a [usize],
+}
+
 //--------------------------- PublishAck packet -------------------------------
 
 /// Return code in puback
@@ -793,6 +805,67 @@ mod snigate_tests {
     use super::v5::V5;
     use super::*;
     use bytes::BytesMut;
+
+    #[test]
+    fn a_copy_carries_its_own_expiry_alias_and_identifiers_beside_the_forwarded_properties() {
+        let publisher = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(60),
+            topic_alias: Some(3),
+            response_topic: Some("r/t".into()),
+            correlation_data: Some(Bytes::from_static(b"c")),
+            user_properties: vec![("b".into(), "2".into()), ("a".into(), "1".into())],
+            subscription_identifiers: vec![9],
+            content_type: Some("text/plain".into()),
+        };
+        let ids = [1, 300];
+        for (qos, payload) in [(QoS::AtMostOnce, 10), (QoS::ExactlyOnce, 20_000)] {
+            let publish = Publish::delivery(
+                Bytes::from_static(b"a/b"),
+                Bytes::from(vec![b'x'; payload]),
+                qos,
+                7,
+                false,
+                false,
+            );
+            let copy = CopyProperties {
+                message_expiry_interval: Some(41),
+                topic_alias: None,
+                subscription_identifiers: &ids,
+            };
+            let mut out = BytesMut::new();
+            let written =
+                v5::write_publish_copy(&publish, Some(&publisher), &copy, &mut out).unwrap();
+            assert_eq!(written, out.len());
+            assert_eq!(
+                v5::publish_copy_len(&publish, Some(&publisher), &copy),
+                written
+            );
+            let Ok(Packet::Publish(read, Some(properties))) = V5.read_mut(&mut out, 1 << 20) else {
+                panic!("not read back")
+            };
+            assert_eq!((read.qos, read.payload.len()), (qos, payload));
+            let expected = PublishProperties {
+                message_expiry_interval: Some(41),
+                topic_alias: None,
+                subscription_identifiers: ids.to_vec(),
+                ..publisher.clone()
+            };
+            assert_eq!(properties, expected);
+            let mut v4 = BytesMut::new();
+            assert_eq!(
+                v4::write_publish(&publish, &mut v4).unwrap(),
+                v4::publish_len(&publish)
+            );
+        }
+        // Nothing of the publisher's: an empty property length.
+        let publish = Publish::new("t", "p", false);
+        let mut out = BytesMut::new();
+        let written =
+            v5::write_publish_copy(&publish, None, &CopyProperties::default(), &mut out).unwrap();
+        assert_eq!(&out[..], b"\x30\x05\x00\x01t\x00p");
+        assert_eq!(written, 7);
+    }
 
     #[test]
     fn a_topic_whose_first_character_is_multibyte_matches() {

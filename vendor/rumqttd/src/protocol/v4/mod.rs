@@ -27,6 +27,15 @@ pub fn write_publish(publish: &Publish, buffer: &mut BytesMut) -> Result<usize, 
     publish::write(publish, buffer)
 }
 
+/// snigate: the bytes `write_publish` would write, the fixed header
+/// included (for a client's packet size limit, checked before the copy gets
+/// a packet id).
+pub fn publish_len(publish: &Publish) -> usize {
+    let pkid = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let len = 2 + publish.topic.len() + pkid + publish.payload.len();
+    1 + len_len(len) + len
+}
+
 /// MQTT packet type
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

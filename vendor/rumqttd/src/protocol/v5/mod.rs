@@ -28,6 +28,26 @@ pub fn write_publish(
     publish::write(publish, properties, buffer)
 }
 
+/// snigate: one subscriber's copy of a message, its own properties beside
+/// those it was published with (see `publish::write_copy`).
+pub fn write_publish_copy(
+    publish: &Publish,
+    properties: Option<&PublishProperties>,
+    copy: &CopyProperties,
+    buffer: &mut BytesMut,
+) -> Result<usize, Error> {
+    publish::write_copy(publish, properties, copy, buffer)
+}
+
+/// snigate: the bytes `write_publish_copy` would write.
+pub fn publish_copy_len(
+    publish: &Publish,
+    properties: Option<&PublishProperties>,
+    copy: &CopyProperties,
+) -> usize {
+    publish::copy_len(publish, properties, copy)
+}
+
 /// MQTT packet type
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,6 +92,64 @@ pub fn write(
     Ok(1 + count + len)
 }
 
+/// snigate: one subscriber's copy of a message: the properties it was
+/// published with that go to every subscriber unchanged (payload format,
+/// content type, response topic, correlation data, user properties), then
+/// those `copy` gives this subscriber (its message expiry interval left,
+/// topic alias, subscription identifiers). The three in `properties` are not
+/// written: they were the publisher's, and each copy has its own.
+pub fn write_copy(
+    publish: &Publish,
+    properties: Option<&PublishProperties>,
+    copy: &CopyProperties,
+    buffer: &mut BytesMut,
+) -> Result<usize, Error> {
+    let properties_len = properties::copy_len(properties, copy);
+    let len = copy_remaining_len(publish, properties_len);
+
+    let dup = publish.dup as u8;
+    let qos = publish.qos as u8;
+    let retain = publish.retain as u8;
+    buffer.put_u8(0b0011_0000 | retain | (qos << 1) | (dup << 3));
+
+    let count = write_remaining_length(buffer, len)?;
+    write_mqtt_bytes(buffer, &publish.topic);
+    if publish.qos != QoS::AtMostOnce {
+        if publish.pkid == 0 {
+            return Err(Error::PacketIdZero);
+        }
+        buffer.put_u16(publish.pkid);
+    }
+    write_remaining_length(buffer, properties_len)?;
+    if let Some(p) = properties {
+        properties::write_forwarded(p, buffer);
+    }
+    properties::write_copy(copy, buffer)?;
+    buffer.extend_from_slice(&publish.payload);
+    Ok(1 + count + len)
+}
+
+/// snigate: the bytes [`write_copy`] writes, the fixed header included: a
+/// broker checks a copy against its client's Maximum Packet Size before it
+/// gives the copy a packet id.
+pub fn copy_len(
+    publish: &Publish,
+    properties: Option<&PublishProperties>,
+    copy: &CopyProperties,
+) -> usize {
+    let len = copy_remaining_len(publish, properties::copy_len(properties, copy));
+    1 + len_len(len) + len
+}
+
+fn copy_remaining_len(publish: &Publish, properties_len: usize) -> usize {
+    let pkid = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
+    2 + publish.topic.len()
+        + pkid
+        + len_len(properties_len)
+        + properties_len
+        + publish.payload.len()
+}
+
 mod properties {
     use super::*;
 
@@ -209,6 +267,81 @@ mod properties {
             subscription_identifiers,
             content_type,
         }))
+    }
+
+    /// snigate: the length of what [`super::write_copy`] writes as
+    /// properties.
+    pub fn copy_len(properties: Option<&PublishProperties>, copy: &CopyProperties) -> usize {
+        let forwarded = properties.map_or(0, |p| {
+            let mut len = 0;
+            if p.payload_format_indicator.is_some() {
+                len += 1 + 1;
+            }
+            if let Some(topic) = &p.response_topic {
+                len += 1 + 2 + topic.len()
+            }
+            if let Some(data) = &p.correlation_data {
+                len += 1 + 2 + data.len()
+            }
+            for (key, value) in p.user_properties.iter() {
+                len += 1 + 2 + key.len() + 2 + value.len();
+            }
+            if let Some(typ) = &p.content_type {
+                len += 1 + 2 + typ.len()
+            }
+            len
+        });
+        let own = copy.message_expiry_interval.map_or(0, |_| 1 + 4)
+            + copy.topic_alias.map_or(0, |_| 1 + 2)
+            + copy
+                .subscription_identifiers
+                .iter()
+                .map(|id| 1 + len_len(*id))
+                .sum::<usize>();
+        forwarded + own
+    }
+
+    /// snigate: the properties of `properties` every subscriber's copy
+    /// carries unchanged, user properties in their order ([MQTT-3.3.2-18]).
+    pub fn write_forwarded(properties: &PublishProperties, buffer: &mut BytesMut) {
+        if let Some(payload_format_indicator) = properties.payload_format_indicator {
+            buffer.put_u8(PropertyType::PayloadFormatIndicator as u8);
+            buffer.put_u8(payload_format_indicator);
+        }
+        if let Some(topic) = &properties.response_topic {
+            buffer.put_u8(PropertyType::ResponseTopic as u8);
+            write_mqtt_string(buffer, topic);
+        }
+        if let Some(data) = &properties.correlation_data {
+            buffer.put_u8(PropertyType::CorrelationData as u8);
+            write_mqtt_bytes(buffer, data);
+        }
+        for (key, value) in properties.user_properties.iter() {
+            buffer.put_u8(PropertyType::UserProperty as u8);
+            write_mqtt_string(buffer, key);
+            write_mqtt_string(buffer, value);
+        }
+        if let Some(typ) = &properties.content_type {
+            buffer.put_u8(PropertyType::ContentType as u8);
+            write_mqtt_string(buffer, typ);
+        }
+    }
+
+    /// snigate: what one copy carries of its own.
+    pub fn write_copy(copy: &CopyProperties, buffer: &mut BytesMut) -> Result<(), Error> {
+        if let Some(interval) = copy.message_expiry_interval {
+            buffer.put_u8(PropertyType::MessageExpiryInterval as u8);
+            buffer.put_u32(interval);
+        }
+        if let Some(alias) = copy.topic_alias {
+            buffer.put_u8(PropertyType::TopicAlias as u8);
+            buffer.put_u16(alias);
+        }
+        for id in copy.subscription_identifiers {
+            buffer.put_u8(PropertyType::SubscriptionIdentifier as u8);
+            write_remaining_length(buffer, *id)?;
+        }
+        Ok(())
     }
 
     pub fn write(properties: &PublishProperties, buffer: &mut BytesMut) -> Result<(), Error> {
