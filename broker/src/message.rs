@@ -3,6 +3,7 @@
 //! its topic and payload `Bytes`) by every queue it is in, and written once
 //! for each subscriber with that subscriber's header.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,21 +139,24 @@ impl Message {
 
     /// The bytes of one subscriber's copy at `qos`, written at `now`: what
     /// the client's Maximum Packet Size is held against ([MQTT-3.1.2-25]).
-    pub fn packet_size(&self, version: Version, qos: QoS, now: Instant) -> usize {
+    pub fn packet_size(&self, version: Version, qos: QoS, subscription_id: Option<NonZeroU32>, now: Instant) -> usize {
         // The packet id's value does not change the size; 1 is a valid one.
         let copy = self.copy(qos, 1, false, false);
+        let ids = identifiers(subscription_id);
         match version {
             Version::V4 => rumqttd::protocol::v4::publish_len(&copy),
             Version::V5 => {
-                rumqttd::protocol::v5::publish_copy_len(&copy, self.properties.as_ref(), &self.copy_properties(now))
+                let own = self.copy_properties(ids.as_ref().map_or(&[], |ids| &ids[..]), now);
+                rumqttd::protocol::v5::publish_copy_len(&copy, self.properties.as_ref(), &own)
             }
         }
     }
 
-    fn copy_properties(&self, now: Instant) -> CopyProperties<'static> {
+    fn copy_properties<'a>(&self, subscription_identifiers: &'a [usize], now: Instant) -> CopyProperties<'a> {
         CopyProperties {
             message_expiry_interval: self.expiry_left(now),
-            ..CopyProperties::default()
+            topic_alias: None,
+            subscription_identifiers,
         }
     }
 
@@ -201,31 +205,58 @@ impl Message {
     }
 
     /// Append one subscriber's copy, written at `now`, to `out`, with its
-    /// QoS, packet id (0 for QoS 0), DUP flag and retain flag, and for MQTT 5
-    /// the properties its publisher sent and the expiry interval left.
-    /// Properties are left out for MQTT 3.1.1, which has none.
-    #[allow(clippy::too_many_arguments)]
+    /// header, and for MQTT 5 the properties its publisher sent, the expiry
+    /// interval left and its subscription's identifier. Properties are left
+    /// out for MQTT 3.1.1, which has none.
     pub fn write(
         &self,
         version: Version,
-        qos: QoS,
-        pkid: u16,
-        dup: bool,
-        retain: bool,
+        header: Header,
         now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, rumqttd::protocol::Error> {
-        let copy = self.copy(qos, pkid, dup, retain);
+        let copy = self.copy(header.qos, header.pkid, header.dup, header.retain);
         match version {
             Version::V4 => rumqttd::protocol::v4::write_publish(&copy, out),
-            Version::V5 => rumqttd::protocol::v5::write_publish_copy(
-                &copy,
-                self.properties.as_ref(),
-                &self.copy_properties(now),
-                out,
-            ),
+            Version::V5 => {
+                let ids = identifiers(header.subscription_id);
+                let own = self.copy_properties(ids.as_ref().map_or(&[], |ids| &ids[..]), now);
+                rumqttd::protocol::v5::write_publish_copy(&copy, self.properties.as_ref(), &own, out)
+            }
         }
     }
+}
+
+/// What one subscriber's copy of a message has of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub qos: QoS,
+    /// 0 for QoS 0.
+    pub pkid: u16,
+    pub dup: bool,
+    pub retain: bool,
+    /// The identifier of the subscription it matched (MQTT 5).
+    pub subscription_id: Option<NonZeroU32>,
+}
+
+impl Header {
+    /// A copy at `qos` with packet id `pkid`, nothing else set.
+    pub fn new(qos: QoS, pkid: u16) -> Self {
+        Self {
+            qos,
+            pkid,
+            dup: false,
+            retain: false,
+            subscription_id: None,
+        }
+    }
+}
+
+/// A copy's subscription identifiers, as the codec takes them (a slice of
+/// this): at most one, since a session gets a copy for each subscription a
+/// message matches.
+fn identifiers(id: Option<NonZeroU32>) -> Option<[usize; 1]> {
+    id.map(|id| [id.get() as usize])
 }
 
 /// The encoded length of a PUBLISH's properties (MQTT 5 §3.3.2.3): an
@@ -270,9 +301,16 @@ mod tests {
             (Version::V5, QoS::ExactlyOnce, 65_535, false, true),
         ] {
             let mut out = bytes::BytesMut::new();
-            let written = message.write(version, qos, pkid, dup, retain, now, &mut out).unwrap();
+            let header = Header {
+                qos,
+                pkid,
+                dup,
+                retain,
+                subscription_id: None,
+            };
+            let written = message.write(version, header, now, &mut out).unwrap();
             assert!(written <= message.wire_size(), "{written} > {}", message.wire_size());
-            assert_eq!(written, message.packet_size(version, qos, now));
+            assert_eq!(written, message.packet_size(version, qos, None, now));
             // Read back with the codec, as the client will.
             use rumqttd::protocol::Protocol;
             let packet = match version {
@@ -313,7 +351,8 @@ mod tests {
 
     /// [MQTT-3.3.2-5], [MQTT-3.3.2-6]: a copy carries the expiry interval
     /// left, rounded up; past it the message is expired. The publisher's
-    /// alias and subscription identifiers are never passed on.
+    /// alias and subscription identifiers are never passed on; the
+    /// subscription's identifier is ([MQTT-3.3.4-5]).
     #[test]
     fn a_copy_carries_the_expiry_interval_left_and_not_the_publishers_alias() {
         let budget = budget(1 << 20);
@@ -332,11 +371,16 @@ mod tests {
         let later = received + Duration::from_millis(3_500);
         assert!(!message.expired(later));
         let mut out = bytes::BytesMut::new();
-        let written = message
-            .write(Version::V5, QoS::AtLeastOnce, 1, false, false, later, &mut out)
-            .unwrap();
+        let header = Header {
+            subscription_id: NonZeroU32::new(300),
+            ..Header::new(QoS::AtLeastOnce, 1)
+        };
+        let written = message.write(Version::V5, header, later, &mut out).unwrap();
         assert!(written <= message.wire_size());
-        assert_eq!(written, message.packet_size(Version::V5, QoS::AtLeastOnce, later));
+        assert_eq!(
+            written,
+            message.packet_size(Version::V5, QoS::AtLeastOnce, header.subscription_id, later)
+        );
         use rumqttd::protocol::Protocol;
         let Ok(rumqttd::protocol::Packet::Publish(_, Some(copy))) =
             rumqttd::protocol::v5::V5.read_mut(&mut out, 1 << 10)
@@ -344,7 +388,12 @@ mod tests {
             panic!("no properties")
         };
         assert_eq!(copy.message_expiry_interval, Some(7));
-        assert_eq!((copy.topic_alias, copy.subscription_identifiers.len()), (None, 0));
+        assert_eq!(copy.topic_alias, None);
+        assert_eq!(
+            copy.subscription_identifiers,
+            [300],
+            "the subscription's, not the publisher's"
+        );
         assert!(message.expired(received + Duration::from_secs(10)));
         let lasting = Message::new(Publish::new("a/b", "x", false), None, received, &budget).unwrap();
         assert!(!lasting.expired(received + Duration::from_secs(1 << 30)));

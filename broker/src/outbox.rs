@@ -18,6 +18,7 @@
 //! message's are, once, by [`Message`] itself).
 
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,12 +41,14 @@ pub struct Limits {
     pub queue_qos0_offline: bool,
 }
 
-/// One message for this session: the QoS and retain flag of its copy.
+/// One message for this session: the QoS and retain flag of its copy, and
+/// the identifier of the subscription it matched (MQTT 5).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
+    pub subscription_id: Option<NonZeroU32>,
 }
 
 /// Why a delivery was not queued: the label of `snigate_broker_dropped_total`.
@@ -111,7 +114,8 @@ impl Peer {
         }
         // `wire_size` is an upper bound: most copies need no exact count.
         let large = message.wire_size() > self.max_packet_size
-            && message.packet_size(self.version, delivery.qos, self.now) > self.max_packet_size;
+            && message.packet_size(self.version, delivery.qos, delivery.subscription_id, self.now)
+                > self.max_packet_size;
         large.then_some(Refused::TooLarge)
     }
 }

@@ -26,6 +26,7 @@ fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
         message,
         qos,
         retain: false,
+        subscription_id: None,
     }
 }
 
@@ -256,6 +257,7 @@ fn expiring(budget: &Arc<Budget>, payload: &str, qos: QoS, seconds: u32, receive
         message: Message::new(publish, Some(properties), received, budget).unwrap(),
         qos,
         retain: false,
+        subscription_id: None,
     }
 }
 
@@ -332,7 +334,7 @@ fn the_clients_receive_maximum_and_packet_size_bound_what_is_sent() {
     outbox.push(delivery(&budget, "small", QoS::AtMostOnce), true).unwrap();
     let size = |payload: &str| {
         let message = delivery(&budget, payload, QoS::AtMostOnce).message;
-        message.packet_size(Version::V5, QoS::AtMostOnce, Instant::now())
+        message.packet_size(Version::V5, QoS::AtMostOnce, None, Instant::now())
     };
     let small = Peer {
         max_packet_size: size("small"),

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -143,12 +144,45 @@ impl Eviction {
     }
 }
 
-/// What a subscription asks for. (MQTT 5's options are the MQTT 5 issue's.)
+/// What a subscription asks for (MQTT 5 §3.8.3.1; an MQTT 3.1.1
+/// subscription has only its QoS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// The most a message is delivered with: a message published with less
     /// is delivered with what it was published with ([MQTT-3.8.4-6]).
     pub qos: QoS,
+    /// No Local: nothing its own session publishes ([MQTT-3.8.3-3]).
+    pub no_local: bool,
+    /// Retain As Published: a message is delivered with the retain flag it
+    /// was published with, not 0 ([MQTT-3.3.1-12], [MQTT-3.3.1-13]).
+    pub retain_as_published: bool,
+    /// Its Subscription Identifier, carried by every message it delivers
+    /// ([MQTT-3.3.4-5]).
+    pub id: Option<NonZeroU32>,
+}
+
+impl Options {
+    /// A subscription at `qos` with no MQTT 5 options.
+    pub fn at(qos: QoS) -> Self {
+        Self {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+}
+
+/// Which retained messages a new subscription gets (MQTT 5 Retain
+/// Handling; MQTT 3.1.1 always sends them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    /// Those its filter matches ([MQTT-3.3.1-9]).
+    Send,
+    /// Those, unless the subscription existed already ([MQTT-3.3.1-10]).
+    SendIfNew,
+    /// None ([MQTT-3.3.1-11]).
+    Never,
 }
 
 /// A QoS 2 PUBLISH, as the session's exactly-once record sees it
@@ -726,24 +760,28 @@ impl Registry {
 
     /// Subscribe `session` to `filter` (validated, and allowed by the ACL),
     /// replacing a subscription to the same filter ([MQTT-3.8.4-3]); then
-    /// the retained messages it matches are queued for it, at the lower of
-    /// their QoS and the subscription's ([MQTT-3.3.1-6]), with the retain
-    /// flag set ([MQTT-3.3.1-8]). Shared subscriptions get none (MQTT 5
+    /// the retained messages it matches are queued for it as `retained`
+    /// says, at the lower of their QoS and the subscription's
+    /// ([MQTT-3.3.1-6]), with the retain flag set ([MQTT-3.3.1-8]) and the
+    /// subscription's identifier. Shared subscriptions get none (MQTT 5
     /// §4.8.2). `may_read` is the ACL, asked for each retained message.
     pub fn subscribe(
         &self,
         session: &Arc<SessionState>,
         filter: &str,
         options: Options,
+        retained: RetainHandling,
         may_read: impl Fn(&[u8]) -> bool,
     ) -> Result<Fanout, IndexFull> {
         let mut fanout = Fanout::default();
+        let existed;
         {
             let mut subscriptions = lock(&session.subscriptions);
             if subscriptions.discarded {
                 return Ok(fanout);
             }
-            if self.over_share(0) && !subscriptions.has(filter) {
+            existed = subscriptions.has(filter);
+            if self.over_share(0) && !existed {
                 return Err(IndexFull);
             }
             self.index.subscribe(filter, Subscriber(session.clone()), options);
@@ -753,7 +791,12 @@ impl Registry {
                 .insert(filter.into(), options);
         }
         let parsed = Filter::parse(filter);
-        if parsed.group.is_some() {
+        let wanted = match retained {
+            RetainHandling::Send => true,
+            RetainHandling::SendIfNew => !existed,
+            RetainHandling::Never => false,
+        };
+        if parsed.group.is_some() || !wanted {
             return Ok(fanout);
         }
         let mut found = Vec::new();
@@ -773,8 +816,13 @@ impl Registry {
                 fanout.withheld += 1;
                 continue;
             }
-            let qos = lower(message.qos(), options.qos);
-            self.queue(session, message, qos, true, &mut fanout);
+            let delivery = Delivery {
+                qos: lower(message.qos(), options.qos),
+                message,
+                retain: true,
+                subscription_id: options.id,
+            };
+            self.queue(session, delivery, &mut fanout);
         }
         Ok(fanout)
     }
@@ -796,10 +844,19 @@ impl Registry {
     /// write it) to every subscription it matches, at the lower of its QoS
     /// and the subscription's ([MQTT-3.8.4-6]); a retained one is kept first
     /// ([MQTT-3.3.1-5]; the caller has stripped the flag if the store is
-    /// full). Copies to subscribers go with the retain flag off
-    /// ([MQTT-3.3.1-9]). A session with several matching subscriptions gets
-    /// a copy for each, as Mosquitto 2.0 sends them.
-    pub fn publish(&self, message: &Arc<Message>, may_read: impl Fn(&SessionState, &[u8]) -> bool) -> Fanout {
+    /// full). Copies to subscribers go with the retain flag off (MQTT 3.1.1
+    /// [MQTT-3.3.1-9]; MQTT 5 [MQTT-3.3.1-12]) unless the subscription asked
+    /// for it as published ([MQTT-3.3.1-13]); a No Local subscription gets
+    /// nothing `from` its own session published ([MQTT-3.8.3-3]). A session
+    /// with several matching subscriptions gets a copy for each, as
+    /// Mosquitto 2.0 sends them, each with its subscription's identifier
+    /// ([MQTT-3.3.4-5]).
+    pub fn publish(
+        &self,
+        message: &Arc<Message>,
+        from: Option<&SessionState>,
+        may_read: impl Fn(&SessionState, &[u8]) -> bool,
+    ) -> Fanout {
         let mut fanout = Fanout::default();
         let Ok(topic) = std::str::from_utf8(message.topic()) else {
             // Validated where it entered: never here.
@@ -810,17 +867,20 @@ impl Registry {
             matched.push((subscriber.0.clone(), *options));
         });
         for (session, options) in matched {
+            if options.no_local && from.is_some_and(|from| std::ptr::eq(from, &*session)) {
+                continue;
+            }
             if !may_read(&session, message.topic()) {
                 fanout.withheld += 1;
                 continue;
             }
-            self.queue(
-                &session,
-                message.clone(),
-                lower(message.qos(), options.qos),
-                false,
-                &mut fanout,
-            );
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: lower(message.qos(), options.qos),
+                retain: options.retain_as_published && message.retain(),
+                subscription_id: options.id,
+            };
+            self.queue(&session, delivery, &mut fanout);
         }
         fanout
     }
@@ -858,10 +918,11 @@ impl Registry {
         self.sys.retain(topic, Some((message, bytes)));
     }
 
-    fn queue(&self, session: &Arc<SessionState>, message: Arc<Message>, qos: QoS, retain: bool, fanout: &mut Fanout) {
+    fn queue(&self, session: &Arc<SessionState>, delivery: Delivery, fanout: &mut Fanout) {
+        let qos = delivery.qos;
         let mut out = lock(&session.out);
         let online = out.waiter.is_some();
-        match out.outbox.push(Delivery { message, qos, retain }, online) {
+        match out.outbox.push(delivery, online) {
             Ok(()) => {
                 fanout.queued[qos as usize] += 1;
                 let waker = out.woken();

@@ -1,6 +1,7 @@
 use super::*;
 use crate::message::Version;
 use crate::outbox::{Outgoing, Peer};
+use std::num::NonZeroU32;
 
 /// MQTT 3.1.1's clean session on, and off.
 const CLEAN: Continuity = Continuity {
@@ -49,7 +50,7 @@ fn written(session: &SessionState) -> Vec<(String, QoS, bool, bool)> {
 }
 
 fn qos1() -> Options {
-    Options { qos: QoS::AtLeastOnce }
+    Options::at(QoS::AtLeastOnce)
 }
 
 #[test]
@@ -57,9 +58,11 @@ fn delivery_qos_is_the_lower_of_the_publish_and_the_subscription() {
     // [MQTT-3.8.4-6]
     let registry = registry();
     let claim = registry.connect("sub", None, CLEAN, Arc::default()).unwrap();
-    registry.subscribe(&claim.session, "t/+", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&claim.session, "t/+", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     for qos in [QoS::ExactlyOnce, QoS::AtMostOnce] {
-        let fanout = registry.publish(&message(&registry, "t/1", "m", qos), everyone);
+        let fanout = registry.publish(&message(&registry, "t/1", "m", qos), None, everyone);
         assert_eq!(fanout.queued.iter().sum::<u64>(), 1);
     }
     let got: Vec<QoS> = written(&claim.session).into_iter().map(|(_, qos, ..)| qos).collect();
@@ -71,7 +74,9 @@ fn a_clean_session_ends_with_its_connection() {
     let registry = registry();
     let claim = registry.connect("c", None, CLEAN, Arc::default()).unwrap();
     assert!(!claim.present, "[MQTT-3.2.2-2]");
-    registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&claim.session, "a/#", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     registry.disconnect("c", claim.generation, Leave::End, Instant::now());
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0, "its subscriptions left the index");
@@ -85,15 +90,21 @@ fn a_persistent_session_fills_while_away_and_resumes_in_order() {
     let claim = registry
         .connect("p", Some("alice".into()), PERSISTENT, Arc::default())
         .unwrap();
-    registry.subscribe(&claim.session, "a/#", qos1(), |_| true).unwrap();
-    registry.publish(&message(&registry, "a/1", "in flight", QoS::AtLeastOnce), everyone);
+    registry
+        .subscribe(&claim.session, "a/#", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
+    registry.publish(
+        &message(&registry, "a/1", "in flight", QoS::AtLeastOnce),
+        None,
+        everyone,
+    );
     assert_eq!(written(&claim.session).len(), 1, "written, not acknowledged");
     registry.disconnect("p", claim.generation, Leave::Keep, Instant::now());
 
-    let away = registry.publish(&message(&registry, "a/2", "queued", QoS::AtLeastOnce), everyone);
+    let away = registry.publish(&message(&registry, "a/2", "queued", QoS::AtLeastOnce), None, everyone);
     assert_eq!(away.queued, [0, 1, 0]);
     // QoS 0 is not queued for an away client without `queue_qos0_messages`.
-    let lost = registry.publish(&message(&registry, "a/3", "qos 0", QoS::AtMostOnce), everyone);
+    let lost = registry.publish(&message(&registry, "a/3", "qos 0", QoS::AtMostOnce), None, everyone);
     assert_eq!(lost.dropped, [(Refused::Away, QoS::AtMostOnce)]);
 
     let back = registry
@@ -121,7 +132,7 @@ fn clean_start_or_another_user_discards_the_session_there_was() {
             .connect("id", Some("alice".into()), PERSISTENT, Arc::default())
             .unwrap();
         registry
-            .subscribe(&first.session, "secret/#", qos1(), |_| true)
+            .subscribe(&first.session, "secret/#", qos1(), RetainHandling::Send, |_| true)
             .unwrap();
         registry.disconnect("id", first.generation, Leave::Keep, Instant::now());
         let second = registry
@@ -150,14 +161,16 @@ fn a_second_connection_takes_the_session_over() {
     let registry = registry();
     let first_token: Arc<Eviction> = Arc::default();
     let first = registry.connect("id", None, PERSISTENT, first_token.clone()).unwrap();
-    registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&first.session, "t", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     let second = registry.connect("id", None, PERSISTENT, Arc::default()).unwrap();
     assert!(first_token.is_evicted());
     assert!(second.present);
     registry.disconnect("id", first.generation, Leave::End, Instant::now());
     assert_eq!(registry.len(), 1, "the old connection's end is ignored");
     assert_eq!(registry.figures().subscriptions, 1);
-    registry.publish(&message(&registry, "t", "m", QoS::AtLeastOnce), everyone);
+    registry.publish(&message(&registry, "t", "m", QoS::AtLeastOnce), None, everyone);
     assert_eq!(written(&second.session).len(), 1);
 }
 
@@ -166,14 +179,18 @@ fn an_away_session_expires_on_time() {
     let registry = registry();
     let start = Instant::now();
     let claim = registry.connect("e", None, PERSISTENT, Arc::default()).unwrap();
-    registry.subscribe(&claim.session, "t", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&claim.session, "t", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     registry.disconnect("e", claim.generation, Leave::KeepFor(Duration::from_secs(10)), start);
     assert_eq!(registry.expire(start + Duration::from_secs(9)), 0);
     assert_eq!(registry.expire(start + Duration::from_secs(10)), 1);
     assert!(registry.is_empty());
     assert_eq!(registry.figures().subscriptions, 0);
     // A subscription its connection was still making adds nothing now.
-    registry.subscribe(&claim.session, "late", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&claim.session, "late", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     assert_eq!(registry.figures().subscriptions, 0);
 }
 
@@ -196,17 +213,19 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
     // [MQTT-3.3.1-6], [MQTT-3.3.1-8]: sent on subscribe with retain set, at
     // the lower QoS; the ACL is asked for each.
     let fanout = registry
-        .subscribe(&claim.session, "r/+", qos1(), |topic| topic != b"r/2")
+        .subscribe(&claim.session, "r/+", qos1(), RetainHandling::Send, |topic| {
+            topic != b"r/2"
+        })
         .unwrap();
     assert_eq!((fanout.queued, fanout.withheld), ([0, 1, 0], 1));
     assert_eq!(written(&claim.session), [("one".into(), QoS::AtLeastOnce, true, false)]);
     // A shared subscription gets none (MQTT 5 §4.8.2).
     let shared = registry
-        .subscribe(&claim.session, "$share/g/r/+", qos1(), |_| true)
+        .subscribe(&claim.session, "$share/g/r/+", qos1(), RetainHandling::Send, |_| true)
         .unwrap();
     assert_eq!(shared, Fanout::default());
     // Copies of a publish go with retain off ([MQTT-3.3.1-9]).
-    registry.publish(&message(&registry, "r/1", "live", QoS::AtLeastOnce), everyone);
+    registry.publish(&message(&registry, "r/1", "live", QoS::AtLeastOnce), None, everyone);
     let live = written(&claim.session);
     assert_eq!(live.len(), 2, "one per matching subscription: {live:?}");
     assert!(live.iter().all(|(_, _, retain, _)| !retain));
@@ -221,9 +240,13 @@ fn the_acl_at_delivery_withholds_a_copy() {
     let other = registry
         .connect("other", Some("o".into()), CLEAN, Arc::default())
         .unwrap();
-    registry.subscribe(&reader.session, "#", qos1(), |_| true).unwrap();
-    registry.subscribe(&other.session, "#", qos1(), |_| true).unwrap();
-    let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), |session, _| {
+    registry
+        .subscribe(&reader.session, "#", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
+    registry
+        .subscribe(&other.session, "#", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
+    let fanout = registry.publish(&message(&registry, "x", "m", QoS::AtMostOnce), None, |session, _| {
         session.user() == Some("r")
     });
     assert_eq!((fanout.queued, fanout.withheld), ([1, 0, 0], 1));
@@ -238,7 +261,9 @@ fn a_clean_session_taken_over_ends_and_a_persistent_one_is_resumed() {
     // (its will is due, as Mosquitto sends it).
     let registry = registry();
     let first = registry.connect("id", None, CLEAN, Arc::default()).unwrap();
-    registry.subscribe(&first.session, "t", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&first.session, "t", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     let second = registry.connect("id", None, PERSISTENT, Arc::default()).unwrap();
     assert!(!second.present);
     assert!(first.session.is_ended());
@@ -295,7 +320,13 @@ fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
     let claim = registry.connect("many", None, CLEAN, Arc::default()).unwrap();
     let mut taken = 0;
     while registry
-        .subscribe(&claim.session, &format!("f/{taken}"), qos1(), |_| true)
+        .subscribe(
+            &claim.session,
+            &format!("f/{taken}"),
+            qos1(),
+            RetainHandling::Send,
+            |_| true,
+        )
         .is_ok()
     {
         taken += 1;
@@ -304,11 +335,17 @@ fn a_full_index_refuses_new_filters_and_keeps_the_ones_there() {
     assert!(taken > 0);
     assert!(registry.figures().index_bytes >= 2000);
     // A filter the session has is replaced, full or not.
-    assert!(registry.subscribe(&claim.session, "f/0", qos1(), |_| true).is_ok());
+    assert!(
+        registry
+            .subscribe(&claim.session, "f/0", qos1(), RetainHandling::Send, |_| true)
+            .is_ok()
+    );
     registry.unsubscribe(&claim.session, "f/0");
     registry.unsubscribe(&claim.session, "f/1");
     assert!(
-        registry.subscribe(&claim.session, "g", qos1(), |_| true).is_ok(),
+        registry
+            .subscribe(&claim.session, "g", qos1(), RetainHandling::Send, |_| true)
+            .is_ok(),
         "room again"
     );
 }
@@ -393,7 +430,9 @@ fn expired_retained_messages_are_not_sent_and_leave_the_store() {
         registry.retain(topic, publish, Some(expiring(seconds)), received);
     }
     let claim = registry.connect("s", None, CLEAN, Arc::default()).unwrap();
-    registry.subscribe(&claim.session, "r/+", qos1(), |_| true).unwrap();
+    registry
+        .subscribe(&claim.session, "r/+", qos1(), RetainHandling::Send, |_| true)
+        .unwrap();
     let topics: Vec<_> =
         std::iter::from_fn(|| claim.session.outbox().next_to_write(&Peer::unbounded(Version::V5, now)))
             .filter_map(|out| match out {
@@ -405,4 +444,70 @@ fn expired_retained_messages_are_not_sent_and_leave_the_store() {
     assert_eq!(registry.figures().retained, 2);
     assert_eq!(registry.expire_retained(now), 1);
     assert_eq!(registry.figures().retained, 1);
+}
+
+/// What a session's outbox gives now: (payload, retain, subscription id).
+fn copies(session: &SessionState) -> Vec<(String, bool, Option<u32>)> {
+    let mut outbox = session.outbox();
+    std::iter::from_fn(|| outbox.next_to_write(&Peer::unbounded(Version::V5, Instant::now())))
+        .filter_map(|out| match out {
+            Outgoing::Publish { delivery, .. } => Some((
+                String::from_utf8_lossy(delivery.message.payload()).into_owned(),
+                delivery.retain,
+                delivery.subscription_id.map(NonZeroU32::get),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// MQTT 5 subscription options: No Local ([MQTT-3.8.3-3]), Retain As
+/// Published ([MQTT-3.3.1-12], [MQTT-3.3.1-13]), Retain Handling
+/// ([MQTT-3.3.1-9] to [MQTT-3.3.1-11]) and identifiers, one per copy
+/// ([MQTT-3.3.4-5]).
+#[test]
+fn subscription_options_decide_what_each_copy_is() {
+    let registry = registry();
+    let me = registry.connect("me", None, CLEAN, Arc::default()).unwrap();
+    let other = registry.connect("other", None, CLEAN, Arc::default()).unwrap();
+    let options = |no_local, retain_as_published, id| Options {
+        no_local,
+        retain_as_published,
+        id: NonZeroU32::new(id),
+        ..qos1()
+    };
+    let send = RetainHandling::Send;
+    registry
+        .subscribe(&me.session, "o/#", options(true, true, 1), send, |_| true)
+        .unwrap();
+    registry
+        .subscribe(&me.session, "o/+", options(false, false, 0), send, |_| true)
+        .unwrap();
+    registry
+        .subscribe(&other.session, "o/#", options(true, false, 7), send, |_| true)
+        .unwrap();
+    let retained = Publish::delivery("o/t".to_owned(), "r".to_owned(), QoS::AtLeastOnce, 0, false, true);
+    registry.retain("o/t", retained.clone(), None, Instant::now());
+    let message = Message::new(retained, None, Instant::now(), &registry.budget).unwrap();
+    registry.publish(&message, Some(&me.session), everyone);
+    // Its own No Local subscription gets nothing; the other one does, with
+    // the retain flag off.
+    assert_eq!(copies(&me.session), [("r".to_owned(), false, None)]);
+    assert_eq!(copies(&other.session), [("r".to_owned(), false, Some(7))]);
+    registry.publish(&message, Some(&other.session), everyone);
+    assert_eq!(
+        copies(&me.session),
+        [("r".to_owned(), true, Some(1)), ("r".to_owned(), false, None)]
+    );
+    // Retain Handling, for a subscription that exists and one that does not.
+    let with = |handling| {
+        registry
+            .subscribe(&me.session, "o/t", options(false, false, 3), handling, |_| true)
+            .unwrap();
+        copies(&me.session)
+    };
+    assert_eq!(with(RetainHandling::SendIfNew), [("r".to_owned(), true, Some(3))]);
+    assert_eq!(with(RetainHandling::SendIfNew), [], "it exists now");
+    assert_eq!(with(RetainHandling::Never), []);
+    assert_eq!(with(RetainHandling::Send), [("r".to_owned(), true, Some(3))]);
 }

@@ -97,7 +97,7 @@ pub fn publish(
                 .push((crate::outbox::Refused::MemoryBudget, QoS::AtMostOnce));
             continue;
         };
-        let fanout = registry.publish(&message, &may_read);
+        let fanout = registry.publish(&message, None, &may_read);
         all.queued[0] += fanout.queued[0];
         all.dropped.extend(fanout.dropped);
         all.withheld += fanout.withheld;
@@ -110,7 +110,7 @@ mod tests {
     use super::*;
     use crate::message::Version;
     use crate::outbox::{Limits, Outgoing, Peer};
-    use crate::registry::{Continuity, Options};
+    use crate::registry::{Continuity, Options, RetainHandling};
 
     #[test]
     fn changed_values_are_published_and_retained() {
@@ -135,8 +135,10 @@ mod tests {
             keep: false,
         };
         let claim = registry.connect("dash", None, clean, Arc::default()).unwrap();
-        let qos0 = Options { qos: QoS::AtMostOnce };
-        registry.subscribe(&claim.session, "$SYS/#", qos0, |_| true).unwrap();
+        let qos0 = Options::at(QoS::AtMostOnce);
+        registry
+            .subscribe(&claim.session, "$SYS/#", qos0, RetainHandling::Send, |_| true)
+            .unwrap();
         let fanout = publish(&registry, &budget, &values("1 seconds"), &values("2 seconds"), everyone);
         assert_eq!(fanout.queued, [1, 0, 0], "only the value that changed");
         let any = Peer::unbounded(Version::V5, std::time::Instant::now());
@@ -158,7 +160,9 @@ mod tests {
         );
         // `#` alone does not reach `$` topics ([MQTT-4.7.2-1]).
         let other = registry.connect("all", None, clean, Arc::default()).unwrap();
-        registry.subscribe(&other.session, "#", qos0, |_| true).unwrap();
+        registry
+            .subscribe(&other.session, "#", qos0, RetainHandling::Send, |_| true)
+            .unwrap();
         assert!(other.session.outbox().next_to_write(&any).is_none());
     }
 }

@@ -57,9 +57,12 @@ pub enum Problem {
     TopicAlias,
     /// A subscription identifier on a PUBLISH from a client ([MQTT-3.3.4-6]).
     SubscriptionIdentifier,
-    /// A Receive Maximum or Maximum Packet Size of 0 in a CONNECT, which
-    /// MQTT 5 calls a Protocol Error (§3.1.2.11.3, §3.1.2.11.4).
+    /// A Receive Maximum or Maximum Packet Size of 0 in a CONNECT, or a
+    /// Subscription Identifier of 0, which MQTT 5 calls a Protocol Error
+    /// (§3.1.2.11.3, §3.1.2.11.4, §3.8.2.1.2).
     Zero,
+    /// No Local on a shared subscription ([MQTT-3.8.3-4]).
+    NoLocalShared,
 }
 
 /// The first bad value of a packet.
@@ -97,6 +100,7 @@ impl Problem {
             Problem::TopicAlias => "topic_alias",
             Problem::SubscriptionIdentifier => "subscription_identifier",
             Problem::Zero => "zero",
+            Problem::NoLocalShared => "no_local_shared",
         }
     }
 }
@@ -114,7 +118,9 @@ impl Invalid {
     pub fn reason_code(&self) -> DisconnectReasonCode {
         match (self.field, self.problem) {
             (_, Problem::TopicAlias) => DisconnectReasonCode::TopicAliasInvalid,
-            (_, Problem::SubscriptionIdentifier) => DisconnectReasonCode::ProtocolError,
+            (_, Problem::SubscriptionIdentifier | Problem::Zero | Problem::NoLocalShared) => {
+                DisconnectReasonCode::ProtocolError
+            }
             (Field::Filter, _) => DisconnectReasonCode::MalformedPacket,
             (_, Problem::NotUtf8 | Problem::NullCharacter | Problem::ControlCharacter | Problem::NonCharacter) => {
                 DisconnectReasonCode::MalformedPacket
@@ -276,9 +282,20 @@ pub fn packet(packet: &Packet) -> Result<(), Invalid> {
         }
         Packet::Subscribe(subscribe, properties) => {
             if let Some(p) = properties {
+                // MQTT 5 §3.8.2.1.2: 1 to 268,435,455 (the codec's variable
+                // byte integer bounds it above).
+                if p.id == Some(0) {
+                    return Err(Invalid::new(Field::Property, Problem::Zero));
+                }
                 user_properties(&p.user_properties)?;
             }
-            subscribe.filters.iter().try_for_each(|f| topic_filter(&f.path))
+            subscribe.filters.iter().try_for_each(|f| {
+                topic_filter(&f.path)?;
+                if f.nolocal && f.path.starts_with("$share/") {
+                    return Err(Invalid::new(Field::Filter, Problem::NoLocalShared));
+                }
+                Ok(())
+            })
         }
         Packet::Unsubscribe(unsubscribe, properties) => {
             if let Some(p) = properties {
@@ -410,5 +427,39 @@ mod tests {
         }
         let fine = props(Some(1), Some(1));
         assert_eq!(connect("c", Some(&fine), None, None, None), Ok(()));
+    }
+
+    /// MQTT 5 §3.8.2.1.2 and [MQTT-3.8.3-4]: a Subscription Identifier of 0,
+    /// and No Local on a shared subscription, are Protocol Errors (0x82).
+    #[test]
+    fn a_subscription_id_of_zero_and_no_local_on_a_shared_filter_are_refused() {
+        use rumqttd::protocol::{Filter, QoS, RetainForwardRule, Subscribe, SubscribeProperties};
+        let subscribe = |path: &str, nolocal, id| {
+            let filter = Filter {
+                path: path.to_owned(),
+                qos: QoS::AtLeastOnce,
+                nolocal,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            };
+            let properties = SubscribeProperties {
+                id,
+                user_properties: Vec::new(),
+            };
+            packet(&Packet::Subscribe(
+                Subscribe {
+                    pkid: 1,
+                    filters: vec![filter],
+                },
+                Some(properties),
+            ))
+        };
+        assert_eq!(subscribe("a/b", true, Some(1)), Ok(()));
+        assert_eq!(subscribe("$share/g/a", false, None), Ok(()));
+        let zero = subscribe("a/b", false, Some(0)).unwrap_err();
+        assert_eq!(zero.reason_code(), DisconnectReasonCode::ProtocolError);
+        let shared = subscribe("$share/g/a", true, None).unwrap_err();
+        assert_eq!(shared, Invalid::new(Field::Filter, Problem::NoLocalShared));
+        assert_eq!(shared.reason_code(), DisconnectReasonCode::ProtocolError);
     }
 }

@@ -15,6 +15,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 PORT, CHECK = int(sys.argv[1]), sys.argv[2]
 WAIT = 10
@@ -62,11 +63,31 @@ class Client:
             fail("no CONNACK")
         return self
 
-    def subscribe(self, topic, qos):
+    def subscribe(self, topic, qos, identifier=None, **options):
+        """Subscribe to `topic`; `options` are SubscribeOptions' (noLocal,
+        retainAsPublished, retainHandling), `identifier` its Subscription
+        Identifier."""
         self.subscribed.clear()
-        self.c.subscribe(topic, qos=qos)
+        props = None
+        if identifier is not None:
+            props = properties(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=identifier)
+        if self.c._protocol == mqtt.MQTTv5:
+            self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **options), properties=props)
+        else:
+            self.c.subscribe(topic, qos=qos)
         if not self.subscribed.wait(WAIT):
             fail(f"no SUBACK for {topic}")
+
+    def settle(self, count, seconds=WAIT):
+        """What arrived once `count` have, and nothing more for half a second."""
+        self.wait_for(count, seconds)
+        time.sleep(0.5)
+        with self.arrived:
+            return list(self.messages)
+
+    def clear(self):
+        with self.arrived:
+            self.messages.clear()
 
     def wait_for(self, count, seconds=WAIT):
         deadline = time.monotonic() + seconds
@@ -247,6 +268,80 @@ def check_packet_size():
         c.stop()
 
 
+def check_subscription_ids():
+    """[MQTT-3.3.4-5]: a copy for each matching subscription, each with its
+    own Subscription Identifier, and none for a subscription without one."""
+    sub = Client("sid-sub").connect()
+    sub.subscribe("sid/#", 1, identifier=1)
+    sub.subscribe("sid/+", 1, identifier=268435455)
+    sub.subscribe("sid/x", 1)
+    pub = Client("sid-pub").connect()
+    publish(pub, "sid/x", b"m")
+    got = sorted(str(prop(m, "SubscriptionIdentifier")) for m in sub.settle(3))
+    print(f"identifiers: {got}")
+    if got != ["None", "[1]", "[268435455]"]:
+        fail(f"identifiers {got}")
+    for c in (sub, pub):
+        c.stop()
+
+
+def check_no_local():
+    """[MQTT-3.8.3-3]: a No Local subscription gets nothing its own
+    connection publishes, and what others publish as usual."""
+    me = Client("nl-me").connect()
+    me.subscribe("nl/t", 1, noLocal=True)
+    other = Client("nl-other").connect()
+    other.subscribe("nl/t", 1)
+    publish(me, "nl/t", b"mine")
+    publish(other, "nl/t", b"theirs")
+    mine = [m.payload for m in me.settle(1)]
+    theirs = sorted(m.payload for m in other.settle(2))
+    print(f"no local: {mine}; the other: {theirs}")
+    if mine != [b"theirs"] or theirs != [b"mine", b"theirs"]:
+        fail(f"no local {mine}, other {theirs}")
+    for c in (me, other):
+        c.stop()
+
+
+def check_retain_as_published():
+    """[MQTT-3.3.1-12], [MQTT-3.3.1-13]: a live copy's retain flag is 0,
+    or as published for a Retain As Published subscription."""
+    plain = Client("rap-plain").connect()
+    plain.subscribe("rap/t", 1)
+    kept = Client("rap-kept").connect()
+    kept.subscribe("rap/t", 1, retainAsPublished=True)
+    pub = Client("rap-pub").connect()
+    publish(pub, "rap/t", b"r", retain=True)
+    publish(pub, "rap/t", b"", retain=True)
+    flags = ([m.retain for m in plain.settle(2)], [m.retain for m in kept.settle(2)])
+    print(f"retain flags: {flags}")
+    if flags != ([False, False], [True, True]):
+        fail(f"retain flags {flags}")
+    for c in (plain, kept, pub):
+        c.stop()
+
+
+def check_retain_handling():
+    """[MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]: retained messages on
+    every subscribe (0), only on a new subscription (1), or never (2)."""
+    pub = Client("rh-pub").connect()
+    publish(pub, "rh/t", b"kept", retain=True)
+    sub = Client("rh-sub").connect()
+    seen = []
+    for handling in (1, 1, 2, 0):
+        sub.clear()
+        sub.subscribe("rh/t", 1, retainHandling=handling)
+        got = sub.settle(1, seconds=1)
+        seen.append((handling, [(m.payload, m.retain) for m in got]))
+    print(f"retain handling: {seen}")
+    expected = [(1, [(b"kept", True)]), (1, []), (2, []), (0, [(b"kept", True)])]
+    if seen != expected:
+        fail(f"retain handling {seen}")
+    publish(pub, "rh/t", b"", retain=True)
+    for c in (sub, pub):
+        c.stop()
+
+
 # Raw MQTT 5 for what paho will not send: more QoS 2 messages than the
 # server's Receive Maximum.
 def varint(n):
@@ -354,6 +449,10 @@ CHECKS = {
     "receive-maximum": check_receive_maximum,
     "packet-size": check_packet_size,
     "server-receive-maximum": check_server_receive_maximum,
+    "subscription-ids": check_subscription_ids,
+    "no-local": check_no_local,
+    "retain-as-published": check_retain_as_published,
+    "retain-handling": check_retain_handling,
 }
 CHECKS[CHECK]()
 print(f"ok {CHECK}")

@@ -42,11 +42,7 @@ async fn both(name: &str) -> Option<(String, String, Broker)> {
 /// MQTT 5 subscriber unchanged; a 3.1.1 subscriber gets the message alone.
 #[tokio::test]
 async fn publish_properties_are_forwarded_unchanged() {
-    let Some((ours, theirs, _broker)) = both("properties").await else {
-        return;
-    };
-    let forwarded = |out: &str| out.lines().find(|l| l.starts_with("forwarded:")).map(str::to_owned);
-    assert_eq!(forwarded(&ours), forwarded(&theirs), "{ours}\n{theirs}");
+    same("properties", "forwarded:").await;
 }
 
 /// [MQTT-3.3.2-5], [MQTT-3.3.2-6]: queued for an away client or retained,
@@ -129,4 +125,46 @@ async fn one_qos_2_message_past_the_brokers_receive_maximum() {
         1.0,
         "{metrics}"
     );
+}
+
+/// The line of `out` that starts with `label`.
+fn line<'a>(out: &'a str, label: &str) -> Option<&'a str> {
+    out.lines().find(|l| l.starts_with(label))
+}
+
+/// Both brokers ran `name` and printed the same `label` line (each script
+/// also holds them to the expected values).
+async fn same(name: &str, label: &str) {
+    let Some((ours, theirs, _broker)) = both(name).await else {
+        return;
+    };
+    assert!(line(&ours, label).is_some(), "{ours}");
+    assert_eq!(line(&ours, label), line(&theirs, label), "{ours}\n{theirs}");
+}
+
+/// [MQTT-3.3.4-5]: one copy per matching subscription, each with its own
+/// Subscription Identifier (the largest, 268,435,455, included), none for a
+/// subscription without one.
+#[tokio::test]
+async fn each_copy_carries_its_subscriptions_identifier() {
+    same("subscription-ids", "identifiers:").await;
+}
+
+/// [MQTT-3.8.3-3]: No Local.
+#[tokio::test]
+async fn a_no_local_subscription_gets_nothing_of_its_own() {
+    same("no-local", "no local:").await;
+}
+
+/// [MQTT-3.3.1-12], [MQTT-3.3.1-13]: Retain As Published.
+#[tokio::test]
+async fn retain_as_published_keeps_the_flag() {
+    same("retain-as-published", "retain flags:").await;
+}
+
+/// [MQTT-3.3.1-9], [MQTT-3.3.1-10], [MQTT-3.3.1-11]: Retain Handling 0, 1
+/// (for a new subscription, then for the same one again) and 2.
+#[tokio::test]
+async fn retain_handling_decides_which_retained_messages_a_subscription_gets() {
+    same("retain-handling", "retain handling:").await;
 }

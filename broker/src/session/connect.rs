@@ -195,8 +195,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// may send, how many QoS 2 messages may wait for their PUBREL at once
     /// (Receive Maximum: `max_inflight_messages`, as Mosquitto announces
     /// it), the session expiry when the server's cap shortened the one asked
-    /// for, and that subscription identifiers are not supported (the broker
-    /// does not echo them). Topic aliases are left at the default 0: none.
+    /// for. Subscription identifiers are available (the default, left
+    /// out); topic aliases are left at the default 0: none.
     pub(super) fn connack_properties(
         &self,
         assigned_client_identifier: Option<String>,
@@ -209,7 +209,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             max_packet_size: Some(u32::try_from(self.shared.settings.max_packet_size).unwrap_or(u32::MAX)),
             receive_max: Some(u16::try_from(self.shared.settings.limits.max_inflight_messages).unwrap_or(u16::MAX)),
             session_expiry_interval: (granted != asked_expiry.unwrap_or(0)).then_some(granted),
-            subscription_identifiers_available: Some(0),
             ..ConnAckProperties::default()
         }
     }

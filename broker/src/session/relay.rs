@@ -3,10 +3,12 @@
 //! outbox ([`crate::outbox`]). Everything before (TLS, framing, validation,
 //! login, CONNACK's answers) and the write path are `mod.rs`'s.
 
-use crate::message::{Message, Version};
+use crate::message::{Header, Message, Version};
 use crate::outbox::{Outgoing, Peer};
-use crate::registry::{Leave, Options, Received, Registry, SessionState};
+use crate::registry::{Leave, Options, Received, Registry, RetainHandling, SessionState};
 use rumqttd::protocol::PublishProperties;
+use rumqttd::protocol::RetainForwardRule;
+use std::num::NonZeroU32;
 
 use super::*;
 
@@ -276,7 +278,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         None,
                     ));
                 }
-                Packet::Subscribe(subscribe, _) => self.subscribe(subscribe),
+                Packet::Subscribe(subscribe, props) => self.subscribe(subscribe, props.and_then(|p| p.id)),
                 Packet::Unsubscribe(unsubscribe, _) => self.unsubscribe(unsubscribe),
                 Packet::PubAck(ack, _) => {
                     if let Some(held) = &self.attached {
@@ -404,7 +406,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
         let material = shared.material.load();
         let acl = material.auth.acl.as_ref();
-        let fanout = registry.publish(&message, |session, topic| {
+        let from = self.attached.as_ref().map(|held| &*held.session);
+        let fanout = registry.publish(&message, from, |session: &SessionState, topic: &[u8]| {
             acl.is_none_or(|acl| {
                 std::str::from_utf8(topic)
                     .is_ok_and(|topic| acl.allows(session.user(), session.client_id(), topic, Access::Read))
@@ -426,7 +429,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 
     /// Each filter is answered in the SUBACK as the ACL and the bounds say;
     /// retained messages follow the SUBACK (queued now, written after it).
-    fn subscribe(&mut self, subscribe: Subscribe) {
+    /// `id`: the MQTT 5 Subscription Identifier of all its filters
+    /// (validated: not 0).
+    fn subscribe(&mut self, subscribe: Subscribe, id: Option<usize>) {
+        let id = id.and_then(|id| u32::try_from(id).ok()).and_then(NonZeroU32::new);
         let shared = self.shared.clone();
         let registry = &shared.registry;
         let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
@@ -460,7 +466,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 // Granted at QoS 0, as Mosquitto grants `$SYS`.
                 qos = QoS::AtMostOnce;
             }
-            let Ok(fanout) = registry.subscribe(&session, &path, Options { qos }, may_read) else {
+            let options = Options {
+                qos,
+                no_local: filter.nolocal,
+                retain_as_published: filter.preserve_retain,
+                id,
+            };
+            let retained = match filter.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => RetainHandling::Send,
+                RetainForwardRule::OnNewSubscribe => RetainHandling::SendIfNew,
+                RetainForwardRule::Never => RetainHandling::Never,
+            };
+            let Ok(fanout) = registry.subscribe(&session, &path, options, retained, may_read) else {
                 // The index holds its share of memory_limit.
                 shared.metrics.refused.with_label_values(&["filters"]).inc();
                 return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
@@ -532,15 +549,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let Some(out) = outbox.next_to_write(&peer) else { break };
             match out {
                 Outgoing::Publish { delivery, pkid, dup } => {
-                    let written = delivery.message.write(
-                        peer.version,
-                        delivery.qos,
+                    let header = Header {
+                        qos: delivery.qos,
                         pkid,
                         dup,
-                        delivery.retain,
-                        peer.now,
-                        &mut self.write,
-                    );
+                        retain: delivery.retain,
+                        subscription_id: delivery.subscription_id,
+                    };
+                    let written = delivery.message.write(peer.version, header, peer.now, &mut self.write);
                     match written {
                         Ok(n) => {
                             let metrics = &self.shared.metrics;
