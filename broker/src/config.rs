@@ -232,6 +232,9 @@ pub struct BrokerFile {
     /// QoS 1 and 2 messages sent to a client and not yet acknowledged
     /// (Mosquitto's name).
     pub max_inflight_messages: Option<usize>,
+    /// Topic aliases an MQTT 5 client may set (Mosquitto's name and
+    /// default, 10; 0: none).
+    pub max_topic_alias: Option<u16>,
     /// QoS 1 and 2 messages for a client whose queue is full: `"drop"` or
     /// `"disconnect"`.
     pub queue_full: Option<QueueFull>,
@@ -584,6 +587,8 @@ pub struct Limits {
     /// All clients' outbound queues together.
     pub queued_bytes_total: usize,
     pub max_inflight_messages: usize,
+    /// Topic aliases an MQTT 5 client may set: what the CONNACK announces.
+    pub max_topic_alias: u16,
     pub queue_full: QueueFull,
     pub max_retained_bytes: usize,
     /// The subscription index and the sessions' tables: past it, new
@@ -700,6 +705,7 @@ impl Limits {
             queue_qos0_messages: file.queue_qos0_messages.unwrap_or(false),
             queued_bytes_total: usize_of(queued_bytes_total),
             max_inflight_messages,
+            max_topic_alias: file.max_topic_alias.unwrap_or(10),
             queue_full: file.queue_full.unwrap_or_default(),
             max_retained_bytes: usize_of(max_retained_bytes),
             index_share,

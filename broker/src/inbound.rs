@@ -170,9 +170,16 @@ fn seed_packets() -> Vec<Vec<Vec<u8>>> {
         // Normal disconnection, session expiry 0.
         packet(0xe0, &[b"\0\x05\x11\0\0\0\0"]),
     ];
-    // A topic alias, which the broker never offers: DISCONNECT 0x94.
-    let alias = vec![v5[0].clone(), packet(0x30, &[&s(b""), b"\x03\x23\0\x01", b"hi"])];
-    vec![v4.to_vec(), v5.to_vec(), alias]
+    // A topic alias above the Topic Alias Maximum (10): DISCONNECT 0x94.
+    let alias = vec![v5[0].clone(), packet(0x30, &[&s(b""), b"\x03\x23\0\x0b", b"hi"])];
+    // Alias 1 set with a topic, then used alone, then PINGREQ.
+    let aliased = vec![
+        v5[0].clone(),
+        packet(0x30, &[&s(b"a/b"), b"\x03\x23\0\x01", b"set"]),
+        packet(0x30, &[&s(b""), b"\x03\x23\0\x01", b"used"]),
+        packet(0xc0, &[]),
+    ];
+    vec![v4.to_vec(), v5.to_vec(), alias, aliased]
 }
 
 /// An MQTT packet: its first byte, then the remaining length and `parts`.
@@ -221,6 +228,9 @@ mod tests {
         }
         let refused = harness.connection(&seeds[2].concat());
         assert!(refused.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x94), "{refused:x?}");
+        let aliased = harness.connection(&seeds[3].concat());
+        assert!(aliased.windows(2).any(|w| w == [0xd0, 0]), "{aliased:x?}");
+        assert!(!aliased.contains(&0xe0), "no DISCONNECT: {aliased:x?}");
     }
 
     /// Deterministic mutations of the seeds, through the whole inbound path:

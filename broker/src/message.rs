@@ -171,6 +171,11 @@ impl Message {
         &self.publish.topic
     }
 
+    /// The topic as the copies share it.
+    pub fn shared_topic(&self) -> &bytes::Bytes {
+        &self.publish.topic
+    }
+
     pub fn payload(&self) -> &[u8] {
         &self.publish.payload
     }
@@ -215,12 +220,18 @@ impl Message {
         now: Instant,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, rumqttd::protocol::Error> {
-        let copy = self.copy(header.qos, header.pkid, header.dup, header.retain);
+        let mut copy = self.copy(header.qos, header.pkid, header.dup, header.retain);
         match version {
             Version::V4 => rumqttd::protocol::v4::write_publish(&copy, out),
             Version::V5 => {
                 let ids = identifiers(header.subscription_id);
-                let own = self.copy_properties(ids.as_ref().map_or(&[], |ids| &ids[..]), now);
+                let mut own = self.copy_properties(ids.as_ref().map_or(&[], |ids| &ids[..]), now);
+                if let Some((alias, with_topic)) = header.alias {
+                    own.topic_alias = Some(alias);
+                    if !with_topic {
+                        copy.topic = bytes::Bytes::new();
+                    }
+                }
                 rumqttd::protocol::v5::write_publish_copy(&copy, self.properties.as_ref(), &own, out)
             }
         }
@@ -237,6 +248,9 @@ pub struct Header {
     pub retain: bool,
     /// The identifier of the subscription it matched (MQTT 5).
     pub subscription_id: Option<NonZeroU32>,
+    /// The topic alias toward this client (MQTT 5), and whether the topic
+    /// goes with it (the alias's first use) or is left empty.
+    pub alias: Option<(u16, bool)>,
 }
 
 impl Header {
@@ -248,6 +262,7 @@ impl Header {
             dup: false,
             retain: false,
             subscription_id: None,
+            alias: None,
         }
     }
 }
@@ -302,11 +317,9 @@ mod tests {
         ] {
             let mut out = bytes::BytesMut::new();
             let header = Header {
-                qos,
-                pkid,
                 dup,
                 retain,
-                subscription_id: None,
+                ..Header::new(qos, pkid)
             };
             let written = message.write(version, header, now, &mut out).unwrap();
             assert!(written <= message.wire_size(), "{written} > {}", message.wire_size());

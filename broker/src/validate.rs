@@ -53,8 +53,12 @@ pub enum Problem {
     /// `#` not alone or not last, `+` not alone in its level.
     MisplacedWildcard,
     TooManyLevels,
-    /// A topic alias, where the CONNACK offered none ([MQTT-3.3.2-9]).
+    /// A topic alias of 0, or above the Topic Alias Maximum the CONNACK
+    /// announced ([MQTT-3.3.2-9], [MQTT-3.3.2-10]).
     TopicAlias,
+    /// An empty topic with an alias the client never set (MQTT 5
+    /// §3.3.2.3.4: a Protocol Error).
+    UnknownTopicAlias,
     /// A subscription identifier on a PUBLISH from a client ([MQTT-3.3.4-6]).
     SubscriptionIdentifier,
     /// A Receive Maximum or Maximum Packet Size of 0 in a CONNECT, or a
@@ -98,6 +102,7 @@ impl Problem {
             Problem::MisplacedWildcard => "misplaced_wildcard",
             Problem::TooManyLevels => "too_many_levels",
             Problem::TopicAlias => "topic_alias",
+            Problem::UnknownTopicAlias => "unknown_topic_alias",
             Problem::SubscriptionIdentifier => "subscription_identifier",
             Problem::Zero => "zero",
             Problem::NoLocalShared => "no_local_shared",
@@ -118,9 +123,10 @@ impl Invalid {
     pub fn reason_code(&self) -> DisconnectReasonCode {
         match (self.field, self.problem) {
             (_, Problem::TopicAlias) => DisconnectReasonCode::TopicAliasInvalid,
-            (_, Problem::SubscriptionIdentifier | Problem::Zero | Problem::NoLocalShared) => {
-                DisconnectReasonCode::ProtocolError
-            }
+            (
+                _,
+                Problem::SubscriptionIdentifier | Problem::Zero | Problem::NoLocalShared | Problem::UnknownTopicAlias,
+            ) => DisconnectReasonCode::ProtocolError,
             (Field::Filter, _) => DisconnectReasonCode::MalformedPacket,
             (_, Problem::NotUtf8 | Problem::NullCharacter | Problem::ControlCharacter | Problem::NonCharacter) => {
                 DisconnectReasonCode::MalformedPacket
@@ -259,8 +265,8 @@ fn response_topic(topic: Option<&String>) -> Result<(), Invalid> {
     topic_name(Field::Property, topic.as_bytes())
 }
 
-fn publish_properties(p: &PublishProperties) -> Result<(), Invalid> {
-    if p.topic_alias.is_some() {
+fn publish_properties(p: &PublishProperties, max_topic_alias: u16) -> Result<(), Invalid> {
+    if p.topic_alias.is_some_and(|alias| alias == 0 || alias > max_topic_alias) {
         return Err(Invalid::new(Field::Property, Problem::TopicAlias));
     }
     if !p.subscription_identifiers.is_empty() {
@@ -271,12 +277,18 @@ fn publish_properties(p: &PublishProperties) -> Result<(), Invalid> {
     response_topic(p.response_topic.as_ref())
 }
 
-/// Any packet after CONNECT.
-pub fn packet(packet: &Packet) -> Result<(), Invalid> {
+/// Any packet after CONNECT, from a client that may use topic aliases 1 to
+/// `max_topic_alias` (the CONNACK's Topic Alias Maximum).
+pub fn packet(packet: &Packet, max_topic_alias: u16) -> Result<(), Invalid> {
     match packet {
         Packet::Publish(publish, properties) => {
             if let Some(p) = properties {
-                publish_properties(p)?;
+                publish_properties(p, max_topic_alias)?;
+                // An alias with an empty topic stands for the one it was set
+                // with, which was checked then (MQTT 5 §3.3.2.3.4).
+                if p.topic_alias.is_some() && publish.topic.is_empty() {
+                    return Ok(());
+                }
             }
             topic_name(Field::Topic, &publish.topic)
         }
@@ -446,13 +458,11 @@ mod tests {
                 id,
                 user_properties: Vec::new(),
             };
-            packet(&Packet::Subscribe(
-                Subscribe {
-                    pkid: 1,
-                    filters: vec![filter],
-                },
-                Some(properties),
-            ))
+            let subscribe = Subscribe {
+                pkid: 1,
+                filters: vec![filter],
+            };
+            packet(&Packet::Subscribe(subscribe, Some(properties)), 10)
         };
         assert_eq!(subscribe("a/b", true, Some(1)), Ok(()));
         assert_eq!(subscribe("$share/g/a", false, None), Ok(()));

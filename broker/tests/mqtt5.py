@@ -443,6 +443,131 @@ def check_server_receive_maximum():
     sock.close()
 
 
+def raw_connect(client_id, props=b""):
+    """A raw MQTT 5 connection: the socket and the CONNACK's body."""
+    sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
+    body = s("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id)
+    sock.sendall(packet(0x10, body))
+    kind, ack = read_packet(sock)
+    if kind != 0x20 or ack[1] != 0:
+        fail(f"CONNACK {kind:#x} {ack!r}")
+    return sock, ack
+
+
+def connack_property(body, wanted):
+    """A two-byte property of a CONNACK body (Receive Maximum 0x21, Topic
+    Alias Maximum 0x22), if present."""
+    at, length, shift = 2, 0, 0
+    while True:
+        byte = body[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    props, i = body[at : at + length], 0
+    sizes = {0x11: 4, 0x13: 2, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
+    while i < len(props):
+        ident = props[i]
+        i += 1
+        if ident == wanted:
+            return struct.unpack(">H", props[i : i + 2])[0]
+        size = sizes.get(ident)
+        if size is None:
+            (n,) = struct.unpack(">H", props[i : i + 2])
+            i += 2 + n
+            if ident == 0x26:
+                (n,) = struct.unpack(">H", props[i : i + 2])
+                i += 2 + n
+        else:
+            i += size
+    return None
+
+
+def raw_publish(sock, topic, alias, payload):
+    props = b"\x23" + struct.pack(">H", alias)
+    sock.sendall(packet(0x30, s(topic) + varint(len(props)) + props + payload))
+
+
+def answer(sock):
+    """What the broker sent next: `disconnect 0x..`, `closed` or `silence`."""
+    sock.settimeout(2)
+    try:
+        got = read_packet(sock)
+    except (socket.timeout, ConnectionResetError):
+        return "silence"
+    if got is None:
+        return "closed"
+    kind, body = got
+    if kind & 0xF0 == 0xE0:
+        return f"disconnect {body[0] if body else 0:#04x}"
+    return f"{kind:#x}"
+
+
+def check_topic_alias():
+    """MQTT 5 §3.3.2.3.4: a client's alias stands for the topic it was set
+    with; one above the CONNACK's Topic Alias Maximum is 0x94
+    ([MQTT-3.3.2-9]); an empty topic with an alias never set is a Protocol
+    Error (0x82)."""
+    sub = Client("ta-sub").connect()
+    sub.subscribe("ta/#", 1)
+    sock, ack = raw_connect("ta-raw")
+    maximum = connack_property(ack, 0x22)
+    print(f"topic alias maximum: {maximum}")
+    raw_publish(sock, "ta/x", 1, b"set")
+    raw_publish(sock, "", 1, b"used")
+    raw_publish(sock, "ta/y", 1, b"moved")
+    raw_publish(sock, "", 1, b"again")
+    got = [(m.topic, m.payload) for m in sub.settle(4)]
+    print(f"aliased: {got}")
+    raw_publish(sock, "", 2, b"never set")
+    print(f"unknown alias: {answer(sock)}")
+    sock.close()
+    sock, _ = raw_connect("ta-raw2")
+    raw_publish(sock, "ta/x", (maximum or 0) + 1, b"over")
+    print(f"over the maximum: {answer(sock)}")
+    sock.close()
+    sub.stop()
+
+
+def check_topic_alias_out():
+    """MQTT 5 §3.3.2.3.4: toward a client with a Topic Alias Maximum, a
+    server may send an alias: with the topic the first time, alone after.
+    Prints what the client read: (topic, alias) for each PUBLISH."""
+    props = b"\x22" + struct.pack(">H", 5)
+    sock, _ = raw_connect("tao-raw", props)
+    sock.sendall(packet(0x82, struct.pack(">H", 1) + b"\x00" + s("tao/#") + b"\x00"))
+    kind, _ = read_packet(sock)
+    if kind != 0x90:
+        fail(f"no SUBACK: {kind:#x}")
+    pub = Client("tao-pub").connect()
+    for topic in ["tao/a", "tao/a", "tao/b", "tao/a"]:
+        publish(pub, topic, b"m", qos=0)
+    seen = []
+    for _ in range(4):
+        got = read_packet(sock)
+        if got is None:
+            fail(f"closed after {seen}")
+        kind, body = got
+        (n,) = struct.unpack(">H", body[:2])
+        topic = body[2 : 2 + n].decode()
+        at = 2 + n
+        length, shift = 0, 0
+        while True:
+            byte = body[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        props = body[at : at + length]
+        alias = struct.unpack(">H", props[1:3])[0] if props[:1] == b"\x23" else None
+        seen.append((topic, alias))
+    print(f"read: {seen}")
+    sock.close()
+    pub.stop()
+
+
 CHECKS = {
     "properties": check_properties,
     "expiry": check_expiry,
@@ -453,6 +578,8 @@ CHECKS = {
     "no-local": check_no_local,
     "retain-as-published": check_retain_as_published,
     "retain-handling": check_retain_handling,
+    "topic-alias": check_topic_alias,
+    "topic-alias-out": check_topic_alias_out,
 }
 CHECKS[CHECK]()
 print(f"ok {CHECK}")

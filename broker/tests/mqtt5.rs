@@ -168,3 +168,48 @@ async fn retain_as_published_keeps_the_flag() {
 async fn retain_handling_decides_which_retained_messages_a_subscription_gets() {
     same("retain-handling", "retain handling:").await;
 }
+
+/// MQTT 5 §3.3.2.3.4, [MQTT-3.3.2-9]: both announce a Topic Alias Maximum of
+/// 10 (`max_topic_alias`, Mosquitto's default); a client's alias stands for
+/// the topic it was last set with; an empty topic with an alias never set is
+/// 0x82, an alias above the maximum 0x94.
+#[tokio::test]
+async fn a_clients_topic_aliases_are_honoured_and_bounded() {
+    let Some((ours, theirs, _broker)) = both("topic-alias").await else {
+        return;
+    };
+    for label in [
+        "topic alias maximum:",
+        "aliased:",
+        "unknown alias:",
+        "over the maximum:",
+    ] {
+        assert_eq!(line(&ours, label), line(&theirs, label), "{ours}\n{theirs}");
+    }
+    assert_eq!(line(&ours, "unknown alias:"), Some("unknown alias: disconnect 0x82"));
+    assert_eq!(
+        line(&ours, "over the maximum:"),
+        Some("over the maximum: disconnect 0x94")
+    );
+}
+
+/// MQTT 5 §3.3.2.3.4: toward a client that allows aliases, snigate gives
+/// each new topic one, sending the topic with it once and the alias alone
+/// after. Mosquitto 2.0 sends no aliases (the specification leaves it to
+/// the server).
+#[tokio::test]
+async fn the_broker_sends_aliases_to_a_client_that_allows_them() {
+    let Some((ours, theirs, _broker)) = both("topic-alias-out").await else {
+        return;
+    };
+    assert_eq!(
+        line(&ours, "read:"),
+        Some("read: [('tao/a', 1), ('', 1), ('tao/b', 2), ('', 1)]"),
+        "{ours}"
+    );
+    assert_eq!(
+        line(&theirs, "read:"),
+        Some("read: [('tao/a', None), ('tao/a', None), ('tao/b', None), ('tao/a', None)]"),
+        "{theirs}"
+    );
+}

@@ -33,6 +33,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if let Some(p) = &props {
             self.receive_maximum = p.receive_maximum.unwrap_or(u16::MAX);
             self.max_packet_size = p.max_packet_size.unwrap_or(u32::MAX);
+            self.topic_alias_max = p.topic_alias_max.unwrap_or(0);
         }
         // Copied out: the codec's topic and message are slices of the whole
         // CONNECT (user name, password and all), which they would keep alive.
@@ -195,8 +196,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// may send, how many QoS 2 messages may wait for their PUBREL at once
     /// (Receive Maximum: `max_inflight_messages`, as Mosquitto announces
     /// it), the session expiry when the server's cap shortened the one asked
-    /// for. Subscription identifiers are available (the default, left
-    /// out); topic aliases are left at the default 0: none.
+    /// for, and the Topic Alias Maximum (`max_topic_alias`; left out when 0,
+    /// which means none). Subscription identifiers are available (the
+    /// default, left out).
     pub(super) fn connack_properties(
         &self,
         assigned_client_identifier: Option<String>,
@@ -208,6 +210,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             assigned_client_identifier,
             max_packet_size: Some(u32::try_from(self.shared.settings.max_packet_size).unwrap_or(u32::MAX)),
             receive_max: Some(u16::try_from(self.shared.settings.limits.max_inflight_messages).unwrap_or(u16::MAX)),
+            topic_alias_max: Some(self.shared.settings.limits.max_topic_alias).filter(|max| *max > 0),
             session_expiry_interval: (granted != asked_expiry.unwrap_or(0)).then_some(granted),
             ..ConnAckProperties::default()
         }

@@ -32,6 +32,7 @@ use crate::auth::acl::Access;
 use crate::registry::Continuity;
 
 mod accept;
+mod alias;
 mod connect;
 mod relay;
 
@@ -101,6 +102,9 @@ pub enum End {
     /// More QoS 2 messages waiting for their PUBREL than the broker's
     /// Receive Maximum (MQTT 5 §3.3.4).
     ReceiveMaximumExceeded,
+    /// What the client asked to be held (its topic aliases) did not fit in
+    /// the memory budget: DISCONNECT 0x97.
+    QuotaExceeded,
 }
 
 impl End {
@@ -122,6 +126,7 @@ impl End {
             End::BadProxyHeader => "bad_proxy_header",
             End::InvalidInput => "invalid_input",
             End::ReceiveMaximumExceeded => "receive_maximum_exceeded",
+            End::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -164,6 +169,12 @@ struct Session<P, S> {
     /// what its outbox may send it ([`crate::outbox::Peer`]).
     receive_maximum: u16,
     max_packet_size: u32,
+    /// The client's Topic Alias Maximum: how many aliases the broker may
+    /// give topics toward it (0: none; MQTT 5 §3.1.2.11.5).
+    topic_alias_max: u16,
+    /// Topic aliases both ways, made with the first ([`alias`]): most
+    /// connections never use one.
+    aliases: Option<Box<alias::Aliases>>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     /// When CONNECT must have arrived.
@@ -246,6 +257,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             refused_qos2: Vec::new(),
             receive_maximum: u16::MAX,
             max_packet_size: u32::MAX,
+            topic_alias_max: 0,
+            aliases: None,
             persistent: false,
             expiry: None,
             read,
@@ -449,7 +462,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                     metrics.messages_received.at(qos).inc();
                     metrics.bytes_received.at(qos).inc_by((before - self.read.len()) as u64);
                 }
-                if let Err(invalid) = crate::validate::packet(&packet) {
+                if let Err(invalid) = crate::validate::packet(&packet, self.shared.settings.limits.max_topic_alias) {
                     self.invalid(invalid);
                     self.last_words = Some(invalid.reason_code());
                     return Err(End::InvalidInput);

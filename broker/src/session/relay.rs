@@ -317,6 +317,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
+        let mut publish = publish;
+        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
+            publish.topic = self.alias_from_client(alias, &publish.topic)?;
+        }
         let (qos, pkid) = (publish.qos(), publish.pkid());
         if !self.allowed(&publish.topic, Access::Write) {
             self.refuse_publish(qos, pkid);
@@ -365,6 +369,37 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             )),
         }
         Ok(())
+    }
+
+    /// The topic a client's PUBLISH with `alias` (validated: 1 to
+    /// `max_topic_alias`) is for ([`alias`]). `Err`: an alias never set
+    /// (DISCONNECT 0x82), or a topic the budget has no room for (0x97).
+    fn alias_from_client(&mut self, alias: u16, topic: &Bytes) -> Result<Bytes, End> {
+        let budget = &self.shared.queue_budget;
+        let aliases = self
+            .aliases
+            .get_or_insert_with(|| Box::new(alias::Aliases::new(budget)));
+        match aliases.inbound(alias, topic) {
+            Ok(topic) => Ok(topic),
+            Err(alias::Refused::Unknown) => {
+                let invalid = crate::validate::Invalid {
+                    field: crate::validate::Field::Property,
+                    problem: crate::validate::Problem::UnknownTopicAlias,
+                };
+                self.invalid(invalid);
+                self.last_words = Some(invalid.reason_code());
+                Err(End::InvalidInput)
+            }
+            Err(alias::Refused::OverBudget) => {
+                self.shared.metrics.refused.with_label_values(&["aliases"]).inc();
+                tracing::warn!(
+                    client_id = self.client_id(),
+                    "a topic alias does not fit in the memory budget; disconnecting"
+                );
+                self.last_words = Some(DisconnectReasonCode::QuotaExceeded);
+                Err(End::QuotaExceeded)
+            }
+        }
     }
 
     /// Keep a retained message, and deliver to every matching subscription.
@@ -555,6 +590,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         dup,
                         retain: delivery.retain,
                         subscription_id: delivery.subscription_id,
+                        alias: self.alias_toward_client(&delivery, &peer),
                     };
                     let written = delivery.message.write(peer.version, header, peer.now, &mut self.write);
                     match written {
@@ -595,6 +631,31 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         drop(outbox);
         self.account_buffers();
+    }
+
+    /// The topic alias `delivery` goes with to an MQTT 5 client that allows
+    /// aliases ([`alias`]). A first use adds 3 bytes to the copy, which the
+    /// outbox held to the client's Maximum Packet Size without them: a copy
+    /// too close to it goes without.
+    fn alias_toward_client(&mut self, delivery: &crate::outbox::Delivery, peer: &Peer) -> Option<(u16, bool)> {
+        if self.topic_alias_max == 0 || peer.version != Version::V5 {
+            return None;
+        }
+        let topic = delivery.message.shared_topic();
+        let budget = &self.shared.queue_budget;
+        let aliases = self
+            .aliases
+            .get_or_insert_with(|| Box::new(alias::Aliases::new(budget)));
+        let tight = peer.max_packet_size != usize::MAX
+            && delivery
+                .message
+                .packet_size(peer.version, delivery.qos, delivery.subscription_id, peer.now)
+                .saturating_add(3)
+                > peer.max_packet_size;
+        if tight && !aliases.has_outbound(topic) {
+            return None;
+        }
+        aliases.outbound(topic, self.topic_alias_max)
     }
 
     /// The will, at an unclean end: the ACL of now, then delivered as any
