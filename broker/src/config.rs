@@ -235,6 +235,16 @@ pub struct BrokerFile {
     /// Topic aliases an MQTT 5 client may set (Mosquitto's name and
     /// default, 10; 0: none).
     pub max_topic_alias: Option<u16>,
+    /// The longest keepalive an MQTT 5 client is given, in seconds: one that
+    /// asks for more, or for none, is told this one in the CONNACK
+    /// (Mosquitto's name and default, 65535; 0: no cap).
+    pub max_keepalive: Option<u16>,
+    /// The highest QoS clients may publish and subscribe with, 0 to 2
+    /// (Mosquitto's name and default, 2).
+    pub max_qos: Option<u8>,
+    /// Whether retained messages are kept (Mosquitto's name and default,
+    /// true); off, a retained PUBLISH or will ends the connection.
+    pub retain_available: Option<bool>,
     /// QoS 1 and 2 messages for a client whose queue is full: `"drop"` or
     /// `"disconnect"`.
     pub queue_full: Option<QueueFull>,
@@ -422,6 +432,11 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
+    /// The longest keepalive an MQTT 5 client is given (0: no cap).
+    pub max_keepalive: u16,
+    /// The highest QoS clients may publish and subscribe with.
+    pub max_qos: rumqttd::protocol::QoS,
+    pub retain_available: bool,
     /// How long a persistent session outlives its client's connection, at
     /// most; `None`: until a restart (an MQTT 5 client may ask for less).
     pub persistent_client_expiration: Option<Duration>,
@@ -515,6 +530,18 @@ impl BrokerConfig {
             }
         }
         let allow_anonymous = file.allow_anonymous.unwrap_or(password_file.is_none() && local_only);
+        let max_qos = match file.max_qos.unwrap_or(2) {
+            0 => rumqttd::protocol::QoS::AtMostOnce,
+            1 => rumqttd::protocol::QoS::AtLeastOnce,
+            2 => rumqttd::protocol::QoS::ExactlyOnce,
+            _ => {
+                return Err(ConfigError::new(
+                    origin(path),
+                    Some("max_qos".into()),
+                    "must be 0, 1 or 2",
+                ));
+            }
+        };
         // 0 means no limit, as in Mosquitto: MQTT's own maximum.
         let max_packet_size = match file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET_SIZE) {
             0 => MQTT_MAX_PACKET_SIZE,
@@ -547,6 +574,9 @@ impl BrokerConfig {
             allow_anonymous,
             connect_timeout: file.connect_timeout.unwrap_or(Duration::from_secs(10)),
             persistent_client_expiration: file.persistent_client_expiration.map(|e| e.0),
+            max_keepalive: file.max_keepalive.unwrap_or(u16::MAX),
+            max_qos,
+            retain_available: file.retain_available.unwrap_or(true),
             // Mosquitto's default.
             sys_interval: file.sys_interval.unwrap_or(Duration::from_secs(10)),
             drain_timeout: file.drain_timeout.unwrap_or(Duration::from_secs(20)),

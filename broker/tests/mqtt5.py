@@ -53,8 +53,9 @@ class Client:
             self.messages.append(msg)
             self.arrived.notify_all()
 
-    def connect(self, properties=None, clean_start=True):
+    def connect(self, properties=None, clean_start=True, keepalive=60):
         kwargs = {"properties": properties} if properties is not None else {}
+        kwargs["keepalive"] = keepalive
         if self.c._protocol == mqtt.MQTTv5:
             kwargs["clean_start"] = clean_start
         self.c.connect("127.0.0.1", PORT, **kwargs)
@@ -62,6 +63,10 @@ class Client:
         if not self.connected.wait(WAIT):
             fail("no CONNACK")
         return self
+
+    def connack_prop(self, name):
+        """A property of the CONNACK, or None."""
+        return getattr(self.connack[1], name, None) if self.connack else None
 
     def subscribe(self, topic, qos, identifier=None, **options):
         """Subscribe to `topic`; `options` are SubscribeOptions' (noLocal,
@@ -342,6 +347,52 @@ def check_retain_handling():
         c.stop()
 
 
+def check_will():
+    """[MQTT-3.14.4-3]: DISCONNECT 0x04 publishes the will; 0x00 does not
+    ([MQTT-3.1.2-10]). The will's properties go out with it (MQTT 5
+    §3.1.3.2; [MQTT-3.1.3-10] for the user properties, in order)."""
+    sub = Client("will-sub").connect()
+    sub.subscribe("will/#", 1)
+    wprops = properties(
+        PacketTypes.WILLMESSAGE,
+        PayloadFormatIndicator=1,
+        MessageExpiryInterval=60,
+        ContentType="text/plain",
+        ResponseTopic="will/reply",
+        CorrelationData=b"\x01",
+        UserProperty=[("k", "v"), ("a", "b")],
+    )
+    reason = mqtt.ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+    for name, code in [("with", reason), ("without", None)]:
+        c = Client(f"will-{name}")
+        c.c.will_set(f"will/{name}", b"gone", qos=1, properties=wprops)
+        c.connect()
+        if code is None:
+            c.c.disconnect()
+        else:
+            c.c.disconnect(reasoncode=code)
+        c.c.loop_stop()
+    got = sub.settle(1)
+    seen = [
+        (
+            m.topic,
+            m.payload,
+            prop(m, "PayloadFormatIndicator"),
+            prop(m, "ContentType"),
+            prop(m, "ResponseTopic"),
+            prop(m, "CorrelationData"),
+            prop(m, "UserProperty"),
+            prop(m, "MessageExpiryInterval") is not None and prop(m, "MessageExpiryInterval") <= 60,
+        )
+        for m in got
+    ]
+    print(f"wills: {seen}")
+    expected = [("will/with", b"gone", 1, "text/plain", "will/reply", b"\x01", [("k", "v"), ("a", "b")], True)]
+    if seen != expected:
+        fail(f"wills {seen}")
+    sub.stop()
+
+
 # Raw MQTT 5 for what paho will not send: more QoS 2 messages than the
 # server's Receive Maximum.
 def varint(n):
@@ -568,6 +619,120 @@ def check_topic_alias_out():
     pub.stop()
 
 
+def raw_connack(client_id, flags=0x02, props=b"", will=b""):
+    """A raw MQTT 5 CONNECT: the CONNACK's reason code and body, or
+    `closed`."""
+    sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
+    body = s("MQTT") + bytes([5, flags]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id) + will
+    sock.sendall(packet(0x10, body))
+    try:
+        got = read_packet(sock)
+    except (socket.timeout, ConnectionResetError):
+        got = None
+    sock.close()
+    if got is None:
+        return "closed", b""
+    kind, ack = got
+    return f"{ack[1]:#04x}", ack
+
+
+def will_flags(qos, retain):
+    return 0x02 | 0x04 | (qos << 3) | (0x20 if retain else 0)
+
+
+WILL = b"\x00" + s("w/t") + s("gone")
+
+
+def check_keepalive():
+    """[MQTT-3.2.2-21]: a client that asks for a keepalive above
+    `max_keepalive` (100 here), or for none, is given that one in the
+    CONNACK's Server Keep Alive; one within it is told nothing."""
+    seen = []
+    for asked in (0, 60, 200):
+        c = Client(f"ka-{asked}").connect(keepalive=asked)
+        seen.append((asked, c.connack_prop("ServerKeepAlive")))
+        c.stop()
+    print(f"server keep alive: {seen}")
+
+
+def check_max_qos():
+    """`max_qos` 1: the CONNACK's Maximum QoS; a SUBSCRIBE at QoS 2 is
+    granted 1; a PUBLISH at QoS 2 ends the connection with 0x9B
+    ([MQTT-3.2.2-11]); a will at QoS 2 is refused with CONNACK 0x9B
+    ([MQTT-3.2.2-12])."""
+    c = Client("mq-sub").connect()
+    maximum = c.connack_prop("MaximumQoS")
+    granted = {}
+    done = threading.Event()
+    c.c.on_subscribe = lambda cl, u, mid, reasons, props: (granted.setdefault("codes", [r.value for r in reasons]), done.set())
+    c.c.subscribe("mq/t", qos=2)
+    done.wait(WAIT)
+    c.stop()
+    sock, _ = raw_connect("mq-raw")
+    sock.sendall(packet(0x34, s("mq/t") + struct.pack(">H", 1) + b"\x00" + b"m"))
+    publish_answer = answer(sock)
+    sock.close()
+    will, _ = raw_connack("mq-will", will_flags(2, False), will=WILL)
+    print(f"max qos: {maximum}; granted: {granted.get('codes')}; qos 2 publish: {publish_answer}; qos 2 will: {will}")
+
+
+def check_retain_unavailable():
+    """`retain_available` false: the CONNACK's Retain Available 0; a
+    retained PUBLISH ends the connection with 0x9A ([MQTT-3.2.2-14]); a
+    retained will is refused with CONNACK 0x9A ([MQTT-3.2.2-13])."""
+    c = Client("ru-sub").connect()
+    available = c.connack_prop("RetainAvailable")
+    c.stop()
+    sock, _ = raw_connect("ru-raw")
+    sock.sendall(packet(0x31, s("ru/t") + b"\x00" + b"m"))
+    publish_answer = answer(sock)
+    sock.close()
+    will, _ = raw_connack("ru-will", will_flags(0, True), will=WILL)
+    print(f"retain available: {available}; retained publish: {publish_answer}; retained will: {will}")
+
+
+def check_auth_method():
+    """MQTT 5 §4.12: a CONNECT with an Authentication Method the server
+    does not support is refused with CONNACK 0x8C."""
+    props = b"\x15" + s("SCRAM-SHA-1")
+    code, _ = raw_connack("am-raw", props=props)
+    print(f"authentication method: {code}")
+
+
+def disconnect_reason(sock):
+    """The next packet, a DISCONNECT: its code and Reason String (0x1F)."""
+    sock.settimeout(2)
+    got = read_packet(sock)
+    if got is None or got[0] & 0xF0 != 0xE0:
+        return f"not a DISCONNECT: {got}"
+    body = got[1]
+    code, reason = body[0], None
+    if len(body) > 1:
+        i, length, shift = 1, 0, 0
+        while True:
+            byte = body[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        props = body[i : i + length]
+        if props[:1] == b"\x1f":
+            (n,) = struct.unpack(">H", props[1:3])
+            reason = props[3 : 3 + n].decode()
+    return f"{code:#04x} {reason!r}"
+
+
+def check_reason_string():
+    """MQTT 5 §3.14.2.2.3: a DISCONNECT from the server carries a Reason
+    String, unless the client's Request Problem Information is 0."""
+    for name, props in [("asked", b""), ("not asked", b"\x17\x00")]:
+        sock, _ = raw_connect(f"rs-{len(props)}", props)
+        raw_publish(sock, "rs/t", 0, b"alias 0")
+        print(f"{name}: {disconnect_reason(sock)}")
+        sock.close()
+
+
 CHECKS = {
     "properties": check_properties,
     "expiry": check_expiry,
@@ -580,6 +745,12 @@ CHECKS = {
     "retain-handling": check_retain_handling,
     "topic-alias": check_topic_alias,
     "topic-alias-out": check_topic_alias_out,
+    "will": check_will,
+    "keepalive": check_keepalive,
+    "max-qos": check_max_qos,
+    "retain-unavailable": check_retain_unavailable,
+    "auth-method": check_auth_method,
+    "reason-string": check_reason_string,
 }
 CHECKS[CHECK]()
 print(f"ok {CHECK}")

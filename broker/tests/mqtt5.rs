@@ -25,11 +25,22 @@ async fn check(python: &std::path::Path, port: u16, check: &str) -> String {
 }
 
 /// Both brokers with `max_inflight_messages` 3 (Mosquitto's name; the
-/// Receive Maximum both announce), and the check's output from each.
+/// Receive Maximum both announce) and `max_keepalive` 100, and the check's
+/// output from each.
 async fn both(name: &str) -> Option<(String, String, Broker)> {
+    both_with(
+        name,
+        "max_inflight_messages 3\nmax_keepalive 100\n",
+        "max_inflight_messages = 3\nmax_keepalive = 100\n",
+    )
+    .await
+}
+
+/// The same with each broker's own settings.
+async fn both_with(name: &str, mosquitto: &str, snigate: &str) -> Option<(String, String, Broker)> {
     let python = paho_python()?;
     let dir = TempDir::new();
-    let ((mosquitto, port), broker) = side_by_side(&dir, "max_inflight_messages 3\n", "max_inflight_messages = 3\n")?;
+    let ((mosquitto, port), broker) = side_by_side(&dir, mosquitto, snigate)?;
     let ours = check(&python, broker.addr.port(), name).await;
     let theirs = check(&python, port, name).await;
     drop(mosquitto);
@@ -212,4 +223,85 @@ async fn the_broker_sends_aliases_to_a_client_that_allows_them() {
         Some("read: [('tao/a', None), ('tao/a', None), ('tao/b', None), ('tao/a', None)]"),
         "{theirs}"
     );
+}
+
+/// [MQTT-3.14.4-3]: DISCONNECT 0x04 publishes the will, 0x00 does not
+/// ([MQTT-3.1.2-10]); the will's properties go out with it (MQTT 5
+/// §3.1.3.2, [MQTT-3.1.3-10]).
+#[tokio::test]
+async fn disconnect_with_will_message_sends_the_will_and_its_properties() {
+    same("will", "wills:").await;
+}
+
+/// [MQTT-3.2.2-21]: `max_keepalive` (Mosquitto's name) caps an MQTT 5
+/// client's keepalive, and a client that asked for none is given it, as
+/// Mosquitto gives it; the CONNACK's Server Keep Alive says so.
+#[tokio::test]
+async fn a_capped_keepalive_is_announced_as_server_keep_alive() {
+    same("keepalive", "server keep alive:").await;
+}
+
+/// `max_qos` 1: the CONNACK's Maximum QoS, SUBSCRIBE granted at most 1, a
+/// QoS 2 PUBLISH ended with DISCONNECT 0x9B ([MQTT-3.2.2-11]), a QoS 2 will
+/// refused with CONNACK 0x9B ([MQTT-3.2.2-12]).
+#[tokio::test]
+async fn max_qos_is_announced_and_held() {
+    let Some((ours, theirs, _broker)) = both_with("max-qos", "max_qos 1\n", "max_qos = 1\n").await else {
+        return;
+    };
+    let expected = "max qos: 1; granted: [1]; qos 2 publish: disconnect 0x9b; qos 2 will: 0x9b";
+    assert_eq!(line(&ours, "max qos:"), Some(expected), "{ours}");
+    assert_eq!(line(&theirs, "max qos:"), Some(expected), "{theirs}");
+}
+
+/// `retain_available` false: the CONNACK's Retain Available 0, a retained
+/// PUBLISH ended with DISCONNECT 0x9A ([MQTT-3.2.2-14]), a retained will
+/// refused with CONNACK 0x9A ([MQTT-3.2.2-13]).
+#[tokio::test]
+async fn retain_unavailable_is_announced_and_held() {
+    let Some((ours, theirs, _broker)) = both_with(
+        "retain-unavailable",
+        "retain_available false\n",
+        "retain_available = false\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let expected = "retain available: 0; retained publish: disconnect 0x9a; retained will: 0x9a";
+    assert_eq!(line(&ours, "retain available:"), Some(expected), "{ours}");
+    assert_eq!(line(&theirs, "retain available:"), Some(expected), "{theirs}");
+}
+
+/// MQTT 5 §4.12: an Authentication Method the broker does not offer (it
+/// offers none) is CONNACK 0x8C, as Mosquitto answers without a plugin.
+#[tokio::test]
+async fn an_authentication_method_is_refused_with_0x8c() {
+    let Some((ours, theirs, _broker)) = both("auth-method").await else {
+        return;
+    };
+    for out in [&ours, &theirs] {
+        assert_eq!(
+            line(out, "authentication method:"),
+            Some("authentication method: 0x8c"),
+            "{out}"
+        );
+    }
+}
+
+/// MQTT 5 §3.14.2.2.3, [MQTT-3.1.2-29]: snigate's DISCONNECTs carry a Reason
+/// String, and none for a client whose Request Problem Information is 0.
+/// (Mosquitto 2.0 sends none; on a topic alias of 0 it answers 0x81 where
+/// the specification's answer is 0x94.)
+#[tokio::test]
+async fn disconnects_carry_a_reason_string_for_clients_that_want_one() {
+    let Some((ours, _theirs, _broker)) = both("reason-string").await else {
+        return;
+    };
+    assert_eq!(
+        line(&ours, "asked:"),
+        Some("asked: 0x94 \"topic alias invalid: 0, or above the CONNACK's Topic Alias Maximum\""),
+        "{ours}"
+    );
+    assert_eq!(line(&ours, "not asked:"), Some("not asked: 0x94 None"), "{ours}");
 }

@@ -30,19 +30,54 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             self.invalid(invalid);
             return Err((End::InvalidInput, None));
         }
+        // What the server does not offer, refused before the login as
+        // Mosquitto refuses it: a will above `max_qos`, or retained without
+        // `retain_available` (MQTT 5: CONNACK 0x9B, 0x9A; 3.1.1: closed).
+        let settings = &self.shared.settings;
+        let unsupported = will.as_ref().and_then(|will| {
+            if will.qos > settings.max_qos {
+                Some(ConnectReturnCode::QoSNotSupported)
+            } else if will.retain && !settings.retain_available {
+                Some(ConnectReturnCode::RetainNotSupported)
+            } else {
+                None
+            }
+        });
+        if let Some(code) = unsupported {
+            tracing::info!(peer = %self.peer, client_id = connect.client_id, ?code, "the will asks for what the broker does not offer; refused");
+            if self.level == 5 {
+                let _ = self.send(Packet::ConnAck(refused(code), None)).await;
+            }
+            return Err((End::NotSupported, Some(connect.client_id)));
+        }
+        // Enhanced authentication (MQTT 5 §4.12) is not offered: a method
+        // is refused with 0x8C, as Mosquitto refuses one no plugin takes.
+        if props.as_ref().is_some_and(|p| p.authentication_method.is_some()) {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&["authentication_method"])
+                .inc();
+            tracing::info!(peer = %self.peer, client_id = connect.client_id, "an authentication method, which the broker does not offer; refused");
+            let code = ConnectReturnCode::BadAuthenticationMethod;
+            let _ = self.send(Packet::ConnAck(refused(code), None)).await;
+            return Err((End::NotAuthorized, Some(connect.client_id)));
+        }
         if let Some(p) = &props {
             self.receive_maximum = p.receive_maximum.unwrap_or(u16::MAX);
             self.max_packet_size = p.max_packet_size.unwrap_or(u32::MAX);
             self.topic_alias_max = p.topic_alias_max.unwrap_or(0);
+            self.problem_information = p.request_problem_info != Some(0);
         }
         // Copied out: the codec's topic and message are slices of the whole
         // CONNECT (user name, password and all), which they would keep alive.
         let will = will.map(|will| {
-            Box::new(LastWill {
+            let last = LastWill {
                 topic: Bytes::copy_from_slice(&will.topic),
                 message: Bytes::copy_from_slice(&will.message),
                 ..will
-            })
+            };
+            Box::new(Will::new(last, will_props))
         });
         // Answered before the (expensive) login: a full broker should not
         // spend a password check on a refusal.
@@ -112,7 +147,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         };
 
         // The will waits as a queued message does, in the same budget.
-        let will_bytes = will.as_ref().map_or(0, |w| w.topic.len() + w.message.len());
+        let will_bytes = will.as_ref().map_or(0, |w| w.bytes());
         if will_bytes > 0 && !self.shared.queue_budget.try_take(will_bytes) {
             self.shared.metrics.refused.with_label_values(&["will"]).inc();
             tracing::warn!(peer = %self.peer, client_id, will_bytes, "the will does not fit in the memory budget; refused");
@@ -136,9 +171,17 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         });
         drop(material);
         self.user.clone_from(&user);
+        // An MQTT 5 client that asks for a longer keepalive than
+        // `max_keepalive`, or for none, is given that one and told so in the
+        // CONNACK (Server Keep Alive, [MQTT-3.2.2-21]), as Mosquitto does.
+        // MQTT 3.1.1 has no way to say it: its keepalive stands.
+        let max_keepalive = self.shared.settings.max_keepalive;
+        let capped =
+            self.level == 5 && max_keepalive > 0 && (connect.keep_alive == 0 || connect.keep_alive > max_keepalive);
+        let keep_alive = if capped { max_keepalive } else { connect.keep_alive };
         // Closed after 1.5 x the keepalive without a packet ([MQTT-3.1.2-24]);
         // 0 is no keepalive, as Mosquitto takes it.
-        let grace = (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let eviction = Arc::new(crate::Eviction::new(tracked_login, grace));
 
         let (continuity, expiry) = self.continuity(connect.clean_session, props.as_ref());
@@ -153,7 +196,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 &eviction,
                 assigned,
                 asked,
-                connect.keep_alive,
+                keep_alive,
+                capped,
             )
             .await
         {
@@ -196,14 +240,18 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// may send, how many QoS 2 messages may wait for their PUBREL at once
     /// (Receive Maximum: `max_inflight_messages`, as Mosquitto announces
     /// it), the session expiry when the server's cap shortened the one asked
-    /// for, and the Topic Alias Maximum (`max_topic_alias`; left out when 0,
-    /// which means none). Subscription identifiers are available (the
-    /// default, left out).
+    /// for, the Topic Alias Maximum (`max_topic_alias`; left out when 0,
+    /// which means none), the Maximum QoS and Retain Available where
+    /// `max_qos` and `retain_available` take them away, and the Server Keep
+    /// Alive where `max_keepalive` capped the client's. Subscription
+    /// identifiers, wildcards and shared subscriptions are available (the
+    /// defaults, left out).
     pub(super) fn connack_properties(
         &self,
         assigned_client_identifier: Option<String>,
         asked_expiry: Option<u32>,
         expiry: Option<Duration>,
+        server_keep_alive: Option<u16>,
     ) -> ConnAckProperties {
         let granted = expiry.map_or(u32::MAX, |e| u32::try_from(e.as_secs()).unwrap_or(u32::MAX));
         ConnAckProperties {
@@ -211,6 +259,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             max_packet_size: Some(u32::try_from(self.shared.settings.max_packet_size).unwrap_or(u32::MAX)),
             receive_max: Some(u16::try_from(self.shared.settings.limits.max_inflight_messages).unwrap_or(u16::MAX)),
             topic_alias_max: Some(self.shared.settings.limits.max_topic_alias).filter(|max| *max > 0),
+            max_qos: (self.shared.settings.max_qos != QoS::ExactlyOnce).then_some(self.shared.settings.max_qos as u8),
+            retain_available: (!self.shared.settings.retain_available).then_some(0),
+            server_keep_alive,
             session_expiry_interval: (granted != asked_expiry.unwrap_or(0)).then_some(granted),
             ..ConnAckProperties::default()
         }

@@ -17,10 +17,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Error as ProtocolError, LastWill, Packet, PingResp, Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason,
-    Unsubscribe,
+    ConnAck, ConnAckProperties, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+    DisconnectReasonCode, Error as ProtocolError, LastWill, LastWillProperties, Packet, PingResp, Protocol, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties, QoS,
+    SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -71,6 +71,9 @@ const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum End {
     /// The client sent DISCONNECT.
     Disconnected,
+    /// An MQTT 5 client sent DISCONNECT 0x04, Disconnect with Will Message:
+    /// its will is published.
+    DisconnectedWithWill,
     /// The client closed the connection without DISCONNECT.
     Closed,
     /// Nothing from the client for 1.5 x its keepalive.
@@ -105,12 +108,16 @@ pub enum End {
     /// What the client asked to be held (its topic aliases) did not fit in
     /// the memory budget: DISCONNECT 0x97.
     QuotaExceeded,
+    /// A PUBLISH or will above `max_qos`, or retained without
+    /// `retain_available` (MQTT 5: 0x9B or 0x9A).
+    NotSupported,
 }
 
 impl End {
     pub fn label(&self) -> &'static str {
         match self {
             End::Disconnected => "disconnect",
+            End::DisconnectedWithWill => "disconnect_with_will",
             End::Closed => "closed",
             End::KeepaliveTimeout => "keepalive_timeout",
             End::ConnectTimeout => "connect_timeout",
@@ -127,6 +134,7 @@ impl End {
             End::InvalidInput => "invalid_input",
             End::ReceiveMaximumExceeded => "receive_maximum_exceeded",
             End::QuotaExceeded => "quota_exceeded",
+            End::NotSupported => "not_supported",
         }
     }
 }
@@ -172,6 +180,9 @@ struct Session<P, S> {
     /// The client's Topic Alias Maximum: how many aliases the broker may
     /// give topics toward it (0: none; MQTT 5 §3.1.2.11.5).
     topic_alias_max: u16,
+    /// The client's Request Problem Information (MQTT 5 §3.1.2.11.7; on when
+    /// absent): whether the broker's DISCONNECTs carry a Reason String.
+    problem_information: bool,
     /// Topic aliases both ways, made with the first ([`alias`]): most
     /// connections never use one.
     aliases: Option<Box<alias::Aliases>>,
@@ -229,7 +240,40 @@ struct Connected {
     eviction: Arc<crate::Eviction>,
     /// Boxed: most clients have none, and every connection would keep room
     /// for one for its life.
-    will: Option<Box<LastWill>>,
+    will: Option<Box<Will>>,
+}
+
+/// A client's will as the session keeps it until its end: the message, and
+/// its MQTT 5 properties as a PUBLISH's (MQTT 5 §3.1.3.2: payload format,
+/// message expiry, content type, response topic, correlation data and user
+/// properties go out with it, [MQTT-3.1.3-10] for the user properties).
+struct Will {
+    last: LastWill,
+    properties: Option<PublishProperties>,
+}
+
+impl Will {
+    /// Its properties copied out of the CONNECT (its correlation data is a
+    /// slice of the whole packet).
+    fn new(last: LastWill, properties: Option<LastWillProperties>) -> Self {
+        let properties = properties.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: None,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data.map(|d| Bytes::copy_from_slice(&d)),
+            user_properties: p.user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type,
+        });
+        Self { last, properties }
+    }
+
+    /// What it holds, as the queues' share of the budget counts it.
+    fn bytes(&self) -> usize {
+        let publish = Publish::new("", "", false);
+        crate::message::size(&publish, self.properties.as_ref()) + self.last.topic.len() + self.last.message.len()
+    }
 }
 
 impl<P: Protocol, S: Stream> Session<P, S> {
@@ -258,6 +302,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             receive_maximum: u16::MAX,
             max_packet_size: u32::MAX,
             topic_alias_max: 0,
+            problem_information: true,
             aliases: None,
             persistent: false,
             expiry: None,
@@ -296,6 +341,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             // starts clean), not when its successor resumes it.
             let due = match end {
                 End::Disconnected | End::Revoked | End::Shutdown => false,
+                // MQTT 5 DISCONNECT 0x04 asks for it ([MQTT-3.14.4-3]).
+                End::DisconnectedWithWill => true,
                 End::TakenOver => self.attached.as_ref().is_some_and(|held| held.session.is_ended()),
                 _ => true,
             };
@@ -438,9 +485,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             } else {
                 DisconnectReasonCode::SessionTakenOver
             };
-            let _ = self
-                .send(Packet::Disconnect(Disconnect { reason_code: reason }, None))
-                .await;
+            let _ = self.send(self.disconnect(reason)).await;
         }
         if revoked { End::Revoked } else { End::TakenOver }
     }
@@ -499,16 +544,30 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// End the session as `end` says, an MQTT 5 client told why first.
     async fn last_words(&mut self, reason_code: DisconnectReasonCode, end: End) -> End {
         if self.level == 5 {
-            let _ = self.send(Packet::Disconnect(Disconnect { reason_code }, None)).await;
+            let _ = self.send(self.disconnect(reason_code)).await;
         }
         end
+    }
+
+    /// An MQTT 5 DISCONNECT with `reason_code`, and its Reason String unless
+    /// the client's CONNECT asked for none (Request Problem Information 0:
+    /// a server MAY still send one on DISCONNECT, [MQTT-3.1.2-29], but a
+    /// client that says it does not want them is not sent them).
+    fn disconnect(&self, reason_code: DisconnectReasonCode) -> Packet {
+        let properties = self.problem_information.then(|| DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(reason_string(reason_code).to_owned()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        });
+        Packet::Disconnect(Disconnect { reason_code }, properties)
     }
 
     /// End the session on what the client sent: an MQTT 5 client is told why
     /// (MQTT 5 §4.13), a 3.1.1 client's connection is closed.
     async fn refuse(&mut self, end: End) -> End {
         if let (5, Some(reason_code)) = (self.level, self.last_words.take()) {
-            let _ = self.send(Packet::Disconnect(Disconnect { reason_code }, None)).await;
+            let _ = self.send(self.disconnect(reason_code)).await;
         }
         end
     }
@@ -652,5 +711,30 @@ fn refusal(level: u8, reason: SubscribeReasonCode, asked: QoS) -> SubscribeReaso
         5 => reason,
         3 => SubscribeReasonCode::Success(asked),
         _ => SubscribeReasonCode::Failure,
+    }
+}
+
+/// What a DISCONNECT's Reason String says: the reason code in words, for
+/// the client's log (MQTT 5 §3.14.2.2.3). The broker's own log says more.
+fn reason_string(code: DisconnectReasonCode) -> &'static str {
+    use DisconnectReasonCode as Code;
+    match code {
+        Code::MalformedPacket => "malformed packet: a packet or a string in it is not valid MQTT",
+        Code::ProtocolError => "protocol error: the packet is valid, but MQTT does not allow it here",
+        Code::NotAuthorized => "not authorized: the client's credentials were revoked",
+        Code::ServerShuttingDown => "the broker is shutting down",
+        Code::KeepAliveTimeout => "keep alive timeout: nothing from the client for 1.5 times its keepalive",
+        Code::SessionTakenOver => "session taken over by another connection with the same client id",
+        Code::ReceiveMaximumExceeded => {
+            "receive maximum exceeded: more QoS 2 messages waiting for PUBREL than the CONNACK allowed"
+        }
+        Code::TopicAliasInvalid => "topic alias invalid: 0, or above the CONNACK's Topic Alias Maximum",
+        Code::PacketTooLarge => "packet too large: over the CONNACK's Maximum Packet Size",
+        Code::QuotaExceeded => {
+            "quota exceeded: the client's queue or its topic aliases reached the broker's memory limits"
+        }
+        Code::RetainNotSupported => "retain not supported: the CONNACK said Retain Available 0",
+        Code::QoSNotSupported => "QoS not supported: above the CONNACK's Maximum QoS",
+        _ => "see the broker's log",
     }
 }

@@ -6,7 +6,6 @@
 use crate::message::{Header, Message, Version};
 use crate::outbox::{Outgoing, Peer};
 use crate::registry::{Leave, Options, Received, Registry, RetainHandling, SessionState};
-use rumqttd::protocol::PublishProperties;
 use rumqttd::protocol::RetainForwardRule;
 use std::num::NonZeroU32;
 
@@ -34,8 +33,9 @@ enum Handled {
     Drained,
     /// A PUBLISH was routed.
     Published,
-    /// The client sent DISCONNECT.
-    Disconnected,
+    /// The client sent DISCONNECT; `true`: with reason 0x04, Disconnect with
+    /// Will Message.
+    Disconnected(bool),
     /// The client sent what ends the session, and an MQTT 5 client is told
     /// why ([`Session::refuse`]).
     Refused(End),
@@ -61,6 +61,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         assigned: bool,
         asked_expiry: Option<u32>,
         keep_alive: u16,
+        keep_alive_capped: bool,
     ) -> Result<(), End> {
         let Ok(claim) = registry.connect(client_id, self.user.clone(), continuity, eviction.clone()) else {
             // The index's share holds as many sessions as it can: answered
@@ -93,8 +94,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             session_present: claim.present && self.level != 3,
             code: ConnectReturnCode::Success,
         };
-        let properties = (self.level == 5)
-            .then(|| self.connack_properties(assigned.then(|| client_id.to_string()), asked_expiry, self.expiry));
+        let properties = (self.level == 5).then(|| {
+            self.connack_properties(
+                assigned.then(|| client_id.to_string()),
+                asked_expiry,
+                self.expiry,
+                keep_alive_capped.then_some(keep_alive),
+            )
+        });
         if self.send(Packet::ConnAck(connack, properties)).await.is_err() {
             return Err(End::NetworkError);
         }
@@ -212,7 +219,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 // half of it (budget.rs's floods). Every so many publishes,
                 // the runtime's budget sends it to the back of the queue.
                 Handled::Published => tokio::task::consume_budget().await,
-                Handled::Disconnected => break Some(End::Disconnected),
+                Handled::Disconnected(false) => break Some(End::Disconnected),
+                Handled::Disconnected(true) => break Some(End::DisconnectedWithWill),
                 Handled::Refused(end) => return Err(self.refuse(end).await),
                 Handled::Failed(end) => return Err(end),
             }
@@ -240,13 +248,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             };
             match packet {
                 Packet::PingReq(_) => self.push_control(Packet::PingResp(PingResp)),
-                Packet::Disconnect(_, props) => {
+                Packet::Disconnect(disconnect, props) => {
                     if let Some(asked) = props.as_ref().and_then(|p| p.session_expiry_interval)
                         && self.expiry_on_disconnect(asked).is_err()
                     {
                         return Handled::Failed(End::ProtocolError);
                     }
-                    return Handled::Disconnected;
+                    let with_will = disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    return Handled::Disconnected(with_will);
                 }
                 Packet::Connect(..)
                 | Packet::ConnAck(..)
@@ -317,6 +326,25 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
+        let settings = &self.shared.settings;
+        let unsupported = if publish.qos() > settings.max_qos {
+            Some(DisconnectReasonCode::QoSNotSupported)
+        } else if publish.retain && !settings.retain_available {
+            Some(DisconnectReasonCode::RetainNotSupported)
+        } else {
+            None
+        };
+        if let Some(reason) = unsupported {
+            // As Mosquitto: MQTT 5 DISCONNECT 0x9B or 0x9A ([MQTT-3.2.2-11],
+            // [MQTT-3.2.2-14]); 3.1.1 closed.
+            tracing::info!(
+                client_id = self.client_id(),
+                ?reason,
+                "a PUBLISH asks for what the broker does not offer; closing"
+            );
+            self.last_words = Some(reason);
+            return Err(End::NotSupported);
+        }
         let mut publish = publish;
         if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
             publish.topic = self.alias_from_client(alias, &publish.topic)?;
@@ -490,7 +518,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
                 continue;
             }
-            let mut qos = filter.qos;
+            // Granted at most at `max_qos`, as Mosquitto grants it.
+            let mut qos = crate::registry::lower(filter.qos, shared.settings.max_qos);
             if reserved(&path) {
                 let (held, again) = session.count_subscriptions(&path, reserved);
                 if held >= MAX_SYS_FILTERS && !again {
@@ -661,7 +690,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// The will, at an unclean end: the ACL of now, then delivered as any
     /// message, with its own QoS and retain flag ([MQTT-3.1.2-14],
     /// [MQTT-3.1.2-15]).
-    pub(super) fn publish_will(&mut self, will: LastWill) {
+    pub(super) fn publish_will(&mut self, will: Will) {
+        let Will { last: will, properties } = will;
         if !self.allowed(&will.topic, Access::Write) {
             self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
             tracing::info!(
@@ -671,7 +701,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return;
         }
         let publish = Publish::delivery(will.topic, will.message, will.qos, 0, false, will.retain);
-        self.route(publish, None);
+        self.route(publish, properties);
     }
 }
 
