@@ -413,6 +413,19 @@ def s(text):
     return struct.pack(">H", len(raw)) + raw
 
 
+def varint_at(buf, at):
+    """A variable byte integer of `buf` at `at`: its value, and where what
+    follows it starts."""
+    value, shift = 0, 0
+    while True:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
 def read_packet(sock):
     first = sock.recv(1)
     if not first:
@@ -433,44 +446,11 @@ def read_packet(sock):
     return first[0], body
 
 
-def connack_receive_maximum(body):
-    """The Receive Maximum property (0x21) of a CONNACK body, if any."""
-    at = 2
-    length, shift = 0, 0
-    while True:
-        byte = body[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    props = body[at : at + length]
-    i = 0
-    sizes = {0x11: 4, 0x12: None, 0x13: 2, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
-    while i < len(props):
-        ident = props[i]
-        i += 1
-        if ident == 0x21:
-            return struct.unpack(">H", props[i : i + 2])[0]
-        size = sizes.get(ident)
-        if size is None:
-            (n,) = struct.unpack(">H", props[i : i + 2])
-            i += 2 + n
-        else:
-            i += size
-    return None
-
-
 def check_server_receive_maximum():
     """MQTT 5 §3.3.4: the CONNACK's Receive Maximum, and what the server does
     with one QoS 2 message more than it waiting for its PUBREL."""
-    sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
-    connect = s("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 60) + b"\x00" + s("srm-raw")
-    sock.sendall(packet(0x10, connect))
-    kind, body = read_packet(sock)
-    if kind != 0x20 or body[1] != 0:
-        fail(f"CONNACK {kind:#x} {body!r}")
-    maximum = connack_receive_maximum(body)
+    sock, body = raw_connect("srm-raw")
+    maximum = connack_property(body, 0x21)
     print(f"receive maximum: {maximum}")
     if maximum is None:
         fail("no Receive Maximum in the CONNACK")
@@ -508,14 +488,7 @@ def raw_connect(client_id, props=b""):
 def connack_property(body, wanted):
     """A two-byte property of a CONNACK body (Receive Maximum 0x21, Topic
     Alias Maximum 0x22), if present."""
-    at, length, shift = 2, 0, 0
-    while True:
-        byte = body[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
+    length, at = varint_at(body, 2)
     props, i = body[at : at + length], 0
     sizes = {0x11: 4, 0x13: 2, 0x21: 2, 0x22: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x28: 1, 0x29: 1, 0x2A: 1}
     while i < len(props):
@@ -602,15 +575,7 @@ def check_topic_alias_out():
         kind, body = got
         (n,) = struct.unpack(">H", body[:2])
         topic = body[2 : 2 + n].decode()
-        at = 2 + n
-        length, shift = 0, 0
-        while True:
-            byte = body[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        length, at = varint_at(body, 2 + n)
         props = body[at : at + length]
         alias = struct.unpack(">H", props[1:3])[0] if props[:1] == b"\x23" else None
         seen.append((topic, alias))
@@ -708,14 +673,7 @@ def disconnect_reason(sock):
     body = got[1]
     code, reason = body[0], None
     if len(body) > 1:
-        i, length, shift = 1, 0, 0
-        while True:
-            byte = body[i]
-            i += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        length, i = varint_at(body, 1)
         props = body[i : i + length]
         if props[:1] == b"\x1f":
             (n,) = struct.unpack(">H", props[1:3])
