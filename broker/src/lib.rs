@@ -30,9 +30,11 @@ pub mod passwd_cmd;
 pub mod registry;
 pub mod reload;
 pub mod retained;
+pub mod route;
 pub mod session;
 pub mod sys;
 pub mod validate;
+pub mod wills;
 
 #[cfg(feature = "fault-injection")]
 mod fault;
@@ -117,6 +119,9 @@ async fn expire_sessions(shared: Arc<Shared>) {
         let now = std::time::Instant::now();
         shared.registry.close_silent(now);
         let expired = shared.registry.expire(now);
+        for will in shared.wills.due(now) {
+            wills::publish(&shared, will);
+        }
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(RETAINED_SWEEPS) && shared.registry.expire_retained(now) > 0 {
             let figures = shared.registry.figures();
@@ -180,6 +185,8 @@ pub struct Shared {
     /// reloaded; the settings themselves need a restart).
     pub settings: BrokerConfig,
     pub metrics: Metrics,
+    /// Wills waiting for their Will Delay Interval.
+    pub wills: wills::DelayedWills,
     /// Set by a test's fault topic: the expiry task panics ([`fault`]).
     #[cfg(feature = "fault-injection")]
     pub fault_expiry: std::sync::atomic::AtomicBool,
@@ -239,6 +246,7 @@ impl Shared {
             busy_answers: Arc::new(tokio::sync::Semaphore::new(BUSY_ANSWERS)),
             settings: config,
             metrics,
+            wills: wills::DelayedWills::default(),
             #[cfg(feature = "fault-injection")]
             fault_expiry: std::sync::atomic::AtomicBool::new(false),
             stop,

@@ -691,6 +691,71 @@ def check_reason_string():
         sock.close()
 
 
+def check_will_delay():
+    """MQTT 5 §3.1.3.2.2, [MQTT-3.1.3-9]: a will waits for its delay or for
+    its session's end, whichever is first, and is not sent when a connection
+    takes the session up first. Five clients end uncleanly at once; what
+    each will did, by when it arrived: `soon` (under 1.5 s), `late` (1.5 to
+    5 s) or `none`."""
+    sub = Client("wd-sub").connect()
+    sub.subscribe("wd/#", 0)
+    cases = {
+        # name: (will delay, session expiry, what follows the unclean end)
+        "a": (2, 60, None),  # the delay runs out
+        "b": (2, 60, "resume"),  # taken up again before the delay
+        "c": (30, 2, None),  # the session ends first
+        "d": (30, 60, "clean"),  # a new session in its place ends the old one
+        "e": (2, 0, None),  # no session kept: it ends with the connection
+    }
+    socks = {}
+    for name, (delay, expiry, _) in cases.items():
+        props = b"\x11" + struct.pack(">I", expiry)
+        will = b"\x05\x18" + struct.pack(">I", delay) + s(f"wd/{name}") + s("gone")
+        sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
+        body = s("MQTT") + bytes([5, 0x02 | 0x04]) + struct.pack(">H", 60) + varint(len(props)) + props
+        sock.sendall(packet(0x10, body + s(f"wd-{name}") + will))
+        kind, ack = read_packet(sock)
+        if kind != 0x20 or ack[1] != 0:
+            fail(f"CONNACK for {name}: {ack!r}")
+        socks[name] = sock
+    start = time.monotonic()
+    for sock in socks.values():
+        sock.close()
+    time.sleep(0.5)
+    kept = []
+    for name, (_, _, then) in cases.items():
+        if then is not None:
+            sock, _ = raw_connect(f"wd-{name}") if then == "clean" else raw_connect_resume(f"wd-{name}")
+            kept.append(sock)
+    arrivals = {}
+    while time.monotonic() - start < 5.5:
+        with sub.arrived:
+            for m in sub.messages:
+                arrivals.setdefault(m.topic[3:], time.monotonic() - start)
+            sub.arrived.wait(0.1)
+    seen = {}
+    for name in cases:
+        at = arrivals.get(name)
+        seen[name] = "none" if at is None else ("soon" if at < 1.5 else "late")
+    print(f"will delays: {seen}")
+    for sock in kept:
+        sock.close()
+    sub.stop()
+
+
+def raw_connect_resume(client_id):
+    """A raw MQTT 5 connection that takes its session up (clean start 0),
+    asking to keep it a minute."""
+    props = b"\x11" + struct.pack(">I", 60)
+    sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
+    body = s("MQTT") + bytes([5, 0x00]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id)
+    sock.sendall(packet(0x10, body))
+    kind, ack = read_packet(sock)
+    if kind != 0x20 or ack[1] != 0:
+        fail(f"CONNACK {ack!r}")
+    return sock, ack
+
+
 CHECKS = {
     "properties": check_properties,
     "expiry": check_expiry,
@@ -709,6 +774,7 @@ CHECKS = {
     "retain-unavailable": check_retain_unavailable,
     "auth-method": check_auth_method,
     "reason-string": check_reason_string,
+    "will-delay": check_will_delay,
 }
 CHECKS[CHECK]()
 print(f"ok {CHECK}")

@@ -305,3 +305,25 @@ async fn disconnects_carry_a_reason_string_for_clients_that_want_one() {
     );
     assert_eq!(line(&ours, "not asked:"), Some("not asked: 0x94 None"), "{ours}");
 }
+
+/// MQTT 5 §3.1.3.2.2, [MQTT-3.1.3-9]: a will waits for its delay (a) or its
+/// session's expiry (c), whichever is first, and is not sent when its client
+/// connects again first, resuming (b) or starting clean (d), as Mosquitto
+/// does. A session that is not kept ends with the connection, so its will
+/// goes at once (e): Mosquitto 2.0.11 waits for the delay there.
+#[tokio::test]
+async fn a_will_waits_for_its_delay_or_its_sessions_end() {
+    let Some((ours, theirs, _broker)) = both("will-delay").await else {
+        return;
+    };
+    assert_eq!(
+        line(&ours, "will delays:"),
+        Some("will delays: {'a': 'late', 'b': 'none', 'c': 'late', 'd': 'none', 'e': 'soon'}"),
+        "{ours}"
+    );
+    assert_eq!(
+        line(&theirs, "will delays:"),
+        Some("will delays: {'a': 'late', 'b': 'none', 'c': 'late', 'd': 'none', 'e': 'late'}"),
+        "{theirs}"
+    );
+}

@@ -250,12 +250,19 @@ struct Connected {
 struct Will {
     last: LastWill,
     properties: Option<PublishProperties>,
+    /// Its Will Delay Interval (MQTT 5 §3.1.3.2.2), when it asked for one.
+    delay: Option<Duration>,
 }
 
 impl Will {
     /// Its properties copied out of the CONNECT (its correlation data is a
     /// slice of the whole packet).
     fn new(last: LastWill, properties: Option<LastWillProperties>) -> Self {
+        let delay = properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .filter(|seconds| *seconds > 0)
+            .map(|seconds| Duration::from_secs(u64::from(seconds)));
         let properties = properties.map(|p| PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
@@ -266,7 +273,11 @@ impl Will {
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
         });
-        Self { last, properties }
+        Self {
+            last,
+            properties,
+            delay,
+        }
     }
 
     /// What it holds, as the queues' share of the budget counts it.
@@ -347,7 +358,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 _ => true,
             };
             if due && let Some(will) = will {
-                self.publish_will(*will);
+                self.will_at_end(*will);
             }
             (end, Some(self.client_id().to_owned()))
         }
@@ -695,7 +706,7 @@ pub(super) fn wait<'a, S: AsyncRead + AsyncWrite + Unpin>(
     })
 }
 
-fn qos_label(qos: u8) -> &'static str {
+pub(crate) fn qos_label(qos: u8) -> &'static str {
     match qos {
         0 => "0",
         1 => "1",

@@ -3,7 +3,8 @@
 //! outbox ([`crate::outbox`]). Everything before (TLS, framing, validation,
 //! login, CONNACK's answers) and the write path are `mod.rs`'s.
 
-use crate::message::{Header, Message, Version};
+use crate::budget::Charge;
+use crate::message::{Header, Version};
 use crate::outbox::{Outgoing, Peer};
 use crate::registry::{Leave, Options, Received, Registry, RetainHandling, SessionState};
 use rumqttd::protocol::RetainForwardRule;
@@ -82,6 +83,16 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             return Err(End::ServerBusy);
         };
         self.persistent = continuity.keep;
+        // A will waiting for its delay is dropped when its client connects
+        // again before it is due ([MQTT-3.1.3-9]), whether it takes its
+        // session up or starts a new one: the client is back, as Mosquitto
+        // reads it.
+        if self.shared.wills.take(client_id).is_some() {
+            tracing::info!(
+                client_id,
+                "the client is back before its will's delay; the will is not sent"
+            );
+        }
         // One copy of each, the session's: this connection's goes.
         self.client_id = Some(claim.session.shared_client_id());
         self.user = claim.session.shared_user();
@@ -430,64 +441,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    /// Keep a retained message, and deliver to every matching subscription.
-    /// The topic and payload are copied out of the read buffer, which they
-    /// would otherwise pin for as long as a queue holds them.
+    /// Into the core ([`crate::route`]), from this session.
     fn route(&mut self, publish: Publish, props: Option<PublishProperties>) {
         let shared = self.shared.clone();
-        let registry = &shared.registry;
-        let qos = publish.qos();
-        let received = std::time::Instant::now();
-        let publish = Publish::delivery(
-            Bytes::copy_from_slice(&publish.topic),
-            Bytes::copy_from_slice(&publish.payload),
-            qos,
-            0,
-            false,
-            publish.retain,
-        );
-        let metrics = &shared.metrics;
-        if publish.retain
-            && let Ok(topic) = std::str::from_utf8(&publish.topic)
-        {
-            if registry.retain(topic, publish.clone(), props.clone(), received) == crate::retained::Outcome::OverBudget
-            {
-                metrics.refused.with_label_values(&["retained"]).inc();
-                tracing::warn!(
-                    client_id = self.client_id(),
-                    "retained messages are at max_retained_bytes; delivered, not retained"
-                );
-            }
-            self.figures(registry);
-        }
-        let Some(message) = Message::new(publish, props, received, &shared.queue_budget) else {
-            metrics
-                .dropped
-                .with_label_values(&["memory_budget", qos_label(qos as u8)])
-                .inc();
-            return;
-        };
-        let material = shared.material.load();
-        let acl = material.auth.acl.as_ref();
         let from = self.attached.as_ref().map(|held| &*held.session);
-        let fanout = registry.publish(&message, from, |session: &SessionState, topic: &[u8]| {
-            acl.is_none_or(|acl| {
-                std::str::from_utf8(topic)
-                    .is_ok_and(|topic| acl.allows(session.user(), session.client_id(), topic, Access::Read))
-            })
-        });
-        for (refused, qos) in fanout.dropped {
-            metrics
-                .dropped
-                .with_label_values(&[refused.label(), qos_label(qos as u8)])
-                .inc();
-        }
-        if fanout.withheld > 0 {
-            metrics
-                .acl_denials
-                .with_label_values(&["deliver"])
-                .inc_by(fanout.withheld);
-        }
+        crate::route::route(&shared, publish, props, from, self.client_id());
     }
 
     /// Each filter is answered in the SUBACK as the ACL and the bounds say;
@@ -687,11 +645,52 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         aliases.outbound(topic, self.topic_alias_max)
     }
 
+    /// The will, at an unclean end: published now, or, when it asked for a
+    /// delay and its session outlives the connection, handed to the delayed
+    /// wills to go when the delay or the session runs out, whichever is
+    /// first (MQTT 5 §3.1.3.2.2). A will that does not fit the budget a
+    /// second time goes now.
+    pub(super) fn will_at_end(&mut self, will: Will) {
+        // A session that ends with the connection, or was ended by a
+        // takeover that started clean, takes its will's delay with it.
+        let ended = self.attached.as_ref().is_some_and(|held| held.session.is_ended());
+        let lifetime = match (self.persistent && !ended, self.expiry) {
+            (false, _) => Some(Duration::ZERO),
+            (true, expiry) => expiry,
+        };
+        let Some(delay) = will.delay.map(|delay| lifetime.map_or(delay, |lasts| delay.min(lasts))) else {
+            return self.publish_will(will);
+        };
+        if delay.is_zero() {
+            return self.publish_will(will);
+        }
+        let Some(charge) = Charge::take(&self.shared.queue_budget, will.bytes()) else {
+            return self.publish_will(will);
+        };
+        let Will { last, properties, .. } = will;
+        let client_id = self.client_id.clone().unwrap_or_else(|| Arc::from(""));
+        let delayed = crate::wills::Will {
+            publish: Publish::delivery(last.topic, last.message, last.qos, 0, false, last.retain),
+            properties,
+            user: self.user.clone(),
+            client_id,
+            charge,
+        };
+        tracing::info!(
+            client_id = self.client_id(),
+            delay_s = delay.as_secs(),
+            "the will waits for its delay"
+        );
+        self.shared.wills.delay(delayed, std::time::Instant::now() + delay);
+    }
+
     /// The will, at an unclean end: the ACL of now, then delivered as any
     /// message, with its own QoS and retain flag ([MQTT-3.1.2-14],
     /// [MQTT-3.1.2-15]).
     pub(super) fn publish_will(&mut self, will: Will) {
-        let Will { last: will, properties } = will;
+        let Will {
+            last: will, properties, ..
+        } = will;
         if !self.allowed(&will.topic, Access::Write) {
             self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
             tracing::info!(
@@ -708,12 +707,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 // Without the bounds: the session's drop guard calls these.
 impl<P, S> Session<P, S> {
     /// The gauges the registry's figures feed.
-    fn figures(&self, registry: &Registry) {
-        let figures = registry.figures();
-        let metrics = &self.shared.metrics;
-        metrics.subscriptions.set(crate::gauge(figures.subscriptions));
-        metrics.retained.set(crate::gauge(figures.retained));
-        metrics.retained_bytes.set(crate::gauge(figures.retained_bytes));
+    fn figures(&self, _registry: &Registry) {
+        crate::route::figures(&self.shared);
     }
 
     /// The connection is over: its session stays, expires or ends, as it
