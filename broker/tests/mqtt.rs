@@ -1845,3 +1845,67 @@ fn certs_writes_a_ca_and_certificates_that_verify_for_their_host_names() {
         assert_eq!(mode & 0o077, 0, "keys are the owner's alone");
     }
 }
+
+/// A raw CONNECT at MQTT `level` (4 or 5) with a user name and `password`
+/// as bytes: the CONNACK's code.
+async fn connect_with_password(port: u16, level: u8, user: &str, password: &[u8]) -> u8 {
+    let field = |bytes: &[u8]| {
+        let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(bytes);
+        out
+    };
+    let mut body = field(b"MQTT");
+    body.extend_from_slice(&[level, 0xc2, 0, 60]);
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend(field(b"binary-password"));
+    body.extend(field(user.as_bytes()));
+    body.extend(field(password));
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(&packet).await.unwrap();
+    read_connack(&mut stream).await[3]
+}
+
+/// MQTT 3.1.1 §3.1.3.5, MQTT 5 §3.1.3.6: a password is binary data. One
+/// that is not UTF-8, set with Debian's mosquitto_passwd, logs in to both
+/// brokers at both levels; a wrong one is refused by both (5, and 0x87, not
+/// authorized, on MQTT 5).
+#[tokio::test]
+async fn a_password_is_binary_data() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new();
+    let Some(mosquitto_passwd) = tool("mosquitto_passwd", "mosquitto") else {
+        return;
+    };
+    let path = dir.path("passwd");
+    std::fs::write(&path, "").unwrap();
+    let secret: &[u8] = b"\xff\xfe binary";
+    let status = std::process::Command::new(mosquitto_passwd)
+        .arg("-b")
+        .arg(&path)
+        .arg("bin")
+        .arg(std::ffi::OsStr::from_bytes(secret))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = path.to_str().unwrap();
+    let Some((_mosquitto, mosquitto_port)) = start_mosquitto(&dir, &format!("password_file {path}\n")) else {
+        return;
+    };
+    let broker = Broker::with_config(&dir, &format!("password_file = \"{path}\"\n"));
+    for port in [broker.addr.port(), mosquitto_port] {
+        for level in [4, 5] {
+            assert_eq!(
+                connect_with_password(port, level, "bin", secret).await,
+                0,
+                "port {port}, level {level}"
+            );
+            let wrong = if level == 5 { 0x87 } else { 5 };
+            let code = connect_with_password(port, level, "bin", b"\xff\xfe other").await;
+            assert_eq!(code, wrong, "port {port}, level {level}");
+        }
+    }
+}

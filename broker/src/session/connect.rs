@@ -97,7 +97,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let _ = self.send(Packet::ConnAck(refused(busy), None)).await;
             return Err((End::ServerBusy, Some(connect.client_id)));
         };
-        let login = login.as_ref().map(|l| (l.username.as_str(), l.password.as_bytes()));
+        let login = login.as_ref().map(|l| (l.username.as_str(), &l.password[..]));
         let material = self.shared.material.load_full();
         // use_identity_as_username: the certificate, verified in the handshake,
         // is the credential; the CONNECT's user name and password are ignored.

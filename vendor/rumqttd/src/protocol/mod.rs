@@ -99,7 +99,9 @@ pub struct LastWillProperties {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Login {
     pub username: String,
-    pub password: String,
+    /// snigate: binary data, as MQTT has it (3.1.1 §3.1.3.5, 5 §3.1.3.6);
+    /// upstream decoded it as a string.
+    pub password: Bytes,
 }
 
 //--------------------------- ConnectAck packet -------------------------------

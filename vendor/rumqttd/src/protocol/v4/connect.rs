@@ -153,12 +153,10 @@ mod login {
             }
         };
 
+        // snigate: binary data, not a string (MQTT 3.1.1 §3.1.3.5).
         let password = match connect_flags & 0b0100_0000 {
-            0 => String::new(),
-            _ => {
-                let password = read_mqtt_bytes(bytes)?;
-                std::str::from_utf8(&password)?.to_owned()
-            }
+            0 => Bytes::new(),
+            _ => read_mqtt_bytes(bytes)?,
         };
 
         if username.is_empty() && password.is_empty() {
@@ -191,13 +189,13 @@ mod login {
 
         if !login.password.is_empty() {
             connect_flags |= 0x40;
-            write_mqtt_string(buffer, &login.password);
+            write_mqtt_bytes(buffer, &login.password);
         }
 
         connect_flags
     }
 
     pub fn validate(login: &Login, username: &str, password: &str) -> bool {
-        (login.username == *username) && (login.password == *password)
+        (login.username == *username) && (login.password == password.as_bytes())
     }
 }

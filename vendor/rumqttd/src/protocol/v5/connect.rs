@@ -353,7 +353,7 @@ mod willproperties {
 mod login {
     use super::*;
 
-    pub fn new<U: Into<String>, P: Into<String>>(u: U, p: P) -> Login {
+    pub fn new<U: Into<String>, P: Into<Bytes>>(u: U, p: P) -> Login {
         Login {
             username: u.into(),
             password: p.into(),
@@ -366,9 +366,10 @@ mod login {
             _ => read_mqtt_string(bytes)?,
         };
 
+        // snigate: binary data, not a string (MQTT 5 §3.1.3.6).
         let password = match connect_flags & 0b0100_0000 {
-            0 => String::new(),
-            _ => read_mqtt_string(bytes)?,
+            0 => Bytes::new(),
+            _ => read_mqtt_bytes(bytes)?,
         };
 
         if username.is_empty() && password.is_empty() {
@@ -401,7 +402,7 @@ mod login {
 
         if !login.password.is_empty() {
             connect_flags |= 0x40;
-            write_mqtt_string(buffer, &login.password);
+            write_mqtt_bytes(buffer, &login.password);
         }
 
         connect_flags
