@@ -3,12 +3,9 @@
 //! outbox ([`crate::outbox`]). Everything before (TLS, framing, validation,
 //! login, CONNACK's answers) and the write path are `mod.rs`'s.
 
-use crate::budget::Charge;
 use crate::message::{Header, Version};
 use crate::outbox::{Outgoing, Peer};
-use crate::registry::{Leave, Options, Received, Registry, RetainHandling, SessionState};
-use rumqttd::protocol::RetainForwardRule;
-use std::num::NonZeroU32;
+use crate::registry::{Leave, Registry, SessionState};
 
 use super::*;
 
@@ -24,7 +21,7 @@ pub(super) struct Attached {
 /// subscription in the index, where the broker publishes `$SYS`
 /// ([`crate::sys::publish`]), but bounded per client and granted at QoS 0,
 /// as Mosquitto grants `$SYS`.
-fn reserved(filter: &str) -> bool {
+pub(super) fn reserved(filter: &str) -> bool {
     filter.starts_with('$') && !filter.starts_with("$share/")
 }
 
@@ -328,230 +325,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
     }
 
-    /// A client's PUBLISH: the ACL, then exactly-once bookkeeping for QoS 2,
-    /// then the registry, then its acknowledgement (PUBACK or PUBREC; MQTT
-    /// requires them in the order the PUBLISHes came, [MQTT-4.6.0-2] and
-    /// [MQTT-4.6.0-3], which writing each at once keeps). `Err`: an MQTT 5
-    /// client went past the broker's Receive Maximum (§3.3.4: DISCONNECT
-    /// 0x93, counted as the connection's end).
-    fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
-        #[cfg(feature = "fault-injection")]
-        crate::fault::on_publish(&publish.topic, &self.shared);
-        let settings = &self.shared.settings;
-        let unsupported = if publish.qos() > settings.max_qos {
-            Some(DisconnectReasonCode::QoSNotSupported)
-        } else if publish.retain && !settings.retain_available {
-            Some(DisconnectReasonCode::RetainNotSupported)
-        } else {
-            None
-        };
-        if let Some(reason) = unsupported {
-            // As Mosquitto: MQTT 5 DISCONNECT 0x9B or 0x9A ([MQTT-3.2.2-11],
-            // [MQTT-3.2.2-14]); 3.1.1 closed.
-            tracing::info!(
-                client_id = self.client_id(),
-                ?reason,
-                "a PUBLISH asks for what the broker does not offer; closing"
-            );
-            self.last_words = Some(reason);
-            return Err(End::NotSupported);
-        }
-        let mut publish = publish;
-        if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
-            publish.topic = self.alias_from_client(alias, &publish.topic)?;
-        }
-        let (qos, pkid) = (publish.qos(), publish.pkid());
-        if !self.allowed(&publish.topic, Access::Write) {
-            self.refuse_publish(qos, pkid);
-            return Ok(());
-        }
-        // QoS 1 is acknowledged as it arrives, so only QoS 2 messages waiting
-        // for their PUBREL count against the Receive Maximum the CONNACK
-        // announced. MQTT 3.1.1 has none: the packet ids bound them.
-        let quota = if self.level == 5 {
-            self.shared.settings.limits.max_inflight_messages
-        } else {
-            usize::MAX
-        };
-        let received = match (qos, &self.attached) {
-            (QoS::ExactlyOnce, Some(held)) => held.session.receive_qos2(pkid, quota),
-            _ => Received::New,
-        };
-        match received {
-            Received::New => self.route(publish, props),
-            Received::Again => {}
-            Received::OverQuota => {
-                tracing::info!(
-                    client_id = self.client_id(),
-                    receive_maximum = quota,
-                    "more QoS 2 messages waiting for PUBREL than the Receive Maximum; closing"
-                );
-                self.last_words = Some(DisconnectReasonCode::ReceiveMaximumExceeded);
-                return Err(End::ReceiveMaximumExceeded);
-            }
-        }
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.push_control(Packet::PubAck(
-                PubAck {
-                    pkid,
-                    reason: PubAckReason::Success,
-                },
-                None,
-            )),
-            QoS::ExactlyOnce => self.push_control(Packet::PubRec(
-                PubRec {
-                    pkid,
-                    reason: PubRecReason::Success,
-                },
-                None,
-            )),
-        }
-        Ok(())
-    }
-
-    /// The topic a client's PUBLISH with `alias` (validated: 1 to
-    /// `max_topic_alias`) is for ([`alias`]). `Err`: an alias never set
-    /// (DISCONNECT 0x82), or a topic the budget has no room for (0x97).
-    fn alias_from_client(&mut self, alias: u16, topic: &Bytes) -> Result<Bytes, End> {
-        let budget = &self.shared.queue_budget;
-        let aliases = self
-            .aliases
-            .get_or_insert_with(|| Box::new(alias::Aliases::new(budget)));
-        match aliases.inbound(alias, topic) {
-            Ok(topic) => Ok(topic),
-            Err(alias::Refused::Unknown) => {
-                let invalid = crate::validate::Invalid {
-                    field: crate::validate::Field::Property,
-                    problem: crate::validate::Problem::UnknownTopicAlias,
-                };
-                self.invalid(invalid);
-                self.last_words = Some(invalid.reason_code());
-                Err(End::InvalidInput)
-            }
-            Err(alias::Refused::OverBudget) => {
-                self.shared.metrics.refused.with_label_values(&["aliases"]).inc();
-                tracing::warn!(
-                    client_id = self.client_id(),
-                    "a topic alias does not fit in the memory budget; disconnecting"
-                );
-                self.last_words = Some(DisconnectReasonCode::QuotaExceeded);
-                Err(End::QuotaExceeded)
-            }
-        }
-    }
-
-    /// Into the core ([`crate::route`]), from this session.
-    fn route(&mut self, publish: Publish, props: Option<PublishProperties>) {
-        let shared = self.shared.clone();
-        let from = self.attached.as_ref().map(|held| &*held.session);
-        crate::route::route(&shared, publish, props, from, self.client_id());
-    }
-
-    /// Each filter is answered in the SUBACK as the ACL and the bounds say;
-    /// retained messages follow the SUBACK (queued now, written after it).
-    /// `id`: the MQTT 5 Subscription Identifier of all its filters
-    /// (validated: not 0).
-    fn subscribe(&mut self, subscribe: Subscribe, id: Option<usize>) {
-        let id = id.and_then(|id| u32::try_from(id).ok()).and_then(NonZeroU32::new);
-        let shared = self.shared.clone();
-        let registry = &shared.registry;
-        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
-            return;
-        };
-        let material = shared.material.load();
-        let acl = material.auth.acl.as_ref();
-        let user = self.user.clone();
-        let may_read = |topic: &[u8]| {
-            acl.is_none_or(|acl| {
-                std::str::from_utf8(topic)
-                    .is_ok_and(|topic| acl.allows(user.as_deref(), session.client_id(), topic, Access::Read))
-            })
-        };
-        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
-        for filter in subscribe.filters {
-            let path = filter.path;
-            if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), self.client_id(), &path)) {
-                shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
-                return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
-                continue;
-            }
-            // Granted at most at `max_qos`, as Mosquitto grants it.
-            let mut qos = crate::registry::lower(filter.qos, shared.settings.max_qos);
-            if reserved(&path) {
-                let (held, again) = session.count_subscriptions(&path, reserved);
-                if held >= MAX_SYS_FILTERS && !again {
-                    shared.metrics.refused.with_label_values(&["filters"]).inc();
-                    return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
-                    continue;
-                }
-                // Granted at QoS 0, as Mosquitto grants `$SYS`.
-                qos = QoS::AtMostOnce;
-            }
-            let options = Options {
-                qos,
-                no_local: filter.nolocal,
-                retain_as_published: filter.preserve_retain,
-                id,
-            };
-            let retained = match filter.retain_forward_rule {
-                RetainForwardRule::OnEverySubscribe => RetainHandling::Send,
-                RetainForwardRule::OnNewSubscribe => RetainHandling::SendIfNew,
-                RetainForwardRule::Never => RetainHandling::Never,
-            };
-            let Ok(fanout) = registry.subscribe(&session, &path, options, retained, may_read) else {
-                // The index holds its share of memory_limit.
-                shared.metrics.refused.with_label_values(&["filters"]).inc();
-                return_codes.push(self.refusal(SubscribeReasonCode::QuotaExceeded, filter.qos));
-                continue;
-            };
-            for (refused, qos) in fanout.dropped {
-                shared
-                    .metrics
-                    .dropped
-                    .with_label_values(&[refused.label(), qos_label(qos as u8)])
-                    .inc();
-            }
-            return_codes.push(SubscribeReasonCode::Success(qos));
-        }
-        self.push_control(Packet::SubAck(
-            SubAck {
-                pkid: subscribe.pkid,
-                return_codes,
-            },
-            None,
-        ));
-        self.figures(registry);
-    }
-
-    /// Every filter is answered, subscribed or not (MQTT 5 §3.11.3).
-    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let shared = self.shared.clone();
-        let registry = &shared.registry;
-        let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
-            return;
-        };
-        let reasons = unsubscribe
-            .filters
-            .iter()
-            .map(|filter| {
-                if registry.unsubscribe(&session, filter) {
-                    UnsubAckReason::Success
-                } else {
-                    UnsubAckReason::NoSubscriptionExisted
-                }
-            })
-            .collect();
-        self.push_control(Packet::UnsubAck(
-            UnsubAck {
-                pkid: unsubscribe.pkid,
-                reasons,
-            },
-            None,
-        ));
-        self.figures(registry);
-    }
-
     /// Move what the outbox lets go now into the write buffer, up to
     /// [`WRITE_CHUNK`]: each copy written with its own header.
     pub(super) fn refill(&mut self) {
@@ -644,70 +417,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         aliases.outbound(topic, self.topic_alias_max)
     }
-
-    /// The will, at an unclean end: published now, or, when it asked for a
-    /// delay and its session outlives the connection, handed to the delayed
-    /// wills to go when the delay or the session runs out, whichever is
-    /// first (MQTT 5 §3.1.3.2.2). A will that does not fit the budget a
-    /// second time goes now.
-    pub(super) fn will_at_end(&mut self, will: Will) {
-        // A session that ends with the connection, or was ended by a
-        // takeover that started clean, takes its will's delay with it.
-        let ended = self.attached.as_ref().is_some_and(|held| held.session.is_ended());
-        let lifetime = match (self.persistent && !ended, self.expiry) {
-            (false, _) => Some(Duration::ZERO),
-            (true, expiry) => expiry,
-        };
-        let Some(delay) = will.delay.map(|delay| lifetime.map_or(delay, |lasts| delay.min(lasts))) else {
-            return self.publish_will(will);
-        };
-        if delay.is_zero() {
-            return self.publish_will(will);
-        }
-        let Some(charge) = Charge::take(&self.shared.queue_budget, will.bytes()) else {
-            return self.publish_will(will);
-        };
-        let Will { last, properties, .. } = will;
-        let client_id = self.client_id.clone().unwrap_or_else(|| Arc::from(""));
-        let delayed = crate::wills::Will {
-            publish: Publish::delivery(last.topic, last.message, last.qos, 0, false, last.retain),
-            properties,
-            user: self.user.clone(),
-            client_id,
-            charge,
-        };
-        tracing::info!(
-            client_id = self.client_id(),
-            delay_s = delay.as_secs(),
-            "the will waits for its delay"
-        );
-        self.shared.wills.delay(delayed, std::time::Instant::now() + delay);
-    }
-
-    /// The will, at an unclean end: the ACL of now, then delivered as any
-    /// message, with its own QoS and retain flag ([MQTT-3.1.2-14],
-    /// [MQTT-3.1.2-15]).
-    pub(super) fn publish_will(&mut self, will: Will) {
-        let Will {
-            last: will, properties, ..
-        } = will;
-        if !self.allowed(&will.topic, Access::Write) {
-            self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
-            tracing::info!(
-                client_id = self.client_id(),
-                "the ACL refuses the will's topic; not sent"
-            );
-            return;
-        }
-        let publish = Publish::delivery(will.topic, will.message, will.qos, 0, false, will.retain);
-        self.route(publish, properties);
-    }
 }
 
 // Without the bounds: the session's drop guard calls these.
 impl<P, S> Session<P, S> {
     /// The gauges the registry's figures feed.
-    fn figures(&self, _registry: &Registry) {
+    pub(super) fn figures(&self, _registry: &Registry) {
         crate::route::figures(&self.shared);
     }
 
