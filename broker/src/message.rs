@@ -61,13 +61,17 @@ pub fn size(publish: &Publish, properties: Option<&PublishProperties>) -> usize 
 }
 
 /// What of a publisher's properties its message keeps, and when it expires
-/// if it was received at `received`.
-fn kept(properties: Option<PublishProperties>, received: Instant) -> (Option<PublishProperties>, Option<Instant>) {
+/// if it was received at `received` (`None`: now; the clock is read only
+/// for a message that expires, not for every PUBLISH).
+fn kept(
+    properties: Option<PublishProperties>,
+    received: Option<Instant>,
+) -> (Option<PublishProperties>, Option<Instant>) {
     let Some(mut p) = properties else { return (None, None) };
     let expires_at = p
         .message_expiry_interval
         .take()
-        .map(|seconds| received + Duration::from_secs(u64::from(seconds)));
+        .map(|seconds| received.unwrap_or_else(Instant::now) + Duration::from_secs(u64::from(seconds)));
     p.topic_alias = None;
     p.subscription_identifiers = Vec::new();
     let forwarded = p.payload_format_indicator.is_some()
@@ -79,12 +83,13 @@ fn kept(properties: Option<PublishProperties>, received: Instant) -> (Option<Pub
 }
 
 impl Message {
-    /// Hold `publish`, received at `received`, for its subscribers, within
-    /// the shared budget: `None` when its bytes do not fit.
+    /// Hold `publish`, received at `received` (`None`: now), for its
+    /// subscribers, within the shared budget: `None` when its bytes do not
+    /// fit.
     pub fn new(
         publish: Publish,
         properties: Option<PublishProperties>,
-        received: Instant,
+        received: Option<Instant>,
         budget: &Arc<Budget>,
     ) -> Option<Arc<Self>> {
         let (properties, expires_at) = kept(properties, received);
@@ -98,7 +103,7 @@ impl Message {
     }
 
     /// A message for the retained store, which bounds its own bytes.
-    pub fn retained(publish: Publish, properties: Option<PublishProperties>, received: Instant) -> Arc<Self> {
+    pub fn retained(publish: Publish, properties: Option<PublishProperties>, received: Option<Instant>) -> Arc<Self> {
         let (properties, expires_at) = kept(properties, received);
         Arc::new(Self {
             publish,
@@ -309,7 +314,7 @@ mod tests {
         };
         let publish = Publish::new("a/b", "hello", true);
         let now = Instant::now();
-        let message = Message::new(publish, Some(properties.clone()), now, &budget).unwrap();
+        let message = Message::new(publish, Some(properties.clone()), Some(now), &budget).unwrap();
         for (version, qos, pkid, dup, retain) in [
             (Version::V4, QoS::AtMostOnce, 0, false, false),
             (Version::V4, QoS::AtLeastOnce, 9, true, true),
@@ -346,7 +351,7 @@ mod tests {
     #[test]
     fn a_message_holds_its_bytes_in_the_budget_until_the_last_copy_goes() {
         let budget = budget(1000);
-        let message = Message::new(Publish::new("t", "x", false), None, Instant::now(), &budget).unwrap();
+        let message = Message::new(Publish::new("t", "x", false), None, Some(Instant::now()), &budget).unwrap();
         let held = budget.used();
         assert!(held > 0);
         let copy = message.clone();
@@ -356,7 +361,7 @@ mod tests {
         assert_eq!(budget.used(), 0);
         let large = Publish::new("t".to_owned(), "x".repeat(1000), false);
         assert!(
-            Message::new(large, None, Instant::now(), &budget).is_none(),
+            Message::new(large, None, Some(Instant::now()), &budget).is_none(),
             "over the budget"
         );
         assert_eq!(budget.used(), 0);
@@ -376,7 +381,13 @@ mod tests {
             subscription_identifiers: vec![3],
             ..PublishProperties::default()
         };
-        let message = Message::new(Publish::new("a/b", "x", false), Some(properties), received, &budget).unwrap();
+        let message = Message::new(
+            Publish::new("a/b", "x", false),
+            Some(properties),
+            Some(received),
+            &budget,
+        )
+        .unwrap();
         assert!(
             message.properties().is_none(),
             "nothing of the publisher's is forwarded"
@@ -408,7 +419,7 @@ mod tests {
             "the subscription's, not the publisher's"
         );
         assert!(message.expired(received + Duration::from_secs(10)));
-        let lasting = Message::new(Publish::new("a/b", "x", false), None, received, &budget).unwrap();
+        let lasting = Message::new(Publish::new("a/b", "x", false), None, Some(received), &budget).unwrap();
         assert!(!lasting.expired(received + Duration::from_secs(1 << 30)));
     }
 }

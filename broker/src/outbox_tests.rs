@@ -18,7 +18,7 @@ fn delivery(budget: &Arc<Budget>, payload: &str, qos: QoS) -> Delivery {
     let message = Message::new(
         Publish::new("t".to_owned(), payload.to_owned(), false),
         None,
-        Instant::now(),
+        None,
         budget,
     )
     .unwrap();
@@ -254,7 +254,7 @@ fn expiring(budget: &Arc<Budget>, payload: &str, qos: QoS, seconds: u32, receive
     };
     let publish = Publish::new("t".to_owned(), payload.to_owned(), false);
     Delivery {
-        message: Message::new(publish, Some(properties), received, budget).unwrap(),
+        message: Message::new(publish, Some(properties), Some(received), budget).unwrap(),
         qos,
         retain: false,
         subscription_id: None,

@@ -38,7 +38,12 @@ pub fn route(
 ) {
     let registry = &shared.registry;
     let qos = publish.qos();
-    let received = Instant::now();
+    // Read once, only for a message that expires: the retained copy and the
+    // delivered one then expire together.
+    let received = props
+        .as_ref()
+        .is_some_and(|p| p.message_expiry_interval.is_some())
+        .then(Instant::now);
     let publish = Publish::delivery(
         Bytes::copy_from_slice(&publish.topic),
         Bytes::copy_from_slice(&publish.payload),

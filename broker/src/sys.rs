@@ -92,7 +92,7 @@ pub fn publish(
             true,
         );
         registry.retain_sys(topic, publish.clone());
-        let Some(message) = Message::new(publish, None, std::time::Instant::now(), budget) else {
+        let Some(message) = Message::new(publish, None, None, budget) else {
             all.dropped
                 .push((crate::outbox::Refused::MemoryBudget, QoS::AtMostOnce));
             continue;

@@ -514,7 +514,7 @@ impl Registry {
         topic: &str,
         publish: Publish,
         properties: Option<PublishProperties>,
-        received: Instant,
+        received: Option<Instant>,
     ) -> retained::Outcome {
         if publish.payload.is_empty() {
             return self.retained.retain(topic, None);
@@ -533,7 +533,7 @@ impl Registry {
     /// Keep `publish` as the broker's own retained value of `topic` (a
     /// `$SYS` topic), outside `max_retained_bytes` and the retained figures.
     pub fn retain_sys(&self, topic: &str, publish: Publish) {
-        let message = Message::retained(publish, None, Instant::now());
+        let message = Message::retained(publish, None, None);
         let bytes = message.size();
         self.sys.retain(topic, Some((message, bytes)));
     }

@@ -26,7 +26,7 @@ fn registry() -> Registry {
 
 fn message(registry: &Registry, topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
     let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, false);
-    Message::new(publish, None, std::time::Instant::now(), &registry.budget).unwrap()
+    Message::new(publish, None, None, &registry.budget).unwrap()
 }
 
 fn everyone(_: &SessionState, _: &[u8]) -> bool {
@@ -199,7 +199,7 @@ fn retained_messages_go_to_new_subscriptions_at_their_qos() {
     let registry = registry();
     let retained = |topic: &str, payload: &str, qos| {
         let publish = Publish::delivery(topic.to_owned(), payload.to_owned(), qos, 0, false, true);
-        registry.retain(topic, publish, None, Instant::now())
+        registry.retain(topic, publish, None, None)
     };
     assert_eq!(retained("r/1", "one", QoS::ExactlyOnce), retained::Outcome::Stored);
     assert_eq!(retained("r/2", "two", QoS::AtMostOnce), retained::Outcome::Stored);
@@ -427,7 +427,7 @@ fn expired_retained_messages_are_not_sent_and_leave_the_store() {
     for (topic, seconds) in [("r/old", 5), ("r/new", 60)] {
         let publish = Publish::delivery(topic.to_owned(), "x".to_owned(), QoS::AtMostOnce, 0, false, true);
         let received = now - Duration::from_secs(10);
-        registry.retain(topic, publish, Some(expiring(seconds)), received);
+        registry.retain(topic, publish, Some(expiring(seconds)), Some(received));
     }
     let claim = registry.connect("s", None, CLEAN, Arc::default()).unwrap();
     registry
@@ -487,8 +487,8 @@ fn subscription_options_decide_what_each_copy_is() {
         .subscribe(&other.session, "o/#", options(true, false, 7), send, |_| true)
         .unwrap();
     let retained = Publish::delivery("o/t".to_owned(), "r".to_owned(), QoS::AtLeastOnce, 0, false, true);
-    registry.retain("o/t", retained.clone(), None, Instant::now());
-    let message = Message::new(retained, None, Instant::now(), &registry.budget).unwrap();
+    registry.retain("o/t", retained.clone(), None, None);
+    let message = Message::new(retained, None, None, &registry.budget).unwrap();
     registry.publish(&message, Some(&me.session), everyone);
     // Its own No Local subscription gets nothing; the other one does, with
     // the retain flag off.
