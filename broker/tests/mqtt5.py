@@ -474,10 +474,11 @@ def check_server_receive_maximum():
     sock.close()
 
 
-def raw_connect(client_id, props=b""):
-    """A raw MQTT 5 connection: the socket and the CONNACK's body."""
+def raw_connect(client_id, props=b"", flags=0x02):
+    """A raw MQTT 5 connection (clean start unless `flags` says otherwise):
+    the socket and the CONNACK's body."""
     sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
-    body = s("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id)
+    body = s("MQTT") + bytes([5, flags]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id)
     sock.sendall(packet(0x10, body))
     kind, ack = read_packet(sock)
     if kind != 0x20 or ack[1] != 0:
@@ -746,14 +747,7 @@ def check_will_delay():
 def raw_connect_resume(client_id):
     """A raw MQTT 5 connection that takes its session up (clean start 0),
     asking to keep it a minute."""
-    props = b"\x11" + struct.pack(">I", 60)
-    sock = socket.create_connection(("127.0.0.1", PORT), timeout=WAIT)
-    body = s("MQTT") + bytes([5, 0x00]) + struct.pack(">H", 60) + varint(len(props)) + props + s(client_id)
-    sock.sendall(packet(0x10, body))
-    kind, ack = read_packet(sock)
-    if kind != 0x20 or ack[1] != 0:
-        fail(f"CONNACK {ack!r}")
-    return sock, ack
+    return raw_connect(client_id, b"\x11" + struct.pack(">I", 60), flags=0x00)
 
 
 CHECKS = {
