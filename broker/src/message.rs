@@ -113,6 +113,11 @@ impl Message {
         })
     }
 
+    /// Whether it has a Message Expiry Interval.
+    pub fn expires(&self) -> bool {
+        self.expires_at.is_some()
+    }
+
     /// Whether its expiry interval has run out at `now`: it is sent to no
     /// one after that ([MQTT-3.3.2-5]).
     pub fn expired(&self, now: Instant) -> bool {
@@ -122,9 +127,9 @@ impl Message {
     /// The expiry interval a copy sent at `now` carries: what was received
     /// less the time it waited in the broker ([MQTT-3.3.2-6]), in whole
     /// seconds rounded up, so a copy that is still valid never says 0.
-    fn expiry_left(&self, now: Instant) -> Option<u32> {
+    fn expiry_left(&self, now: Option<Instant>) -> Option<u32> {
         self.expires_at.map(|at| {
-            let left = at.saturating_duration_since(now);
+            let left = at.saturating_duration_since(now.unwrap_or_else(Instant::now));
             let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             u32::try_from(seconds).unwrap_or(u32::MAX)
         })
@@ -144,7 +149,13 @@ impl Message {
 
     /// The bytes of one subscriber's copy at `qos`, written at `now`: what
     /// the client's Maximum Packet Size is held against ([MQTT-3.1.2-25]).
-    pub fn packet_size(&self, version: Version, qos: QoS, subscription_id: Option<NonZeroU32>, now: Instant) -> usize {
+    pub fn packet_size(
+        &self,
+        version: Version,
+        qos: QoS,
+        subscription_id: Option<NonZeroU32>,
+        now: Option<Instant>,
+    ) -> usize {
         // The packet id's value does not change the size; 1 is a valid one.
         let copy = self.copy(qos, 1, false, false);
         let ids = identifiers(subscription_id);
@@ -157,7 +168,7 @@ impl Message {
         }
     }
 
-    fn copy_properties<'a>(&self, subscription_identifiers: &'a [usize], now: Instant) -> CopyProperties<'a> {
+    fn copy_properties<'a>(&self, subscription_identifiers: &'a [usize], now: Option<Instant>) -> CopyProperties<'a> {
         CopyProperties {
             message_expiry_interval: self.expiry_left(now),
             topic_alias: None,
@@ -214,7 +225,8 @@ impl Message {
             + self.publish.payload.len()
     }
 
-    /// Append one subscriber's copy, written at `now`, to `out`, with its
+    /// Append one subscriber's copy, written at `now` (`None`: read the
+    /// clock if the message expires), to `out`, with its
     /// header, and for MQTT 5 the properties its publisher sent, the expiry
     /// interval left and its subscription's identifier. Properties are left
     /// out for MQTT 3.1.1, which has none.
@@ -222,7 +234,7 @@ impl Message {
         &self,
         version: Version,
         header: Header,
-        now: Instant,
+        now: Option<Instant>,
         out: &mut bytes::BytesMut,
     ) -> Result<usize, rumqttd::protocol::Error> {
         let mut copy = self.copy(header.qos, header.pkid, header.dup, header.retain);
@@ -326,9 +338,9 @@ mod tests {
                 retain,
                 ..Header::new(qos, pkid)
             };
-            let written = message.write(version, header, now, &mut out).unwrap();
+            let written = message.write(version, header, Some(now), &mut out).unwrap();
             assert!(written <= message.wire_size(), "{written} > {}", message.wire_size());
-            assert_eq!(written, message.packet_size(version, qos, None, now));
+            assert_eq!(written, message.packet_size(version, qos, None, Some(now)));
             // Read back with the codec, as the client will.
             use rumqttd::protocol::Protocol;
             let packet = match version {
@@ -399,11 +411,11 @@ mod tests {
             subscription_id: NonZeroU32::new(300),
             ..Header::new(QoS::AtLeastOnce, 1)
         };
-        let written = message.write(Version::V5, header, later, &mut out).unwrap();
+        let written = message.write(Version::V5, header, Some(later), &mut out).unwrap();
         assert!(written <= message.wire_size());
         assert_eq!(
             written,
-            message.packet_size(Version::V5, QoS::AtLeastOnce, header.subscription_id, later)
+            message.packet_size(Version::V5, QoS::AtLeastOnce, header.subscription_id, Some(later))
         );
         use rumqttd::protocol::Protocol;
         let Ok(rumqttd::protocol::Packet::Publish(_, Some(copy))) =

@@ -83,7 +83,7 @@ impl Refused {
 /// The client on the connection, as [`Outbox::next_to_write`] needs it:
 /// asked at each write, so a session resumed by a client with other limits
 /// is held to its new ones.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// Its Receive Maximum (MQTT 5 §3.1.2.11.3; 65,535 when it sent none,
     /// and for MQTT 3.1.1).
@@ -92,30 +92,54 @@ pub struct Peer {
     /// when it sent none).
     pub max_packet_size: usize,
     pub version: Version,
-    pub now: Instant,
+    /// The time, read when first asked: only a message that expires needs
+    /// it, and most never do.
+    now: std::cell::OnceCell<Instant>,
 }
 
 impl Peer {
-    /// A client that sent no limits.
-    pub fn unbounded(version: Version, now: Instant) -> Self {
+    /// A client with these limits, asked now (the clock is read when first
+    /// needed).
+    pub fn new(receive_maximum: u16, max_packet_size: usize, version: Version) -> Self {
         Self {
-            receive_maximum: u16::MAX,
-            max_packet_size: usize::MAX,
+            receive_maximum,
+            max_packet_size,
             version,
-            now,
+            now: std::cell::OnceCell::new(),
         }
+    }
+
+    /// A client that sent no limits, asked at `now`.
+    pub fn unbounded(version: Version, now: Instant) -> Self {
+        let peer = Self::new(u16::MAX, usize::MAX, version);
+        let _ = peer.now.set(now);
+        peer
+    }
+
+    /// The time of this write.
+    pub fn now(&self) -> Instant {
+        *self.now.get_or_init(Instant::now)
+    }
+
+    /// The time for a copy of `message`: read only when it expires.
+    pub fn now_for(&self, message: &Message) -> Option<Instant> {
+        message.expires().then(|| self.now())
     }
 
     /// Why `delivery` cannot be sent to this client now, if it cannot.
     fn refuses(&self, delivery: &Delivery) -> Option<Refused> {
         let message = &delivery.message;
-        if message.expired(self.now) {
+        if message.expires() && message.expired(self.now()) {
             return Some(Refused::Expired);
         }
         // `wire_size` is an upper bound: most copies need no exact count.
         let large = message.wire_size() > self.max_packet_size
-            && message.packet_size(self.version, delivery.qos, delivery.subscription_id, self.now)
-                > self.max_packet_size;
+            && message.packet_size(
+                self.version,
+                delivery.qos,
+                delivery.subscription_id,
+                self.now_for(message),
+            ) > self.max_packet_size;
         large.then_some(Refused::TooLarge)
     }
 }

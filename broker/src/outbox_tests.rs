@@ -334,7 +334,7 @@ fn the_clients_receive_maximum_and_packet_size_bound_what_is_sent() {
     outbox.push(delivery(&budget, "small", QoS::AtMostOnce), true).unwrap();
     let size = |payload: &str| {
         let message = delivery(&budget, payload, QoS::AtMostOnce).message;
-        message.packet_size(Version::V5, QoS::AtMostOnce, None, Instant::now())
+        message.packet_size(Version::V5, QoS::AtMostOnce, None, None)
     };
     let small = Peer {
         max_packet_size: size("small"),

@@ -6,12 +6,14 @@ use super::*;
 use crate::registry::Received;
 
 impl<P: Protocol, S: Stream> Session<P, S> {
-    /// A client's PUBLISH: the ACL, then exactly-once bookkeeping for QoS 2,
-    /// then the registry, then its acknowledgement (PUBACK or PUBREC; MQTT
-    /// requires them in the order the PUBLISHes came, [MQTT-4.6.0-2] and
-    /// [MQTT-4.6.0-3], which writing each at once keeps). `Err`: an MQTT 5
-    /// client went past the broker's Receive Maximum (§3.3.4: DISCONNECT
-    /// 0x93, counted as the connection's end).
+    /// A client's PUBLISH: what the broker does not offer, its topic alias,
+    /// the ACL, then exactly-once bookkeeping for QoS 2, then the core, then
+    /// its acknowledgement (PUBACK or PUBREC; MQTT requires them in the order
+    /// the PUBLISHes came, [MQTT-4.6.0-2] and [MQTT-4.6.0-3], which writing
+    /// each at once keeps). `Err`: the session ends, its last words set: a
+    /// QoS or retain flag the broker does not offer (0x9B, 0x9A), an alias
+    /// never set (0x82) or over the budget (0x97), or past the broker's
+    /// Receive Maximum (§3.3.4: 0x93).
     pub(super) fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);

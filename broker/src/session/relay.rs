@@ -331,12 +331,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let Some(session) = self.attached.as_ref().map(|held| held.session.clone()) else {
             return;
         };
-        let peer = Peer {
-            receive_maximum: self.receive_maximum,
-            max_packet_size: usize::try_from(self.max_packet_size).unwrap_or(usize::MAX),
-            version: self.version(),
-            now: std::time::Instant::now(),
-        };
+        let peer = Peer::new(
+            self.receive_maximum,
+            usize::try_from(self.max_packet_size).unwrap_or(usize::MAX),
+            self.version(),
+        );
         let mut outbox = session.outbox();
         // With the queues' share spent, one message at a time: the rest wait
         // in the outbox, counted once, rather than as copies here.
@@ -352,7 +351,8 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                         subscription_id: delivery.subscription_id,
                         alias: self.alias_toward_client(&delivery, &peer),
                     };
-                    let written = delivery.message.write(peer.version, header, peer.now, &mut self.write);
+                    let now = peer.now_for(&delivery.message);
+                    let written = delivery.message.write(peer.version, header, now, &mut self.write);
                     match written {
                         Ok(n) => {
                             let metrics = &self.shared.metrics;
@@ -409,7 +409,12 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let tight = peer.max_packet_size != usize::MAX
             && delivery
                 .message
-                .packet_size(peer.version, delivery.qos, delivery.subscription_id, peer.now)
+                .packet_size(
+                    peer.version,
+                    delivery.qos,
+                    delivery.subscription_id,
+                    peer.now_for(&delivery.message),
+                )
                 .saturating_add(3)
                 > peer.max_packet_size;
         if tight && !aliases.has_outbound(topic) {
