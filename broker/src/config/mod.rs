@@ -453,6 +453,27 @@ pub struct BrokerConfig {
     pub deprecated: Vec<&'static str>,
 }
 
+/// What the broker does not offer a message: `max_qos` and
+/// `retain_available`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsupported {
+    Qos,
+    Retain,
+}
+
+impl BrokerConfig {
+    /// Why a PUBLISH or will at `qos`, retained or not, is refused, if it is.
+    pub fn unsupported(&self, qos: rumqttd::protocol::QoS, retain: bool) -> Option<Unsupported> {
+        if qos > self.max_qos {
+            Some(Unsupported::Qos)
+        } else if retain && !self.retain_available {
+            Some(Unsupported::Retain)
+        } else {
+            None
+        }
+    }
+}
+
 /// What a deprecated setting said, and what bounds the same now.
 const DEPRECATED: &[(&str, &str)] = &[
     (

@@ -35,13 +35,10 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         // `retain_available` (MQTT 5: CONNACK 0x9B, 0x9A; 3.1.1: closed).
         let settings = &self.shared.settings;
         let unsupported = will.as_ref().and_then(|will| {
-            if will.qos > settings.max_qos {
-                Some(ConnectReturnCode::QoSNotSupported)
-            } else if will.retain && !settings.retain_available {
-                Some(ConnectReturnCode::RetainNotSupported)
-            } else {
-                None
-            }
+            settings.unsupported(will.qos, will.retain).map(|kind| match kind {
+                crate::config::Unsupported::Qos => ConnectReturnCode::QoSNotSupported,
+                crate::config::Unsupported::Retain => ConnectReturnCode::RetainNotSupported,
+            })
         });
         if let Some(code) = unsupported {
             tracing::info!(peer = %self.peer, client_id = connect.client_id, ?code, "the will asks for what the broker does not offer; refused");

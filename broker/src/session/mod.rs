@@ -315,19 +315,9 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         self.account_buffers();
     }
 
-    /// Whether this client may `access` `topic`; always, without an ACL.
-    fn allowed(&self, topic: &[u8], access: Access) -> bool {
-        // Whatever the ACL says, as Mosquitto (`acl__check_dollar`): `$SYS`
-        // is the broker's to write, and `$share` names subscriptions only.
-        if access == Access::Write && (topic.starts_with(b"$SYS") || topic.starts_with(b"$share")) {
-            return false;
-        }
-        let material = self.shared.material.load();
-        let Some(acl) = &material.auth.acl else { return true };
-        let Ok(topic) = std::str::from_utf8(topic) else {
-            return false;
-        };
-        acl.allows(self.user.as_deref(), self.client_id(), topic, access)
+    /// Whether this client may publish to `topic` ([`crate::route::may_write`]).
+    fn may_write(&self, topic: &[u8]) -> bool {
+        crate::route::may_write(&self.shared, self.user.as_deref(), self.client_id(), topic)
     }
 
     /// A PUBREL for `pkid`: whether it ends a QoS 2 flow the ACL refused.

@@ -17,14 +17,14 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     pub(super) fn publish(&mut self, publish: Publish, props: Option<PublishProperties>) -> Result<(), End> {
         #[cfg(feature = "fault-injection")]
         crate::fault::on_publish(&publish.topic, &self.shared);
-        let settings = &self.shared.settings;
-        let unsupported = if publish.qos() > settings.max_qos {
-            Some(DisconnectReasonCode::QoSNotSupported)
-        } else if publish.retain && !settings.retain_available {
-            Some(DisconnectReasonCode::RetainNotSupported)
-        } else {
-            None
-        };
+        let unsupported = self
+            .shared
+            .settings
+            .unsupported(publish.qos(), publish.retain)
+            .map(|kind| match kind {
+                crate::config::Unsupported::Qos => DisconnectReasonCode::QoSNotSupported,
+                crate::config::Unsupported::Retain => DisconnectReasonCode::RetainNotSupported,
+            });
         if let Some(reason) = unsupported {
             // As Mosquitto: MQTT 5 DISCONNECT 0x9B or 0x9A ([MQTT-3.2.2-11],
             // [MQTT-3.2.2-14]); 3.1.1 closed.
@@ -41,7 +41,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             publish.topic = self.alias_from_client(alias, &publish.topic)?;
         }
         let (qos, pkid) = (publish.qos(), publish.pkid());
-        if !self.allowed(&publish.topic, Access::Write) {
+        if !self.may_write(&publish.topic) {
             self.refuse_publish(qos, pkid);
             return Ok(());
         }

@@ -115,7 +115,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         }
         self.shared.metrics.connected.inc();
         self.counted = true;
-        self.figures(registry);
+        self.figures();
         tracing::info!(peer = %self.peer, client_id, user = self.user.as_deref(), mqtt = self.level, keepalive = keep_alive, present = claim.present, "client connected");
         // What was in flight when the client left goes first.
         self.refill();
@@ -427,7 +427,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
 // Without the bounds: the session's drop guard calls these.
 impl<P, S> Session<P, S> {
     /// The gauges the registry's figures feed.
-    pub(super) fn figures(&self, _registry: &Registry) {
+    pub(super) fn figures(&self) {
         crate::route::figures(&self.shared);
     }
 
@@ -443,6 +443,6 @@ impl<P, S> Session<P, S> {
             (true, Some(after)) => Leave::KeepFor(after),
         };
         registry.disconnect(self.client_id(), held.generation, leave, std::time::Instant::now());
-        self.figures(registry);
+        self.figures();
     }
 }

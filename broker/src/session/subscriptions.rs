@@ -83,7 +83,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             },
             None,
         ));
-        self.figures(registry);
+        self.figures();
     }
 
     /// Every filter is answered, subscribed or not (MQTT 5 §3.11.3).
@@ -111,6 +111,6 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             },
             None,
         ));
-        self.figures(registry);
+        self.figures();
     }
 }

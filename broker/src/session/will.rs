@@ -95,7 +95,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         let Will {
             last: will, properties, ..
         } = will;
-        if !self.allowed(&will.topic, Access::Write) {
+        if !self.may_write(&will.topic) {
             self.shared.metrics.acl_denials.with_label_values(&["will"]).inc();
             tracing::info!(
                 client_id = self.client_id(),
