@@ -13,6 +13,7 @@
 //! - [`auth`]: the password file (mosquitto_passwd format) and anonymous policy.
 //! - [`passwd_cmd`]: the `passwd` subcommand, mosquitto_passwd's twin.
 //! - [`certs_cmd`]: the `certs` subcommand: a CA and server certificates.
+//! - [`page`]: the status page `/` and its JSON `/status` on the admin server.
 //! - [`config`], [`metrics`]: leaves.
 //!
 //! [`run`] takes bound listeners and a [`Shutdown`], like the router's.
@@ -26,6 +27,7 @@ pub mod index;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod passwd_cmd;
 pub mod registry;
 pub mod reload;
@@ -33,6 +35,7 @@ pub mod retained;
 pub mod route;
 pub mod session;
 pub mod sys;
+pub mod usage;
 pub mod validate;
 pub mod wills;
 
@@ -187,6 +190,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Wills waiting for their Will Delay Interval.
     pub wills: wills::DelayedWills,
+    /// The last connections and packets refused, for the status page.
+    pub refusals: snigate_shared::status::Refusals,
+    /// The last reload of the files, for the status page.
+    pub reloads: snigate_shared::status::Reloads,
     /// Set by a test's fault topic: the expiry task panics ([`fault`]).
     #[cfg(feature = "fault-injection")]
     pub fault_expiry: std::sync::atomic::AtomicBool,
@@ -247,6 +254,8 @@ impl Shared {
             settings: config,
             metrics,
             wills: wills::DelayedWills::default(),
+            refusals: Default::default(),
+            reloads: Default::default(),
             #[cfg(feature = "fault-injection")]
             fault_expiry: std::sync::atomic::AtomicBool::new(false),
             stop,
@@ -270,6 +279,41 @@ impl Shared {
             material.auth.check(login)
         });
         check.await.unwrap_or(Err(auth::Refusal::BadCredentials))
+    }
+}
+
+/// What the status page shows of the sockets: the addresses bound, not those
+/// configured (port 0 in tests).
+fn page_fixed(listeners: &Listeners, settings: &BrokerConfig) -> page::Fixed {
+    let named = |l: &TcpListener, proxied: bool| {
+        let addr = l
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+        if proxied {
+            format!("{addr} (PROXY protocol)")
+        } else {
+            addr
+        }
+    };
+    let mut proxied = settings.proxy_protocol.iter().copied();
+    page::Fixed {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: snigate_shared::status::unix_now(),
+        mqtt: listeners
+            .mqtt
+            .iter()
+            .map(|l| named(l, proxied.next().unwrap_or(false)))
+            .collect(),
+        mqtts: listeners
+            .tls
+            .iter()
+            .map(|l| named(l, proxied.next().unwrap_or(false)))
+            .collect(),
+        admin: listeners
+            .admin
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string()),
     }
 }
 
@@ -436,15 +480,22 @@ pub async fn run(
         );
         components.spawn("sys_publisher", publish_sys(shared.clone()));
     }
+    // Each component's series exists from the start, at 0, so that an
+    // alert's increase() sees the first failure.
+    for component in components.names.values() {
+        shared.metrics.component_failures.with_label_values(&[component]);
+    }
     let readiness = Readiness::default();
     let health = Health::default();
     let admin_stop = CancellationToken::new();
+    registry.register(Box::new(usage::BudgetMetrics::new(shared.clone())?))?;
+    let fixed = Arc::new(page_fixed(&listeners, &shared.settings));
     let admin_task = listeners.admin.map(|listener| {
-        tokio::spawn(admin::serve(
-            listener,
-            Admin::new(registry, readiness.clone()).with_health(health.clone()),
-            admin_stop.clone(),
-        ))
+        let admin = Admin::new(registry.clone(), readiness.clone())
+            .with_health(health.clone())
+            .route("/", page::html_handler(fixed.clone(), shared.clone(), registry.clone()))
+            .route("/status", page::json_handler(fixed, shared.clone(), registry));
+        tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
 
     let mut accept_loops = tokio::task::JoinSet::new();

@@ -57,11 +57,13 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 });
                 shared.material.store(Arc::new(material));
                 shared.metrics.reloads.with_label_values(&["success"]).inc();
+                shared.reloads.applied(trigger);
                 tracing::info!(trigger, revoked, "password file and TLS material reloaded");
                 seen = Fingerprint::of(&watched);
             }
             Err(e) => {
                 shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                shared.reloads.refused(trigger, &format!("{e:#}"));
                 tracing::error!(
                     trigger,
                     error = format!("{e:#}"),

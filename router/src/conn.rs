@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::IntGauge;
+use snigate_shared::status::Refusal;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -69,6 +70,10 @@ pub struct Shared {
     /// Every connection's client, against `[clients]`.
     clients: ClientTable,
     refusal_log: LogBudget,
+    /// The last connections not relayed, for the status page.
+    pub refusals: snigate_shared::status::Refusals,
+    /// The last reload's outcome, for the status page.
+    pub reloads: snigate_shared::status::Reloads,
     /// Counts the snapshots installed by reloads.
     installed: tokio::sync::watch::Sender<u64>,
 }
@@ -95,6 +100,8 @@ impl Shared {
             by_route: Mutex::new(HashMap::new()),
             clients: ClientTable::default(),
             refusal_log: LogBudget::default(),
+            refusals: Default::default(),
+            reloads: Default::default(),
             installed: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -294,7 +301,11 @@ pub async fn handle(
                 ConnError::Denied { .. } => shared.metrics.denials.with_label_values(&[route]).inc(),
                 _ => shared.metrics.routing_failures.with_label_values(&[label]).inc(),
             }
-            (label, 0, 0, Some(error.to_string()))
+            let detail = error.to_string();
+            shared
+                .refusals
+                .record(Refusal::new(access.peer, access.sni.as_deref(), label, &detail));
+            (label, 0, 0, Some(detail))
         }
     };
     shared.metrics.closed.with_label_values(&[route, outcome]).inc();

@@ -24,6 +24,7 @@
 //! - [`clients`]: per-client limits (concurrent, rate) in bounded tables.
 //! - [`check`]: active TCP checks of every address, for routes that ask.
 //! - [`status`]: `/routes` and the per-endpoint metrics, read from the pools.
+//! - [`page`]: the status page `/` and its JSON `/status`.
 //! - [`splice`]: relay bytes both ways with half-close and an idle timeout,
 //!   holding no buffer while idle.
 //! - [`reject`]: the `unrecognized_name` alert.
@@ -44,6 +45,7 @@ pub mod error;
 pub mod hello;
 pub mod listener;
 pub mod metrics;
+pub mod page;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod reject;
@@ -190,6 +192,41 @@ pub fn bind(config: &RouterConfig) -> io::Result<Listeners> {
     })
 }
 
+/// What the status page shows of where the router listens (the addresses
+/// bound, not those configured: port 0 in tests) and where its settings
+/// come from.
+fn page_fixed(listeners: &Listeners, loader: Option<&Loader>, running: &RouterConfig) -> page::Fixed {
+    let bound = |l: &TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+    };
+    let reload = match running.reload_interval {
+        Some(every) => format!(
+            "reloaded on SIGHUP and when it changes (looked at every {})",
+            humantime::format_duration(every)
+        ),
+        None => "reloaded on SIGHUP".to_owned(),
+    };
+    page::Fixed {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: snigate_shared::status::unix_now(),
+        config: match loader {
+            Some(Loader { path: Some(path), .. }) => format!("{} ({reload})", path.display()),
+            Some(_) => format!("no file: defaults, the environment and flags ({reload})"),
+            None => "given by the caller; not reloaded".to_owned(),
+        },
+        listen: listeners
+            .tls
+            .iter()
+            .map(|l| match l.proxy {
+                Some(_) => format!("{} (PROXY protocol in)", bound(&l.socket)),
+                None => bound(&l.socket),
+            })
+            .collect(),
+        admin: listeners.admin.as_ref().map(bound),
+    }
+}
+
 /// Serve on `listeners` until `shutdown.stop`, then drain open connections for at
 /// most the configured drain timeout (or until `shutdown.force`). Owns its
 /// metrics registry, so several routers (and brokers) can run in one process.
@@ -206,6 +243,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     );
     let loader = settings.loader.clone();
     let running = settings.config.clone();
+    let fixed = Arc::new(page_fixed(&listeners, loader.as_ref(), &running));
     let shared = Arc::new(Shared::new(snapshot_of(settings), metrics));
     registry.register(Box::new(status::BackendMetrics::new(shared.clone())?))?;
     let readiness = Readiness::default();
@@ -214,7 +252,10 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     // connections finish; it stops when everything else has.
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
-        let admin = Admin::new(registry, readiness.clone()).route("/routes", status::routes_handler(shared.clone()));
+        let admin = Admin::new(registry.clone(), readiness.clone())
+            .route("/routes", status::routes_handler(shared.clone()))
+            .route("/", page::html_handler(fixed.clone(), shared.clone(), registry.clone()))
+            .route("/status", page::json_handler(fixed, shared.clone(), registry));
         tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
     let reload_task =

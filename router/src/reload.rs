@@ -58,16 +58,19 @@ pub async fn run(shared: Arc<Shared>, loader: Loader, mut running: RouterConfig,
             Ok(Ok((config, routes))) => {
                 shared.metrics.reloads.with_label_values(&["success"]).inc();
                 shared.metrics.config_loaded.set(unix_now());
+                shared.reloads.applied(trigger);
                 tracing::info!(trigger, routes, "configuration reloaded");
                 running = config;
                 seen = Fingerprint::of(&running.watched);
             }
             Ok(Err(e)) => {
                 shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                shared.reloads.refused(trigger, &e.to_string());
                 tracing::error!(trigger, error = %e, "configuration refused; the previous one keeps serving");
             }
             Err(e) => {
                 shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                shared.reloads.refused(trigger, &e.to_string());
                 tracing::error!(trigger, error = %e, "reload failed; the previous configuration keeps serving");
             }
         }

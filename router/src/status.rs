@@ -82,7 +82,7 @@ struct AddressView {
 
 /// Whether `route` has an address to send a connection to without failing
 /// open: one not ejected, or no address known yet (a name not yet resolved).
-fn healthy(route: &Route, now: Instant) -> bool {
+pub(crate) fn healthy(route: &Route, now: Instant) -> bool {
     let known = route.pool.endpoints().iter().any(|e| e.state.has_addresses());
     !known || route.pool.healthy(now)
 }

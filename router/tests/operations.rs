@@ -165,6 +165,75 @@ async fn routes_lists_the_live_table() {
     router.stop().await;
 }
 
+#[tokio::test]
+async fn the_status_page_shows_the_busiest_hundred_routes_with_their_total() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = backend.local_addr().unwrap();
+    let routes: String = (0..150)
+        .map(|i| {
+            let host = if i == 120 {
+                HELLO_SNI.to_owned()
+            } else {
+                format!("h{i}.test")
+            };
+            route(&format!("r{i:03}"), &[&host], &[at])
+        })
+        .collect();
+    let router = TestRouter::start(&routes).await;
+    // One connection held on r120: the busiest route, listed first.
+    let held = relayed(&router, &backend).await;
+    assert!(
+        eventually(STEP, async || router
+            .metric("snigate_router_connections_active{route=\"r120\"}")
+            .await
+            == Some(1.0))
+        .await
+    );
+
+    let (status, body) = http_get(router.admin, "/status").await.unwrap();
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["routes"]["total"], 150);
+    assert_eq!(json["routes"]["rows"].as_array().unwrap().len(), 100);
+    assert_eq!(json["routes"]["rows"][0]["name"], "r120");
+    assert_eq!(json["routes"]["rows"][0]["active"], 1);
+    assert_eq!(json["endpoints"]["total"], 150);
+    assert_eq!(json["endpoints"]["rows"].as_array().unwrap().len(), 100);
+    assert_eq!(
+        json["listen"][0],
+        router.addr.to_string(),
+        "the bound address, not port 0"
+    );
+
+    let response = get_with_head(router.admin, "/").await;
+    let (head, page) = response.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'"), "{head}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(page.contains("The busiest 100 of 150 routes."), "{page}");
+    assert!(page.contains("The busiest 100 of 150 endpoints."));
+    assert_eq!(
+        page.matches("<tr>").count(),
+        1 + 100 + 1 + 100,
+        "a header and 100 rows in each table"
+    );
+    drop(held);
+    router.stop().await;
+}
+
+/// The whole response, head included.
+async fn get_with_head(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 fn file_config(reload_interval: &str, routes: &str) -> String {
     format!("[reload]\ninterval = \"{reload_interval}\"\n{routes}")
 }

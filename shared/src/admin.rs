@@ -7,7 +7,14 @@
 //! - `/readyz`: 200 once the component is listening with a valid config, 503
 //!   before that, while draining and after a failure (readiness: take it out
 //!   of the Service).
-//! - whatever the component adds with [`Admin::route`] (the router's `/routes`).
+//! - whatever the component adds with [`Admin::route`]: the status page `/`
+//!   and its JSON `/status`, the router's `/routes`.
+//!
+//! There is no authentication: the server is for a pod's probes, a
+//! scraper and an operator's port-forward, and must be kept off the public
+//! network (docs/operations.md). It shows nothing secret. Pages are sent
+//! with a Content-Security-Policy that allows no script, and nothing it
+//! serves may be cached or framed.
 //!
 //! HTTP/1.1 only, through hyper; a client gets 10 s to send its request head,
 //! so a stalled scraper cannot hold a connection forever.
@@ -21,7 +28,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::Registry;
@@ -29,6 +38,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A status page loads nothing but its own inline style, and runs nothing.
+const PAGE_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Whether the component should receive traffic. Cheap to clone and share.
 #[derive(Debug, Clone, Default)]
@@ -119,9 +132,14 @@ impl Admin {
                 Some(handler) => {
                     let (content_type, body) = handler();
                     let mut response = text(StatusCode::OK, body);
-                    response
-                        .headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    let headers = response.headers_mut();
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+                    if content_type.starts_with("text/html") {
+                        headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
+                        headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                    }
                     response
                 }
                 None => text(StatusCode::NOT_FOUND, "not found\n"),

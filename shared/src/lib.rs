@@ -13,6 +13,8 @@
 //! - [`watch`]: noticing changed files (ConfigMap symlink swaps included) by polling.
 //! - [`proxy_protocol`]: reading a PROXY protocol v1/v2 header off a stream.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, extras).
+//! - [`status`] and [`page`]: what the status pages share (recent refusals, the
+//!   last reload, counter totals, bounded lists) and their escaped HTML.
 //!
 //! Nothing here knows about routes or MQTT: these modules are leaves.
 
@@ -22,8 +24,10 @@ pub mod certs;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod page;
 pub mod proxy_protocol;
 pub mod shutdown;
+pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tls")]

@@ -3,7 +3,7 @@
 //! is the shipped `config/testbed.toml`, on ports the system picks.
 #![allow(clippy::unwrap_used)] // a test binary: unwrap is an assertion
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -11,10 +11,11 @@ use std::time::Duration;
 use snigate_shared::testing::mqtt::{self, Login, Message};
 use snigate_shared::testing::{STEP, TempDir, check_metrics_with_promtool, tool, with_hosts_file};
 use snigate_testbed::{Testbed, Topology, http_get};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls;
+
+mod support;
+use support::through_router;
 
 const TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/testbed.toml");
 
@@ -64,34 +65,6 @@ async fn testbed(dir: &TempDir) -> Testbed {
     logs();
     let topology = Topology::load(TOPOLOGY.as_ref()).unwrap().on_any_ports();
     Testbed::start(&topology, &dir.path("testbed")).await.unwrap()
-}
-
-/// TLS to the router, asking for `host`, verified against the testbed's CA;
-/// from `source` when given (any 127.x address is this machine).
-async fn through_router(bed: &Testbed, host: &str, source: Option<IpAddr>) -> TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in snigate_shared::tls::load_certs(&bed.ca_file).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = match source {
-        Some(ip) => {
-            let socket = TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
-            socket.connect(bed.router).await.unwrap()
-        }
-        None => TcpStream::connect(bed.router).await.unwrap(),
-    };
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
-    tokio::time::timeout(STEP, TlsConnector::from(Arc::new(config)).connect(name, tcp))
-        .await
-        .unwrap()
-        .unwrap()
 }
 
 /// An MQTT client of `broker`, logged in as its first user, through the router.

@@ -27,6 +27,7 @@ use crate::retained;
 pub use eviction::Eviction;
 pub use state::{Options, Received, RetainHandling, SessionState, Subscriber};
 use state::{Out, Subscriptions, Waiter, lock};
+pub use view::SessionView;
 
 /// What becomes of a client's session: whether a saved one is taken up when
 /// it connects, and whether its own is kept when it leaves. MQTT 3.1.1 ties
@@ -153,8 +154,7 @@ impl Registry {
     /// Whether `more` bytes of sessions or filters would take the index's
     /// share past its bound.
     fn over_share(&self, more: usize) -> bool {
-        let held = self.index.bytes() + self.session_bytes.load(std::sync::atomic::Ordering::Acquire);
-        held.saturating_add(more) > self.max_index_bytes
+        self.index_share().used.saturating_add(more) > self.max_index_bytes
     }
 
     /// A session for `client_id` of `user` is no longer held.
@@ -586,3 +586,4 @@ mod eviction;
 mod state;
 #[cfg(test)]
 mod tests;
+mod view;

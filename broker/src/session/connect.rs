@@ -42,6 +42,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         });
         if let Some(code) = unsupported {
             tracing::info!(peer = %self.peer, client_id = connect.client_id, ?code, "the will asks for what the broker does not offer; refused");
+            self.refused(
+                &connect.client_id,
+                "will_not_supported",
+                &format!("the will asks for what the broker does not offer ({code:?})"),
+            );
             if self.level == 5 {
                 let _ = self.send(Packet::ConnAck(refused(code), None)).await;
             }
@@ -56,6 +61,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .with_label_values(&["authentication_method"])
                 .inc();
             tracing::info!(peer = %self.peer, client_id = connect.client_id, "an authentication method, which the broker does not offer; refused");
+            self.refused(
+                &connect.client_id,
+                "authentication_method",
+                "an authentication method, which the broker does not offer",
+            );
             let code = ConnectReturnCode::BadAuthenticationMethod;
             let _ = self.send(Packet::ConnAck(refused(code), None)).await;
             return Err((End::NotAuthorized, Some(connect.client_id)));
@@ -85,6 +95,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 client_id = connect.client_id,
                 max_connections = self.shared.settings.limits.max_connections,
                 "connection refused: the memory budget's max_connections connections (or its share of TLS ones) are open"
+            );
+            self.refused(
+                &connect.client_id,
+                "connections",
+                "the memory budget's connections are open",
             );
             let busy = if self.level == 5 {
                 ConnectReturnCode::ServerBusy
@@ -119,6 +134,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
                 .with_label_values(&[refusal.label()])
                 .inc();
             tracing::warn!(peer = %self.peer, client_id = connect.client_id, user = user.as_deref(), reason = refusal.label(), "login refused");
+            self.refused(
+                &connect.client_id,
+                refusal.label(),
+                &format!("login refused as {}", user.as_deref().unwrap_or("(anonymous)")),
+            );
             let _ = self
                 .send(Packet::ConnAck(refused(ConnectReturnCode::NotAuthorized), None))
                 .await;
@@ -130,6 +150,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             if self.level == 3 || (!connect.clean_session && self.level == 4) {
                 // MQTT 3.1.1 §3.1.3-8: a persistent session needs a client id;
                 // MQTT 3.1 requires one always (Mosquitto answers 2 too).
+                self.refused("", "client_id_required", "an empty client id without a clean session");
                 let _ = self
                     .send(Packet::ConnAck(
                         refused(ConnectReturnCode::ClientIdentifierNotValid),
@@ -148,6 +169,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
         if will_bytes > 0 && !self.shared.queue_budget.try_take(will_bytes) {
             self.shared.metrics.refused.with_label_values(&["will"]).inc();
             tracing::warn!(peer = %self.peer, client_id, will_bytes, "the will does not fit in the memory budget; refused");
+            self.refused(&client_id, "will", "the will does not fit in the memory budget");
             let full = if self.level == 5 {
                 ConnectReturnCode::QuotaExceeded
             } else {

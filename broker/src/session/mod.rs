@@ -332,6 +332,7 @@ impl<P: Protocol, S: Stream> Session<P, S> {
     /// ([MQTT-4.6.0-2]).
     fn refuse_publish(&mut self, qos: QoS, pkid: u16) {
         self.shared.metrics.acl_denials.with_label_values(&["publish"]).inc();
+        self.refused(self.client_id(), "acl_publish", "a PUBLISH the ACL does not allow");
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -426,6 +427,15 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             .with_label_values(&[invalid.field.label(), invalid.problem.label()])
             .inc();
         tracing::info!(peer = %self.peer, client_id = self.client_id(), %invalid, "invalid input; closing");
+        self.refused(self.client_id(), invalid.problem.label(), &invalid.to_string());
+    }
+
+    /// Note a refusal for the status page (its counter is the caller's).
+    fn refused(&self, client_id: &str, reason: &'static str, detail: &str) {
+        let client_id = (!client_id.is_empty()).then_some(client_id);
+        self.shared.refusals.record(snigate_shared::status::Refusal::new(
+            self.peer, client_id, reason, detail,
+        ));
     }
 
     /// See [`refusal`].

@@ -35,6 +35,11 @@ impl<P: Protocol, S: Stream> Session<P, S> {
             let path = filter.path;
             if acl.is_some_and(|acl| !acl.may_subscribe(self.user.as_deref(), self.client_id(), &path)) {
                 shared.metrics.acl_denials.with_label_values(&["subscribe"]).inc();
+                self.refused(
+                    self.client_id(),
+                    "acl_subscribe",
+                    &format!("a SUBSCRIBE to {path} the ACL does not allow"),
+                );
                 return_codes.push(self.refusal(SubscribeReasonCode::NotAuthorized, filter.qos));
                 continue;
             }

@@ -8,6 +8,7 @@
 //! <proto> <addr>` (see [`crate::logging::listening`]); this is its reader.
 #![allow(clippy::unwrap_used)] // test support: a failed step is a failed assertion
 
+pub mod browser;
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};
