@@ -138,8 +138,13 @@ async fn a_stalled_subscriber_costs_its_queue_not_the_brokers_memory(qos: u8) {
         "peak RSS {} MiB over the {MEMORY_LIMIT_MIB} MiB budget",
         peak >> 20
     );
+    // A reader starved by the stalled subscriber's queue would get next to
+    // nothing once the budget is spent. How much of the rest it gets is a
+    // race between its reads and the flood: 60 % alone on two cores, 49 % with
+    // other work on them (seen in CI). A quarter is
+    // the bound that tells the two apart without depending on the machine.
     assert!(
-        received >= FLOOD_MESSAGES / 2,
+        received >= FLOOD_MESSAGES / 4,
         "the reading subscriber kept receiving: {received} of {FLOOD_MESSAGES}"
     );
     let metrics = http_get(admin, "/metrics").await;

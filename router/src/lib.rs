@@ -200,21 +200,22 @@ fn page_fixed(listeners: &Listeners, loader: Option<&Loader>, running: &RouterCo
         l.local_addr()
             .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
     };
-    let reload = match running.reload_interval {
-        Some(every) => format!(
-            "reloaded on SIGHUP and when it changes (looked at every {})",
-            humantime::format_duration(every)
-        ),
-        None => "reloaded on SIGHUP".to_owned(),
+    let config = match loader {
+        Some(Loader { path: Some(path), .. }) => match running.reload_interval {
+            Some(every) => format!(
+                "{}; reloaded on SIGHUP, and when it changes (looked at every {})",
+                path.display(),
+                humantime::format_duration(every)
+            ),
+            None => format!("{}; reloaded on SIGHUP", path.display()),
+        },
+        Some(_) => "no file: defaults, the environment and flags; reloaded on SIGHUP".to_owned(),
+        None => "given by the caller; not reloaded".to_owned(),
     };
     page::Fixed {
         version: env!("CARGO_PKG_VERSION"),
         started_at: snigate_shared::status::unix_now(),
-        config: match loader {
-            Some(Loader { path: Some(path), .. }) => format!("{} ({reload})", path.display()),
-            Some(_) => format!("no file: defaults, the environment and flags ({reload})"),
-            None => "given by the caller; not reloaded".to_owned(),
-        },
+        config,
         listen: listeners
             .tls
             .iter()

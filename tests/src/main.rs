@@ -86,13 +86,13 @@ fn instructions(testbed: &Testbed) -> String {
     line(String::new());
     line("snigate testbed is up.".into());
     line(format!(
-        "  router     {}  (TLS passed through by SNI)   metrics http://{}/metrics",
+        "  router     {}  (TLS passed through by SNI)   status http://{}/",
         testbed.router, testbed.router_admin
     ));
     for broker in &testbed.brokers {
         let users: Vec<String> = broker.users.iter().map(|(u, p)| format!("{u}/{p}")).collect();
         line(format!(
-            "  {:<10} {} -> {}   metrics http://{}/metrics   users: {}",
+            "  {:<10} {} -> {}   status http://{}/   users: {}",
             broker.name,
             broker.host,
             broker.addr,
