@@ -53,7 +53,7 @@ struct Status<'a> {
     retained_messages: usize,
     retained_bytes: usize,
     budget: Budget,
-    refusal_totals: Vec<Total>,
+    refusal_totals: Bounded<Total>,
     recent_refusals: Vec<Refusal>,
     reload: ReloadState,
     reloads_applied: u64,

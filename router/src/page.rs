@@ -54,7 +54,7 @@ struct Status<'a> {
     reloads_refused: u64,
     routes: Bounded<RouteRow>,
     endpoints: Bounded<EndpointRow>,
-    refusal_totals: Vec<Total>,
+    refusal_totals: Bounded<Total>,
     recent_refusals: Vec<Refusal>,
 }
 

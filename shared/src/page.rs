@@ -220,12 +220,8 @@ impl Page {
     }
 
     /// Counter totals ([`crate::status::totals`]).
-    pub fn totals(&mut self, what: &str, totals: &[Total]) {
-        let list = Bounded {
-            total: totals.len(),
-            rows: totals.iter().take(crate::status::ROWS).collect(),
-        };
-        self.table(what, &["Counter", "Labels", "Since start"], &list, |t| {
+    pub fn totals(&mut self, what: &str, totals: &Bounded<Total>) {
+        self.table(what, &["Counter", "Labels", "Since start"], totals, |t| {
             vec![t.metric.as_str().into(), t.labels.as_str().into(), t.value.into()]
         });
     }

@@ -153,10 +153,11 @@ pub struct Total {
     pub value: u64,
 }
 
-/// The counters among `families` in `registry`, each series that is not
-/// zero, largest first.
-pub fn totals(registry: &Registry, families: &[&str]) -> Vec<Total> {
-    let mut totals: Vec<Total> = registry
+/// The counters among `families` in `registry`: the [`ROWS`] largest series
+/// that are not zero, largest first, and how many there are (a limit's
+/// counter has a series per route).
+pub fn totals(registry: &Registry, families: &[&str]) -> Bounded<Total> {
+    let totals: Vec<Total> = registry
         .gather()
         .iter()
         .filter(|f| f.get_field_type() == MetricType::COUNTER && families.contains(&f.name()))
@@ -175,8 +176,7 @@ pub fn totals(registry: &Registry, families: &[&str]) -> Vec<Total> {
             })
         })
         .collect();
-    totals.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.labels.cmp(&b.labels)));
-    totals
+    Bounded::busiest(totals, |t| t.value)
 }
 
 /// At most [`ROWS`] of a list, with how many there were.
@@ -230,7 +230,11 @@ mod tests {
         counter.with_label_values(&["z"]);
         let totals = totals(&registry, &["a_total", "b_total"]);
         assert_eq!(
-            totals.iter().map(|t| (t.labels.as_str(), t.value)).collect::<Vec<_>>(),
+            totals
+                .rows
+                .iter()
+                .map(|t| (t.labels.as_str(), t.value))
+                .collect::<Vec<_>>(),
             [("reason=\"y\"", 3), ("reason=\"x\"", 1)]
         );
     }
