@@ -489,12 +489,16 @@ pub async fn run(
     let health = Health::default();
     let admin_stop = CancellationToken::new();
     registry.register(Box::new(usage::BudgetMetrics::new(shared.clone())?))?;
-    let fixed = Arc::new(page_fixed(&listeners, &shared.settings));
+    let fixed = page_fixed(&listeners, &shared.settings);
     let admin_task = listeners.admin.map(|listener| {
+        let (html, json) = {
+            let (shared, registry) = (shared.clone(), registry.clone());
+            snigate_shared::page::handlers(move || page::status(&fixed, &shared, &registry), page::render)
+        };
         let admin = Admin::new(registry.clone(), readiness.clone())
             .with_health(health.clone())
-            .route("/", page::html_handler(fixed.clone(), shared.clone(), registry.clone()))
-            .route("/status", page::json_handler(fixed, shared.clone(), registry));
+            .route("/", html)
+            .route("/status", json);
         tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
 

@@ -9,12 +9,9 @@
 //! MQTT strings where they came in); the page escapes them. Passwords,
 //! payloads and file contents are never shown.
 
-use std::sync::Arc;
-
 use prometheus::Registry;
 use serde::Serialize;
-use snigate_shared::admin;
-use snigate_shared::page::{Cell, Page, bytes, time};
+use snigate_shared::page::{Cell, Page, bytes};
 use snigate_shared::status::{Bounded, Refusal, ReloadState, Total, totals, unix_now};
 
 use crate::Shared;
@@ -43,9 +40,9 @@ pub struct Fixed {
 }
 
 #[derive(Serialize)]
-struct Status<'a> {
+pub struct Status {
     #[serde(flatten)]
-    fixed: &'a Fixed,
+    fixed: Fixed,
     now: u64,
     clients_connected: i64,
     sessions: Bounded<SessionView>,
@@ -69,12 +66,13 @@ struct Budget {
     parts: Vec<Part>,
 }
 
-fn status<'a>(fixed: &'a Fixed, shared: &Shared, registry: &Registry) -> Status<'a> {
+/// What the page shows, now.
+pub fn status(fixed: &Fixed, shared: &Shared, registry: &Registry) -> Status {
     let limits = &shared.settings.limits;
     let figures = shared.registry.figures();
     let reloads = |result: &str| shared.metrics.reloads.with_label_values(&[result]).get();
     Status {
-        fixed,
+        fixed: fixed.clone(),
         now: unix_now(),
         clients_connected: shared.metrics.connected.get(),
         // A session's backlog is what makes it busy; then its subscriptions.
@@ -97,31 +95,9 @@ fn status<'a>(fixed: &'a Fixed, shared: &Shared, registry: &Registry) -> Status<
     }
 }
 
-/// `/status`: the page's data as JSON.
-pub fn json_handler(fixed: Arc<Fixed>, shared: Arc<Shared>, registry: Registry) -> admin::Handler {
-    Arc::new(move || {
-        let status = status(&fixed, &shared, &registry);
-        let body = serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-        ("application/json", body + "\n")
-    })
-}
-
-/// `/`: the status page.
-pub fn html_handler(fixed: Arc<Fixed>, shared: Arc<Shared>, registry: Registry) -> admin::Handler {
-    Arc::new(move || ("text/html; charset=utf-8", render(&status(&fixed, &shared, &registry))))
-}
-
-fn render(s: &Status<'_>) -> String {
-    let mut page = Page::new(
-        "snigate-broker",
-        &format!(
-            "Version {}, up since {}; this page at {}.",
-            s.fixed.version,
-            time(s.fixed.started_at),
-            time(s.now)
-        ),
-        "/status",
-    );
+/// The page's HTML.
+pub fn render(s: &Status) -> String {
+    let mut page = Page::new("snigate-broker", s.fixed.version, s.fixed.started_at, s.now);
     let list = |l: &[String]| {
         if l.is_empty() {
             Cell::None

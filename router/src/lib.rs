@@ -244,7 +244,7 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     );
     let loader = settings.loader.clone();
     let running = settings.config.clone();
-    let fixed = Arc::new(page_fixed(&listeners, loader.as_ref(), &running));
+    let fixed = page_fixed(&listeners, loader.as_ref(), &running);
     let shared = Arc::new(Shared::new(snapshot_of(settings), metrics));
     registry.register(Box::new(status::BackendMetrics::new(shared.clone())?))?;
     let readiness = Readiness::default();
@@ -253,10 +253,14 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Shutdown) -
     // connections finish; it stops when everything else has.
     let admin_stop = tokio_util::sync::CancellationToken::new();
     let admin_task = listeners.admin.map(|listener| {
+        let (html, json) = {
+            let (shared, registry) = (shared.clone(), registry.clone());
+            snigate_shared::page::handlers(move || page::status(&fixed, &shared, &registry), page::render)
+        };
         let admin = Admin::new(registry.clone(), readiness.clone())
             .route("/routes", status::routes_handler(shared.clone()))
-            .route("/", page::html_handler(fixed.clone(), shared.clone(), registry.clone()))
-            .route("/status", page::json_handler(fixed, shared.clone(), registry));
+            .route("/", html)
+            .route("/status", json);
         tokio::spawn(admin::serve(listener, admin, admin_stop.clone()))
     });
     let reload_task =

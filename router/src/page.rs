@@ -9,13 +9,11 @@
 //! only values a client chose are the server names of refusals, which the
 //! hello parser has already checked to be host names.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus::Registry;
 use serde::Serialize;
-use snigate_shared::admin;
-use snigate_shared::page::{Cell, Page, time};
+use snigate_shared::page::{Cell, Page};
 use snigate_shared::status::{Bounded, Refusal, ReloadState, Total, totals, unix_now};
 use tokio::time::Instant;
 
@@ -44,9 +42,9 @@ pub struct Fixed {
 }
 
 #[derive(Serialize)]
-struct Status<'a> {
+pub struct Status {
     #[serde(flatten)]
-    fixed: &'a Fixed,
+    fixed: Fixed,
     now: u64,
     connections: Connections,
     reload: ReloadState,
@@ -92,7 +90,8 @@ struct EndpointRow {
     connect_failures: u64,
 }
 
-fn status<'a>(fixed: &'a Fixed, shared: &Shared, registry: &Registry) -> Status<'a> {
+/// What the page shows, now.
+pub fn status(fixed: &Fixed, shared: &Shared, registry: &Registry) -> Status {
     let snapshot = shared.snapshot.load();
     let now = Instant::now();
     let table = &snapshot.table;
@@ -138,7 +137,7 @@ fn status<'a>(fixed: &'a Fixed, shared: &Shared, registry: &Registry) -> Status<
     let metrics = &shared.metrics;
     let reloads = |result: &str| metrics.reloads.with_label_values(&[result]).get();
     Status {
-        fixed,
+        fixed: fixed.clone(),
         now: unix_now(),
         connections: Connections {
             open: metrics.open.get(),
@@ -157,31 +156,9 @@ fn status<'a>(fixed: &'a Fixed, shared: &Shared, registry: &Registry) -> Status<
     }
 }
 
-/// `/status`: the page's data as JSON.
-pub fn json_handler(fixed: Arc<Fixed>, shared: Arc<Shared>, registry: Registry) -> admin::Handler {
-    Arc::new(move || {
-        let status = status(&fixed, &shared, &registry);
-        let body = serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-        ("application/json", body + "\n")
-    })
-}
-
-/// `/`: the status page.
-pub fn html_handler(fixed: Arc<Fixed>, shared: Arc<Shared>, registry: Registry) -> admin::Handler {
-    Arc::new(move || ("text/html; charset=utf-8", render(&status(&fixed, &shared, &registry))))
-}
-
-fn render(s: &Status<'_>) -> String {
-    let mut page = Page::new(
-        "snigate-router",
-        &format!(
-            "Version {}, up since {}; this page at {}.",
-            s.fixed.version,
-            time(s.fixed.started_at),
-            time(s.now)
-        ),
-        "/status",
-    );
+/// The page's HTML.
+pub fn render(s: &Status) -> String {
+    let mut page = Page::new("snigate-router", s.fixed.version, s.fixed.started_at, s.now);
     page.section("Listeners and connections");
     page.facts(vec![
         ("TLS listeners", Cell::text(s.fixed.listen.join(", "))),

@@ -8,9 +8,33 @@
 //! slip here could not run one.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde::Serialize;
+
+use crate::admin::Handler;
 use crate::status::{Bounded, ReloadState, Total};
+
+/// A status page's two handlers, `/` (HTML, written by `render`) and
+/// `/status` (JSON), each request built by one call of `build`.
+pub fn handlers<S, B, R>(build: B, render: R) -> (Handler, Handler)
+where
+    S: Serialize,
+    B: Fn() -> S + Send + Sync + 'static,
+    R: Fn(&S) -> String + Send + Sync + 'static,
+{
+    let build = Arc::new(build);
+    let html: Handler = {
+        let build = build.clone();
+        Arc::new(move || ("text/html; charset=utf-8", render(&build())))
+    };
+    let json: Handler = Arc::new(move || {
+        let body = serde_json::to_string_pretty(&build()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        ("application/json", body + "\n")
+    });
+    (html, json)
+}
 
 /// Seconds between the page's own reloads.
 pub const REFRESH_SECONDS: u32 = 5;
@@ -151,8 +175,9 @@ impl<T: Into<Cell>> From<Option<T>> for Cell {
 pub struct Page(String);
 
 impl Page {
-    /// A page titled `title` whose data `json_path` serves as JSON.
-    pub fn new(title: &str, subtitle: &str, json_path: &str) -> Self {
+    /// The page of `component` (its version, when it started, now: Unix
+    /// seconds), whose data `/status` serves as JSON.
+    pub fn new(component: &str, version: &str, started_at: u64, now: u64) -> Self {
         let mut html = String::with_capacity(16 * 1024);
         let _ = write!(
             html,
@@ -160,12 +185,13 @@ impl Page {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
              <title>{title}</title><style>{STYLE}</style></head><body>\
-             <header><h1>{title}</h1><p>{subtitle}</p>\
+             <header><h1>{title}</h1><p>Version {version}, up since {started}; this page at {now}.</p>\
              <p>Refreshes every {REFRESH_SECONDS} s. The same data as JSON: \
-             <a href=\"{json}\">{json}</a>. Lists show the busiest {rows} rows and their total.</p></header>\n",
-            title = escape(title),
-            subtitle = escape(subtitle),
-            json = escape(json_path),
+             <a href=\"/status\">/status</a>. Lists show the busiest {rows} rows and their total.</p></header>\n",
+            title = escape(component),
+            version = escape(version),
+            started = time(started_at),
+            now = time(now),
             rows = crate::status::ROWS,
         );
         Self(html)
@@ -276,7 +302,7 @@ mod tests {
 
     #[test]
     fn every_value_is_escaped() {
-        let mut page = Page::new("<t>", "<s>", "/status?<j>");
+        let mut page = Page::new("<t>", "<s>", 0, 0);
         page.section("<h>");
         page.note("<n>");
         page.facts(vec![

@@ -22,14 +22,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use snigate_shared::testing::mqtt::{self, Login};
+use snigate_shared::testing::mqtt;
 use snigate_shared::testing::{STEP, TempDir, tool};
 use snigate_testbed::{Testbed, Topology, http_get};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod support;
-use support::{through_router, tls_client};
+use support::{login, through_router, tls_client, wrong_login};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 const TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/testbed.toml");
@@ -300,17 +300,12 @@ async fn dashboards_and_alerts_against_a_real_prometheus() {
     }
 
     // Traffic through the router: every QoS to a subscriber at broker-a.
-    let (user, password) = a.users.iter().next().unwrap();
-    let login = Login {
-        user: Some((user, password)),
-        clean_session: true,
-        ..Login::default()
-    };
+    let login_a = login(&a);
     let mut subscriber = through_router(&bed, &a.host, None).await;
-    assert_eq!(mqtt::connect(&mut subscriber, "subscriber", &login).await, 0);
+    assert_eq!(mqtt::connect(&mut subscriber, "subscriber", &login_a).await, 0);
     assert_eq!(mqtt::subscribe(&mut subscriber, "load/#", 2).await, 2);
     let mut publisher = through_router(&bed, &a.host, None).await;
-    assert_eq!(mqtt::connect(&mut publisher, "publisher", &login).await, 0);
+    assert_eq!(mqtt::connect(&mut publisher, "publisher", &login_a).await, 0);
     for i in 0..30u8 {
         mqtt::publish(&mut publisher, "load/x", b"reading", i % 3, i == 0).await;
         assert!(mqtt::next_message(&mut subscriber).await.is_some());
@@ -318,18 +313,9 @@ async fn dashboards_and_alerts_against_a_real_prometheus() {
     // Refused at broker-b: a wrong password; closed: a wildcard in a
     // PUBLISH's topic; dropped: a PUBLISH to $SYS, which the ACL refuses.
     let mut intruder = through_router(&bed, &b.host, None).await;
-    let wrong = Login {
-        user: Some(("bob", "wrong")),
-        clean_session: true,
-        ..Login::default()
-    };
+    let wrong = wrong_login("bob");
     assert_eq!(mqtt::connect(&mut intruder, "intruder", &wrong).await, 5);
-    let (user_b, password_b) = b.users.iter().next().unwrap();
-    let login_b = Login {
-        user: Some((user_b, password_b)),
-        clean_session: true,
-        ..Login::default()
-    };
+    let login_b = login(&b);
     let mut sloppy = through_router(&bed, &b.host, None).await;
     assert_eq!(mqtt::connect(&mut sloppy, "sloppy", &login_b).await, 0);
     mqtt::publish(&mut sloppy, "$SYS/x", b"no", 0, false).await;
@@ -382,7 +368,7 @@ async fn dashboards_and_alerts_against_a_real_prometheus() {
     // A flood of QoS 0 at a subscriber that never reads, until its queue
     // drops messages, then more of it after a few scrapes. Bounded.
     let mut slow = through_router(&bed, &a.host, None).await;
-    assert_eq!(mqtt::connect(&mut slow, "slow", &login).await, 0);
+    assert_eq!(mqtt::connect(&mut slow, "slow", &login_a).await, 0);
     assert_eq!(mqtt::subscribe(&mut slow, "flood/#", 0).await, 0);
     // 4 KiB: the subscriber's 1,000 queued messages stay well inside the
     // queues' share of the budget (whose alert must stay quiet).

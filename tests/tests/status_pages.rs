@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use snigate_shared::testing::browser::Chromium;
-use snigate_shared::testing::mqtt::{self, Login};
+use snigate_shared::testing::mqtt;
 use snigate_shared::testing::{STEP, TempDir};
 use snigate_testbed::{Testbed, Topology, http_get};
 use tokio::net::TcpStream;
 
 mod support;
-use support::{through_router, tls_client};
+use support::{login, through_router, tls_client, wrong_login};
 
 const TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/testbed.toml");
 
@@ -86,27 +86,18 @@ async fn status_pages_in_a_real_browser_after_traffic_and_a_refused_reload() {
 
     // Traffic: a subscriber with a hostile client id, a publisher, through
     // the router to broker-a.
-    let (user, password) = a.users.iter().next().unwrap();
-    let login = Login {
-        user: Some((user, password)),
-        clean_session: true,
-        ..Login::default()
-    };
+    let login_a = login(a);
     let mut subscriber = through_router(&bed, &a.host, None).await;
-    assert_eq!(mqtt::connect(&mut subscriber, SCRIPT, &login).await, 0);
+    assert_eq!(mqtt::connect(&mut subscriber, SCRIPT, &login_a).await, 0);
     assert_eq!(mqtt::subscribe(&mut subscriber, "status/#", 1).await, 1);
     let mut publisher = through_router(&bed, &a.host, None).await;
-    assert_eq!(mqtt::connect(&mut publisher, "publisher", &login).await, 0);
+    assert_eq!(mqtt::connect(&mut publisher, "publisher", &login_a).await, 0);
     mqtt::publish(&mut publisher, "status/x", b"hello", 1, true).await;
     assert!(mqtt::next_message(&mut subscriber).await.is_some());
 
     // Refusals: a wrong password at broker-b, a host no route has.
     let mut intruder = through_router(&bed, &b.host, None).await;
-    let wrong = Login {
-        user: Some(("bob", "not-the-password")),
-        clean_session: true,
-        ..Login::default()
-    };
+    let wrong = wrong_login("bob");
     assert_eq!(mqtt::connect(&mut intruder, "intruder", &wrong).await, 5);
     let tcp = TcpStream::connect(bed.router).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("nobody.apps.snigate.test").unwrap();

@@ -5,7 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use snigate_shared::testing::STEP;
-use snigate_testbed::Testbed;
+use snigate_shared::testing::mqtt::Login;
+use snigate_testbed::{RunningBroker, Testbed};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -42,4 +43,23 @@ pub async fn through_router(bed: &Testbed, host: &str, source: Option<IpAddr>) -
         .await
         .unwrap()
         .unwrap()
+}
+
+/// A clean-session login as `broker`'s first user.
+pub fn login(broker: &RunningBroker) -> Login<'_> {
+    let (user, password) = broker.users.iter().next().unwrap();
+    Login {
+        user: Some((user, password)),
+        clean_session: true,
+        ..Login::default()
+    }
+}
+
+/// A clean-session login as `user`, with a password that is not theirs.
+pub fn wrong_login(user: &str) -> Login<'_> {
+    Login {
+        user: Some((user, "not-the-password")),
+        clean_session: true,
+        ..Login::default()
+    }
 }
