@@ -179,24 +179,7 @@ pub fn render(s: &Status) -> String {
 
     page.section("Refusals and drops");
     page.totals("refusal and drop counters", &s.refusal_totals);
-    let recent = Bounded {
-        total: s.recent_refusals.len(),
-        rows: s.recent_refusals.iter().collect(),
-    };
-    page.table(
-        "recent refusals",
-        &["Time, newest first", "Client", "Client id", "Reason", "Detail"],
-        &recent,
-        |r| {
-            vec![
-                Cell::Time(r.at),
-                r.peer.as_str().into(),
-                r.subject.clone().into(),
-                Cell::Bad(r.reason.to_owned()),
-                r.detail.as_str().into(),
-            ]
-        },
-    );
+    page.refusals(&s.recent_refusals, "Client id");
 
     page.section("Files");
     page.note("The password file, the ACL file and the TLS certificate and key reload on SIGHUP and when they change; other settings need a restart.");

@@ -233,24 +233,7 @@ pub fn render(s: &Status) -> String {
 
     page.section("Refusals");
     page.totals("refusal counters", &s.refusal_totals);
-    let recent = Bounded {
-        total: s.recent_refusals.len(),
-        rows: s.recent_refusals.iter().collect(),
-    };
-    page.table(
-        "recent refusals",
-        &["Time, newest first", "Client", "Server name", "Reason", "Detail"],
-        &recent,
-        |r| {
-            vec![
-                Cell::Time(r.at),
-                r.peer.as_str().into(),
-                r.subject.clone().into(),
-                Cell::Bad(r.reason.to_owned()),
-                r.detail.as_str().into(),
-            ]
-        },
-    );
+    page.refusals(&s.recent_refusals, "Server name");
 
     page.section("Configuration");
     let mut facts = vec![("Source", Cell::text(s.fixed.config.as_str()))];

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::admin::Handler;
-use crate::status::{Bounded, ReloadState, Total};
+use crate::status::{Bounded, Refusal, ReloadState, Total};
 
 /// A status page's two handlers, `/` (HTML, written by `render`) and
 /// `/status` (JSON), each request built by one call of `build`.
@@ -250,6 +250,29 @@ impl Page {
         self.table(what, &["Counter", "Labels", "Since start"], totals, |t| {
             vec![t.metric.as_str().into(), t.labels.as_str().into(), t.value.into()]
         });
+    }
+
+    /// The recent refusals ([`crate::status::Refusals`]), newest first;
+    /// `subject` names what the client asked for.
+    pub fn refusals(&mut self, recent: &[Refusal], subject: &str) {
+        let list = Bounded {
+            total: recent.len(),
+            rows: recent.iter().collect(),
+        };
+        self.table(
+            "recent refusals",
+            &["Time, newest first", "Client", subject, "Reason", "Detail"],
+            &list,
+            |r| {
+                vec![
+                    Cell::Time(r.at),
+                    r.peer.as_str().into(),
+                    r.subject.clone().into(),
+                    Cell::Bad(r.reason.to_owned()),
+                    r.detail.as_str().into(),
+                ]
+            },
+        );
     }
 
     /// Facts on the last reload and when the settings in use were loaded.
